@@ -1,0 +1,155 @@
+// Package bootstate is the boot-assessment state machine of one transaction,
+// kept pure so both initagent and bootctl apply exactly the same rules.
+//
+//	pending ──attempt──▶ trying ──mark-good──▶ good
+//	   │                   │  └─attempt with no tries left─▶ bad
+//	   └──────mark-bad─────┴──────────mark-bad─────────────▶ bad
+package bootstate
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// State of a transaction.
+type State string
+
+const (
+	Pending State = "pending" // committed, never booted
+	Trying  State = "trying"  // booted at least once, not yet proven
+	Good    State = "good"    // proven healthy
+	Bad     State = "bad"     // marked bad, or out of tries
+)
+
+// DefaultTries is how many boots a new transaction gets to prove itself,
+// like greenboot's and systemd-boot's customary 3.
+const DefaultTries = 3
+
+// Errors returned by Attempt.
+var (
+	ErrBad        = errors.New("transaction is marked bad")
+	ErrOutOfTries = errors.New("transaction has no boot tries left")
+)
+
+// Boot is the assessment part of a tx record.
+type Boot struct {
+	State       State  `json:"state"`
+	TriesLeft   int    `json:"tries_left"`
+	Tries       int    `json:"tries"` // tries spent
+	LastFailure string `json:"last_failure,omitempty"`
+}
+
+// New is the state of a freshly committed transaction.
+func New(tries int) Boot {
+	if tries <= 0 {
+		tries = DefaultTries
+	}
+	return Boot{State: Pending, TriesLeft: tries}
+}
+
+// Attempt spends one try before a boot of a not-yet-good tx. A good tx costs
+// nothing. Without force, a bad tx or one out of tries is refused (and one
+// out of tries becomes bad); with force it boots anyway, still counted.
+func (b *Boot) Attempt(force bool) error {
+	switch b.State {
+	case Good:
+		return nil
+	case Bad:
+		if !force {
+			return fmt.Errorf("%w (%s)", ErrBad, b.reason())
+		}
+		b.Tries++
+		return nil
+	}
+	if b.TriesLeft <= 0 {
+		b.State = Bad
+		if b.LastFailure == "" {
+			b.LastFailure = fmt.Sprintf("not marked good after %d tries", b.Tries)
+		}
+		if !force {
+			return fmt.Errorf("%w (%s)", ErrOutOfTries, b.LastFailure)
+		}
+		b.Tries++
+		return nil
+	}
+	b.TriesLeft--
+	b.Tries++
+	b.State = Trying
+	return nil
+}
+
+func (b *Boot) reason() string {
+	if b.LastFailure != "" {
+		return b.LastFailure
+	}
+	return "no reason recorded"
+}
+
+// MarkGood records a proven boot.
+func (b *Boot) MarkGood() {
+	b.State = Good
+	b.LastFailure = ""
+}
+
+// MarkBad records a failed boot; the tx is not chosen again unless forced.
+func (b *Boot) MarkBad(reason string) {
+	b.State = Bad
+	b.TriesLeft = 0
+	if reason == "" {
+		reason = "marked bad"
+	}
+	b.LastFailure = reason
+}
+
+// SyncTries adopts the bootloader's remaining-tries counter (systemd-boot's
+// +LEFT) so the two counters never disagree: the lower one wins, because a
+// try the firmware already spent cannot be refunded.
+func (b *Boot) SyncTries(left int) {
+	if b.State == Good || b.State == Bad || left < 0 {
+		return
+	}
+	if left < b.TriesLeft {
+		b.TriesLeft = left
+	}
+}
+
+// Candidate is what the fallback order needs to know of a tx.
+type Candidate struct {
+	ID    uint64
+	State State
+}
+
+// FallbackOrder is the order in which initagent tries transactions: the
+// requested one first (even if bad: Attempt decides), then older good ones
+// newest first, then older untested ones newest first, then — rather than a
+// rescue shell — newer good ones, newest first. Bad ones are never fallbacks.
+func FallbackOrder(requested uint64, all []Candidate) []uint64 {
+	c := append([]Candidate(nil), all...)
+	sort.Slice(c, func(i, j int) bool { return c[i].ID > c[j].ID })
+	var out []uint64
+	seen := map[uint64]bool{}
+	push := func(id uint64) {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	for _, x := range c {
+		if x.ID == requested {
+			push(x.ID)
+		}
+	}
+	for _, pass := range []func(Candidate) bool{
+		func(x Candidate) bool { return x.ID < requested && x.State == Good },
+		func(x Candidate) bool { return x.ID < requested && (x.State == Pending || x.State == Trying) },
+		func(x Candidate) bool { return x.ID > requested && x.State == Good },
+	} {
+		for _, x := range c {
+			if pass(x) {
+				push(x.ID)
+			}
+		}
+	}
+	return out
+}

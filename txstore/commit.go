@@ -1,0 +1,368 @@
+package txstore
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/txboot/txboot/txstore/blit"
+	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/manifest"
+	"go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// CommitOptions tune Commit.
+type CommitOptions struct {
+	Summary   string
+	Tries     int  // boot tries for the new tx; 0 = bootstate.DefaultTries
+	NoDefault bool // do not make the new tx the default
+	// Hook, if set, is called between the steps of a commit; tests use it to
+	// crash at chosen points.
+	Hook func(step string)
+}
+
+// CommitStats describe one commit.
+type CommitStats struct {
+	Entries      int
+	Files        int
+	Bytes        int64
+	NewObjects   int
+	NewBytes     int64
+	Deduplicated int // regular files whose object was already stored
+	Blit         blit.Stats
+	Scan, Store  time.Duration
+	BlitTime     time.Duration
+	Total        time.Duration
+}
+
+var (
+	zencOnce sync.Once
+	zenc     *zstd.Encoder
+	zdecOnce sync.Once
+	zdec     *zstd.Decoder
+)
+
+func encoder() *zstd.Encoder {
+	zencOnce.Do(func() {
+		zenc, _ = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	})
+	return zenc
+}
+
+// decoder is one long-lived, single-threaded decoder with bounded memory:
+// manifests come from disk, so they are untrusted input.
+func decoder() *zstd.Decoder {
+	zdecOnce.Do(func() {
+		zdec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(manifest.MaxSize))
+	})
+	return zdec
+}
+
+func manifestKey(hexhash string) (cas.Key, error) {
+	h, err := cas.ParseHash(hexhash)
+	if err != nil {
+		return cas.Key{}, fmt.Errorf("%w: manifest reference %q", ErrCorrupt, hexhash)
+	}
+	return cas.NewKey(h, 0o444, 0, 0), nil
+}
+
+// Commit stores the tree at src as a new transaction: src holds the new
+// /usr's contents. Order, each step durable before the next is visible:
+// objects (temp, syncfs, rename), manifest, tree (blit in staging, syncfs,
+// rename into trees/), and last the tx record. A crash anywhere leaves
+// only garbage in staging/ or an unrecorded tree, both removed by the next
+// writer's Open.
+func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
+	if err := s.writable(); err != nil {
+		return nil, nil, err
+	}
+	hook := o.Hook
+	if hook == nil {
+		hook = func(string) {}
+	}
+	start := time.Now()
+	st := &CommitStats{}
+	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "commit-")
+	if err != nil {
+		return nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	defer removeTree(work)
+	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
+
+	type staged struct {
+		tmp string
+		key cas.Key
+	}
+	var mu sync.Mutex
+	seen := map[cas.Key]bool{}
+	var pending []staged
+	m, err := manifest.Scan(src, manifest.ScanOptions{Workers: s.opts.Workers, OnFile: func(e *manifest.Entry, path string, fst *unix.Stat_t) error {
+		if e.Size == 0 {
+			return nil
+		}
+		k := e.Key()
+		mu.Lock()
+		st.Files++
+		dup := seen[k]
+		seen[k] = true
+		mu.Unlock()
+		if dup {
+			mu.Lock()
+			st.Deduplicated++
+			mu.Unlock()
+			return nil
+		}
+		has, err := objs.Has(k)
+		if err != nil {
+			return err
+		}
+		if has {
+			mu.Lock()
+			st.Deduplicated++
+			mu.Unlock()
+			return nil
+		}
+		tmp, err := objs.Stage(path, k, fst)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		pending = append(pending, staged{tmp, k})
+		st.NewObjects++
+		st.NewBytes += e.Size
+		mu.Unlock()
+		return nil
+	}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("commit %s: %w", src, err)
+	}
+	st.Scan = time.Since(start)
+	st.Entries, st.Bytes = m.Stats()
+	hook("scanned")
+
+	enc := m.Encode()
+	digest := manifest.Digest(enc)
+	zbytes := encoder().EncodeAll(enc, nil)
+	mkey := cas.NewKey(sha256.Sum256(zbytes), 0o444, 0, 0)
+	if has, err := objs.Has(mkey); err != nil {
+		return nil, nil, err
+	} else if !has {
+		tmp, err := objs.StageBytes(zbytes, mkey)
+		if err != nil {
+			return nil, nil, err
+		}
+		pending = append(pending, staged{tmp, mkey})
+	}
+
+	// All staged data durable before any object name appears.
+	if err := cas.Syncfs(s.Dir); err != nil {
+		return nil, nil, err
+	}
+	hook("objects-synced")
+	for i, p := range pending {
+		if err := objs.Publish(p.tmp, p.key); err != nil {
+			return nil, nil, err
+		}
+		if i == len(pending)/2 {
+			hook("objects-half-published")
+		}
+	}
+	st.Store = time.Since(start) - st.Scan
+	hook("objects-published")
+
+	bt := time.Now()
+	treeRoot := filepath.Join(work, "tree")
+	if err := os.Mkdir(treeRoot, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	st.Blit, err = blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers)
+	if err != nil {
+		return nil, nil, fmt.Errorf("commit %s: %w", src, err)
+	}
+	st.BlitTime = time.Since(bt)
+	hook("blitted")
+	// Object renames and the whole tree reach the disk in one syncfs.
+	if err := cas.Syncfs(s.Dir); err != nil {
+		return nil, nil, err
+	}
+	hook("tree-synced")
+
+	// Allocate the id under the writer lock; publish the tree, then record it.
+	var id, parent uint64
+	if err := s.view(func(tx *bbolt.Tx) error {
+		_, meta, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		id, parent = getU64(meta, keyNext), getU64(meta, keyDefault)
+		if id == 0 {
+			id = 1
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	trees := filepath.Join(s.Dir, "trees")
+	final := filepath.Join(trees, strconv.FormatUint(id, 10))
+	if err := removeTree(final); err != nil { // unrecorded leftover, if any
+		return nil, nil, err
+	}
+	if err := os.Rename(treeRoot, final); err != nil {
+		return nil, nil, fmt.Errorf("commit: publish tree: %w", err)
+	}
+	if err := cas.FsyncDir(trees); err != nil {
+		return nil, nil, err
+	}
+	hook("tree-published")
+
+	now := time.Now().UTC()
+	t := &Tx{ID: id, Digest: digest, Parent: parent, Created: now, Updated: now,
+		Summary: o.Summary, Kernels: m.Kernels(), Entries: st.Entries, Bytes: st.Bytes,
+		Manifest: mkey.Hash.String(), Boot: bootstate.New(o.Tries)}
+	err = s.update(func(tx *bbolt.Tx) error {
+		txs, meta, events, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		if txs.Get(u64(id)) != nil {
+			return fmt.Errorf("%w: tx %d already recorded", ErrCorrupt, id)
+		}
+		if err := putTx(txs, t); err != nil {
+			return err
+		}
+		if err := meta.Put(keyNext, u64(id+1)); err != nil {
+			return err
+		}
+		if !o.NoDefault {
+			if err := meta.Put(keyDefault, u64(id)); err != nil {
+				return err
+			}
+		}
+		return appendEvent(events, Event{Kind: "commit", TxID: id,
+			Detail: fmt.Sprintf("%s, %d entries, %d new objects", digest, st.Entries, st.NewObjects)})
+	})
+	if err != nil {
+		removeTree(final)
+		return nil, nil, fmt.Errorf("commit: record tx %d: %w", id, err)
+	}
+	hook("recorded")
+	st.Total = time.Since(start)
+	return t, st, nil
+}
+
+// Manifest loads and checks tx t's manifest: the object must hash to its
+// name and the decompressed manifest to the tx digest.
+func (s *Store) Manifest(t *Tx) (*manifest.Manifest, error) {
+	k, err := manifestKey(t.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	z, err := s.objects.ReadAll(k, manifest.MaxSize)
+	if err != nil {
+		return nil, fmt.Errorf("tx %d manifest: %w", t.ID, err)
+	}
+	raw, err := decoder().DecodeAll(z, nil)
+	if err != nil {
+		return nil, fmt.Errorf("tx %d manifest: %w: %v", t.ID, ErrBadManifest, err)
+	}
+	if d := manifest.Digest(raw); d != t.Digest {
+		return nil, fmt.Errorf("tx %d manifest: %w: %s, want %s", t.ID, ErrDigest, d, t.Digest)
+	}
+	m, err := manifest.Decode(raw)
+	if err != nil {
+		return nil, fmt.Errorf("tx %d manifest: %w", t.ID, err)
+	}
+	return m, nil
+}
+
+// Verify checks tx id's tree: fast or full (see blit.Verify). Problems name
+// paths as "usr/…"; the error is only for failing to run at all.
+func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
+	t, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if mode == VerifyOff {
+		return nil, nil
+	}
+	unlock, err := s.gcLock(unix.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	m, err := s.Manifest(t)
+	if err != nil {
+		return []Problem{{Path: "manifest", Reason: err.Error()}}, nil
+	}
+	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers)
+	for i := range probs {
+		if probs[i].Path == "." {
+			probs[i].Path = "usr"
+		} else {
+			probs[i].Path = "usr/" + probs[i].Path
+		}
+	}
+	return probs, err
+}
+
+// gcLock serialises deletions (prune, gc: exclusive) against readers that
+// walk trees and objects (verify: shared).
+func (s *Store) gcLock(how int) (func(), error) {
+	fd, err := lockFile(filepath.Join(s.Dir, "gc.lock"), how, s.opts.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// Reblit rebuilds tx id's tree from the CAS: blit into staging, sync, swap.
+func (s *Store) Reblit(id uint64) (blit.Stats, error) {
+	var bs blit.Stats
+	if err := s.writable(); err != nil {
+		return bs, err
+	}
+	t, err := s.Get(id)
+	if err != nil {
+		return bs, err
+	}
+	m, err := s.Manifest(t)
+	if err != nil {
+		return bs, err
+	}
+	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "reblit-")
+	if err != nil {
+		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+	}
+	defer removeTree(work)
+	fresh := filepath.Join(work, "tree")
+	if err := os.Mkdir(fresh, 0o755); err != nil {
+		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+	}
+	if bs, err = blit.Blit(m, s.objects, filepath.Join(fresh, "usr"), s.opts.Workers); err != nil {
+		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+	}
+	if err := cas.Syncfs(s.Dir); err != nil {
+		return bs, err
+	}
+	trees := filepath.Join(s.Dir, "trees")
+	final := filepath.Join(trees, strconv.FormatUint(id, 10))
+	if _, err := os.Lstat(final); err == nil {
+		if err := os.Rename(final, filepath.Join(work, "old")); err != nil {
+			return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+		}
+	}
+	if err := os.Rename(fresh, final); err != nil {
+		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+	}
+	if err := cas.FsyncDir(trees); err != nil {
+		return bs, err
+	}
+	return bs, s.Log(Event{Kind: "reblit", TxID: id})
+}

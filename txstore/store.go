@@ -1,0 +1,553 @@
+package txstore
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/txboot/txboot/txstore/cas"
+	"go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// DirName is the store directory under the system root.
+const DirName = ".txboot"
+
+// DefaultTimeout bounds every lock and database open: a stuck lock must end
+// in an error a person can act on, never in a boot that hangs forever.
+const DefaultTimeout = 5 * time.Second
+
+// maxEvents bounds the event log.
+const maxEvents = 2000
+
+var (
+	bucketTx     = []byte("tx")
+	bucketMeta   = []byte("meta")
+	bucketEvents = []byte("events")
+	keyNext      = []byte("next")
+	keyDefault   = []byte("default")
+	keyVersion   = []byte("version")
+)
+
+// Options for Open.
+type Options struct {
+	ReadOnly  bool          // no writer lock; every write method returns ErrReadOnly
+	Create    bool          // create the store when missing (writers only)
+	Timeout   time.Duration // lock and bbolt timeout; 0 means DefaultTimeout, never "forever"
+	NoCleanup bool          // skip removing staging leftovers (initagent keeps boots fast)
+	Workers   int           // parallelism for hashing, blit and verify; 0 = 2×GOMAXPROCS
+}
+
+// Store is an open txboot store.
+type Store struct {
+	Root    string // system root, e.g. "/" or "/sysroot"
+	Dir     string // Root/.txboot
+	opts    Options
+	lockFD  int
+	objects *cas.Store
+}
+
+// Open opens the store under root. A writer holds an exclusive flock on
+// Dir/lock for the Store's lifetime: one writer at a time across processes.
+// A writer also removes leftovers of interrupted work (see Cleanup).
+func Open(root string, o Options) (*Store, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Workers <= 0 {
+		o.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	dir := filepath.Join(root, DirName)
+	s := &Store{Root: root, Dir: dir, opts: o, lockFD: -1,
+		objects: &cas.Store{Dir: filepath.Join(dir, "objects"), TmpDir: filepath.Join(dir, "staging")}}
+	if _, err := os.Stat(filepath.Join(dir, "store.db")); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+		if o.ReadOnly || !o.Create {
+			return nil, fmt.Errorf("%w at %s", ErrNoStore, dir)
+		}
+		if err := create(dir, o.Timeout); err != nil {
+			return nil, err
+		}
+	}
+	if o.ReadOnly {
+		return s, nil
+	}
+	fd, err := lockFile(filepath.Join(dir, "lock"), unix.LOCK_EX, o.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	s.lockFD = fd
+	if !o.NoCleanup {
+		if err := s.Cleanup(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// create makes a new store durably: the database is built in staging and
+// renamed into place, so a power cut never leaves a torn first database.
+func create(dir string, timeout time.Duration) error {
+	for _, d := range []string{dir, filepath.Join(dir, "objects"), filepath.Join(dir, "trees"), filepath.Join(dir, "staging")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("create store: %w", err)
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("create store: %w", err)
+	}
+	tmp := filepath.Join(dir, "staging", "store.db.new")
+	os.Remove(tmp)
+	db, err := bbolt.Open(tmp, 0o600, &bbolt.Options{Timeout: timeout})
+	if err != nil {
+		return fmt.Errorf("create store db %s: %w", tmp, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketTx, bucketMeta, bucketEvents} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bucketMeta)
+		if err := m.Put(keyVersion, []byte("1")); err != nil {
+			return err
+		}
+		return m.Put(keyNext, u64(1))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("create store db %s: %w", tmp, err)
+	}
+	if err := fsyncFile(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "store.db")); err != nil {
+		return fmt.Errorf("create store db: %w", err)
+	}
+	for _, d := range []string{filepath.Join(dir, "staging"), dir, filepath.Dir(dir)} {
+		if err := cas.FsyncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fsyncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return nil
+}
+
+// lockFile takes a flock, polling until timeout.
+func lockFile(path string, how int, timeout time.Duration) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return -1, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err := unix.Flock(fd, how|unix.LOCK_NB)
+		if err == nil {
+			return fd, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			unix.Close(fd)
+			return -1, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if time.Now().After(deadline) {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%w: %s held for over %s", ErrBusy, path, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Close releases the writer lock. The database is never held open between
+// calls, so there is nothing else to close (initagent relies on that before
+// switch_root).
+func (s *Store) Close() error {
+	if s.lockFD >= 0 {
+		unix.Close(s.lockFD)
+		s.lockFD = -1
+	}
+	return nil
+}
+
+// Objects is the CAS.
+func (s *Store) Objects() *cas.Store { return s.objects }
+
+// TreeDir is where tx id's /usr lives.
+func (s *Store) TreeDir(id uint64) string {
+	return filepath.Join(s.Dir, "trees", strconv.FormatUint(id, 10), "usr")
+}
+
+func (s *Store) writable() error {
+	if s.opts.ReadOnly || s.lockFD < 0 {
+		return ErrReadOnly
+	}
+	return nil
+}
+
+// view and update open bbolt for the duration of one transaction, so a long
+// commit never keeps readers out of the database.
+func (s *Store) view(fn func(tx *bbolt.Tx) error) error {
+	return s.withDB(true, func(db *bbolt.DB) error { return db.View(fn) })
+}
+
+func (s *Store) update(fn func(tx *bbolt.Tx) error) error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	return s.withDB(false, func(db *bbolt.DB) error { return db.Update(fn) })
+}
+
+func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) error {
+	p := filepath.Join(s.Dir, "store.db")
+	db, err := bbolt.Open(p, 0o600, &bbolt.Options{Timeout: s.opts.Timeout, ReadOnly: ro})
+	if err != nil {
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return fmt.Errorf("%w: %s", ErrBusy, p)
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%w at %s", ErrNoStore, s.Dir)
+		}
+		return fmt.Errorf("%w: open %s: %v", ErrCorrupt, p, err)
+	}
+	err = fn(db)
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close %s: %w", p, cerr)
+	}
+	return err
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+func buckets(tx *bbolt.Tx) (txs, meta, events *bbolt.Bucket, err error) {
+	txs, meta, events = tx.Bucket(bucketTx), tx.Bucket(bucketMeta), tx.Bucket(bucketEvents)
+	if txs == nil || meta == nil || events == nil {
+		return nil, nil, nil, fmt.Errorf("%w: store.db lacks its buckets", ErrCorrupt)
+	}
+	return txs, meta, events, nil
+}
+
+func getU64(b *bbolt.Bucket, k []byte) uint64 {
+	v := b.Get(k)
+	if len(v) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+func decodeTx(k, v []byte) (*Tx, error) {
+	t := &Tx{}
+	if err := json.Unmarshal(v, t); err != nil || len(k) != 8 || t.ID != binary.BigEndian.Uint64(k) {
+		return nil, fmt.Errorf("%w: tx record %x unreadable", ErrCorrupt, k)
+	}
+	return t, nil
+}
+
+// Get returns one tx record (a copy: nothing points into bbolt's memory).
+func (s *Store) Get(id uint64) (*Tx, error) {
+	var t *Tx
+	err := s.view(func(tx *bbolt.Tx) error {
+		txs, _, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		v := txs.Get(u64(id))
+		if v == nil {
+			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
+		}
+		t, err = decodeTx(u64(id), v)
+		return err
+	})
+	return t, err
+}
+
+// List returns all tx records, oldest first.
+func (s *Store) List() ([]*Tx, error) {
+	var out []*Tx
+	err := s.view(func(tx *bbolt.Tx) error {
+		txs, _, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		return txs.ForEach(func(k, v []byte) error {
+			t, err := decodeTx(k, v)
+			if err == nil {
+				out = append(out, t)
+			}
+			return err
+		})
+	})
+	return out, err
+}
+
+// Default is the tx booted when the command line names none (0: none).
+func (s *Store) Default() (uint64, error) {
+	var id uint64
+	err := s.view(func(tx *bbolt.Tx) error {
+		_, meta, _, err := buckets(tx)
+		if err == nil {
+			id = getU64(meta, keyDefault)
+		}
+		return err
+	})
+	return id, err
+}
+
+// SetDefault makes id the default.
+func (s *Store) SetDefault(id uint64) error {
+	return s.update(func(tx *bbolt.Tx) error {
+		txs, meta, events, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		if txs.Get(u64(id)) == nil {
+			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
+		}
+		if err := meta.Put(keyDefault, u64(id)); err != nil {
+			return err
+		}
+		return appendEvent(events, Event{Kind: "set-default", TxID: id})
+	})
+}
+
+// Update applies fn to tx id's record and logs ev (if ev.Kind is set) in the
+// same bbolt transaction: the record and its explanation land together.
+func (s *Store) Update(id uint64, ev Event, fn func(t *Tx) error) (*Tx, error) {
+	var out *Tx
+	err := s.update(func(tx *bbolt.Tx) error {
+		txs, _, events, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		v := txs.Get(u64(id))
+		if v == nil {
+			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
+		}
+		t, err := decodeTx(u64(id), v)
+		if err != nil {
+			return err
+		}
+		if err := fn(t); err != nil {
+			return err
+		}
+		t.Updated = time.Now().UTC()
+		if err := putTx(txs, t); err != nil {
+			return err
+		}
+		out = t
+		if ev.Kind != "" {
+			ev.TxID = id
+			return appendEvent(events, ev)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func putTx(b *bbolt.Bucket, t *Tx) error {
+	v, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return b.Put(u64(t.ID), v)
+}
+
+// SetPinned pins or unpins a tx (pinned txs survive prune).
+func (s *Store) SetPinned(id uint64, pinned bool) error {
+	kind := "unpin"
+	if pinned {
+		kind = "pin"
+	}
+	_, err := s.Update(id, Event{Kind: kind}, func(t *Tx) error { t.Pinned = pinned; return nil })
+	return err
+}
+
+// Log appends an event.
+func (s *Store) Log(ev Event) error {
+	return s.update(func(tx *bbolt.Tx) error {
+		_, _, events, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		return appendEvent(events, ev)
+	})
+}
+
+func appendEvent(b *bbolt.Bucket, ev Event) error {
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	ev.Seq = seq
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	v, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	if err := b.Put(u64(seq), v); err != nil {
+		return err
+	}
+	if seq > maxEvents { // drop the oldest
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-maxEvents; k, _ = c.Next() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Events returns the newest n events (all if n <= 0), oldest first.
+func (s *Store) Events(n int) ([]Event, error) {
+	var out []Event
+	err := s.view(func(tx *bbolt.Tx) error {
+		_, _, events, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		c := events.Cursor()
+		for k, v := c.Last(); k != nil && (n <= 0 || len(out) < n); k, v = c.Prev() {
+			var ev Event
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return fmt.Errorf("%w: event %x unreadable", ErrCorrupt, k)
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, err
+}
+
+// Cleanup removes what interrupted work left behind: everything in staging/
+// and any trees/<id> without a tx record (a commit that died after placing
+// its tree but before recording it). Called by every writer's Open.
+func (s *Store) Cleanup() error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	staging := filepath.Join(s.Dir, "staging")
+	ents, err := os.ReadDir(staging)
+	if err != nil {
+		return fmt.Errorf("cleanup %s: %w", staging, err)
+	}
+	for _, e := range ents {
+		if err := removeTree(filepath.Join(staging, e.Name())); err != nil {
+			return err
+		}
+	}
+	txs, err := s.List()
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, t := range txs {
+		known[strconv.FormatUint(t.ID, 10)] = true
+	}
+	trees := filepath.Join(s.Dir, "trees")
+	ents, err = os.ReadDir(trees)
+	if err != nil {
+		return fmt.Errorf("cleanup %s: %w", trees, err)
+	}
+	removed := false
+	for _, e := range ents {
+		if !known[e.Name()] {
+			if err := removeTree(filepath.Join(trees, e.Name())); err != nil {
+				return err
+			}
+			removed = true
+		}
+	}
+	if removed {
+		return cas.FsyncDir(trees)
+	}
+	return nil
+}
+
+// removeTree deletes a tree whose directories may lack write bits.
+func removeTree(p string) error {
+	err := os.RemoveAll(p)
+	if err == nil {
+		return nil
+	}
+	filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(path, 0o700)
+		}
+		return nil
+	})
+	if err := os.RemoveAll(p); err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	return nil
+}
+
+// workerPool runs fn over items with n goroutines and returns the first error.
+func workerPool[T any](n int, items []T, fn func(T) error) error {
+	var mu sync.Mutex
+	var first error
+	ch := make(chan T)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range ch {
+				if err := fn(it); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, it := range items {
+		ch <- it
+	}
+	close(ch)
+	wg.Wait()
+	return first
+}
+
+// sortedIDs returns ids sorted descending.
+func sortedIDs(txs []*Tx) []uint64 {
+	ids := make([]uint64, len(txs))
+	for i, t := range txs {
+		ids[i] = t.ID
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] > ids[j] })
+	return ids
+}

@@ -1,0 +1,256 @@
+package txstore_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/internal/testtree"
+)
+
+func newStore(t *testing.T) (*txstore.Store, string) {
+	t.Helper()
+	root := t.TempDir()
+	s, err := txstore.Open(root, txstore.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, root
+}
+
+func sampleDir(t *testing.T, extra ...testtree.File) string {
+	t.Helper()
+	d := t.TempDir()
+	if err := testtree.Write(d, append(testtree.Sample(), extra...), time.Unix(1000, 0)); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestOpenMissingStore(t *testing.T) {
+	_, err := txstore.Open(t.TempDir(), txstore.Options{})
+	if !errors.Is(err, txstore.ErrNoStore) {
+		t.Fatalf("got %v, want ErrNoStore", err)
+	}
+}
+
+func TestCommitListVerify(t *testing.T) {
+	s, _ := newStore(t)
+	tx, st, err := s.Commit(sampleDir(t), txstore.CommitOptions{Summary: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tx.ID != 1 || tx.State != txstore.StatePending || tx.TriesLeft != 3 {
+		t.Fatalf("unexpected record %+v", tx)
+	}
+	if len(tx.Kernels) != 1 || tx.Kernels[0] != "6.1.0-test" {
+		t.Fatalf("kernels %v", tx.Kernels)
+	}
+	// dup-a/dup-b share one object; two empties are not objects at all.
+	if st.Deduplicated != 1 || st.NewObjects != st.Files-1 {
+		t.Fatalf("stats %+v", st)
+	}
+	tx2, st2, err := s.Commit(sampleDir(t, testtree.File{Path: "lib/new", Data: "new", Mode: 0o644}), txstore.CommitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tx2.ID != 2 || tx2.Parent != 1 || st2.NewObjects != 1 {
+		t.Fatalf("second commit %+v %+v", tx2, st2)
+	}
+	if d, _ := s.Default(); d != 2 {
+		t.Fatalf("default %d", d)
+	}
+	list, err := s.List()
+	if err != nil || len(list) != 2 {
+		t.Fatalf("list %v %v", list, err)
+	}
+	for _, mode := range []txstore.VerifyMode{txstore.VerifyFast, txstore.VerifyFull} {
+		probs, err := s.Verify(2, mode)
+		if err != nil || len(probs) != 0 {
+			t.Fatalf("verify mode %d: %v %v", mode, probs, err)
+		}
+	}
+	// The tree is hardlinks without write bits.
+	fi, err := os.Stat(filepath.Join(s.TreeDir(2), "bin/su"))
+	if err != nil || fi.Mode().Perm() != 0o555 || fi.Mode()&os.ModeSetuid == 0 {
+		t.Fatalf("bin/su mode %v %v", fi.Mode(), err)
+	}
+	if _, err := s.Get(99); !errors.Is(err, txstore.ErrNotFound) {
+		t.Fatalf("get 99: %v", err)
+	}
+}
+
+func TestVerifyFindsDamage(t *testing.T) {
+	cases := []struct {
+		name     string
+		damage   func(s *txstore.Store, tree string) error
+		fast     string // substring fast verify must report ("" = fast sees nothing)
+		full     string
+		reblitOK bool
+	}{
+		{"object deleted", func(s *txstore.Store, tree string) error {
+			return removeObjectOf(s, tree, "lib/os-release")
+		}, "missing from the store", "missing from the store", false},
+		{"content corrupted in place", func(s *txstore.Store, tree string) error {
+			return corruptInPlace(filepath.Join(tree, "bin/busybox"))
+		}, "", "content corrupted", false},
+		{"tree file replaced", func(s *txstore.Store, tree string) error {
+			p := filepath.Join(tree, "lib/os-release")
+			os.Remove(p)
+			return os.WriteFile(p, []byte("ID=evil!!\n"), 0o444)
+		}, "not a hardlink", "not a hardlink", true},
+		{"tree file missing", func(s *txstore.Store, tree string) error {
+			return os.Remove(filepath.Join(tree, "bin/sh"))
+		}, "missing", "missing", true},
+		{"extra file", func(s *txstore.Store, tree string) error {
+			return os.WriteFile(filepath.Join(tree, "lib/extra"), nil, 0o644)
+		}, "unexpected entry", "unexpected entry", true},
+		{"symlink retargeted", func(s *txstore.Store, tree string) error {
+			p := filepath.Join(tree, "bin/ls")
+			os.Remove(p)
+			return os.Symlink("sh", p)
+		}, "symlink target", "symlink target", true},
+		{"tree gone", func(s *txstore.Store, tree string) error {
+			return os.RemoveAll(filepath.Dir(tree))
+		}, "tree missing", "tree missing", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, _ := newStore(t)
+			tx, _, err := s.Commit(sampleDir(t), txstore.CommitOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tree := s.TreeDir(tx.ID)
+			os.Chmod(filepath.Join(tree, "lib"), 0o755) // let the test write
+			if err := c.damage(s, tree); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range []struct {
+				mode txstore.VerifyMode
+				want string
+			}{{txstore.VerifyFast, c.fast}, {txstore.VerifyFull, c.full}} {
+				probs, err := s.Verify(tx.ID, m.mode)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := ""
+				for _, p := range probs {
+					got += p.String() + "\n"
+				}
+				if m.want == "" && len(probs) != 0 {
+					t.Errorf("mode %d: unexpected problems %s", m.mode, got)
+				}
+				if m.want != "" && !strings.Contains(got, m.want) {
+					t.Errorf("mode %d: want %q in %q", m.mode, m.want, got)
+				}
+			}
+			if _, err := s.Reblit(tx.ID); err != nil && c.reblitOK {
+				t.Fatal(err)
+			}
+			probs, _ := s.Verify(tx.ID, txstore.VerifyFull)
+			if c.reblitOK != (len(probs) == 0) {
+				t.Errorf("after reblit: problems %v, want clean=%v", probs, c.reblitOK)
+			}
+		})
+	}
+}
+
+func TestPruneAndGC(t *testing.T) {
+	s, _ := newStore(t)
+	for i := 0; i < 6; i++ {
+		extra := testtree.File{Path: "lib/version", Data: strings.Repeat("v", i+1), Mode: 0o644}
+		if _, _, err := s.Commit(sampleDir(t, extra), txstore.CommitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SetPinned(1, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDefault(3); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Prune(2, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// keep newest 2 (6,5) + pinned 1 + default 3 + protected 4; remove 2.
+	if len(res.Removed) != 1 || res.Removed[0] != 2 {
+		t.Fatalf("prune removed %v kept %v", res.Removed, res.Kept)
+	}
+	if _, err := os.Stat(s.TreeDir(2)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("tree 2 still there: %v", err)
+	}
+	gc, err := s.GC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gc.Removed != 2 { // tx 2's lib/version object and its manifest
+		t.Fatalf("gc %+v", gc)
+	}
+	for _, id := range []uint64{1, 3, 4, 5, 6} {
+		if probs, err := s.Verify(id, txstore.VerifyFull); err != nil || len(probs) != 0 {
+			t.Fatalf("tx %d after gc: %v %v", id, probs, err)
+		}
+	}
+	if _, err := s.Prune(0); err == nil {
+		t.Fatal("prune keep=0 accepted")
+	}
+}
+
+func TestWriterLock(t *testing.T) {
+	s, root := newStore(t)
+	_ = s
+	_, err := txstore.Open(root, txstore.Options{Timeout: 100 * time.Millisecond})
+	if !errors.Is(err, txstore.ErrBusy) {
+		t.Fatalf("second writer: %v, want ErrBusy", err)
+	}
+	r, err := txstore.Open(root, txstore.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("reader while writer open: %v", err)
+	}
+	if _, err := r.List(); err != nil {
+		t.Fatalf("reader list: %v", err)
+	}
+	if err := r.SetDefault(1); !errors.Is(err, txstore.ErrReadOnly) {
+		t.Fatalf("reader write: %v", err)
+	}
+}
+
+func TestUnsupportedType(t *testing.T) {
+	s, _ := newStore(t)
+	d := sampleDir(t)
+	if err := mkfifo(filepath.Join(d, "lib/fifo")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Commit(d, txstore.CommitOptions{}); !errors.Is(err, txstore.ErrUnsupported) {
+		t.Fatalf("fifo: %v", err)
+	}
+	if l, _ := s.List(); len(l) != 0 {
+		t.Fatalf("failed commit left a record: %v", l)
+	}
+}
+
+func TestEventsAndMarks(t *testing.T) {
+	s, _ := newStore(t)
+	tx, _, err := s.Commit(sampleDir(t), txstore.CommitOptions{Tries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(tx.ID, txstore.Event{Kind: "boot"}, func(t *txstore.Tx) error { return t.Attempt(false) }); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Get(tx.ID)
+	if got.State != txstore.StateTrying || got.TriesLeft != 1 {
+		t.Fatalf("after attempt %+v", got)
+	}
+	evs, err := s.Events(0)
+	if err != nil || len(evs) != 2 || evs[0].Kind != "commit" || evs[1].Kind != "boot" {
+		t.Fatalf("events %+v %v", evs, err)
+	}
+}
