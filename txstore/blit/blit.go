@@ -99,7 +99,7 @@ func Blit(m *manifest.Manifest, objs *cas.Store, dst string, workers int) (Stats
 		if e.Path != "." {
 			p = filepath.Join(dst, e.Path)
 		}
-		if os.Geteuid() == 0 {
+		if cas.IsRoot() && (e.UID != 0 || e.GID != 0) {
 			if err := unix.Lchown(p, int(e.UID), int(e.GID)); err != nil {
 				return st, fmt.Errorf("blit chown %s: %w", p, err)
 			}
@@ -118,7 +118,7 @@ func place(e *manifest.Entry, objs *cas.Store, dst string, st *Stats) error {
 		if err := unix.Symlink(e.Target, p); err != nil {
 			return fmt.Errorf("blit symlink %s: %w", p, err)
 		}
-		if os.Geteuid() == 0 {
+		if cas.IsRoot() && (e.UID != 0 || e.GID != 0) {
 			if err := unix.Lchown(p, int(e.UID), int(e.GID)); err != nil {
 				return fmt.Errorf("blit chown %s: %w", p, err)
 			}

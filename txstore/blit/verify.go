@@ -155,7 +155,7 @@ func checkDirAttrs(rel string, e *manifest.Entry, st *unix.Stat_t, add addFunc) 
 
 func checkOwner(rel string, e *manifest.Entry, st *unix.Stat_t, add addFunc) {
 	// An unprivileged commit cannot chown, so only root's trees are held to it.
-	if os.Geteuid() == 0 && (st.Uid != e.UID || st.Gid != e.GID) {
+	if cas.IsRoot() && (st.Uid != e.UID || st.Gid != e.GID) {
 		add(rel, "owner %d:%d, want %d:%d", st.Uid, st.Gid, e.UID, e.GID)
 	}
 }

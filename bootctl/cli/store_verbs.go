@@ -1,0 +1,298 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/txboot/txboot/txstore"
+)
+
+func init() {
+	var summary string
+	var tries int
+	var noDefault bool
+	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default]",
+		help: "store DIR (the new /usr's contents) as a new transaction",
+		flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&summary, "summary", "", "one-line description")
+			fs.IntVar(&tries, "tries", 0, "boot tries before the tx counts as bad (default 3)")
+			fs.BoolVar(&noDefault, "no-default", false, "do not make the new tx the default")
+		},
+		run: func(e *env, args []string) error {
+			if len(args) != 1 {
+				return usagef("commit takes one directory")
+			}
+			if tries < 0 || tries > 99 {
+				return usagef("--tries must be 1..99")
+			}
+			s, err := e.open(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			e.progress("committing %s…", args[0])
+			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: summary, Tries: tries, NoDefault: noDefault})
+			e.progressDone()
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(map[string]any{"tx": tx, "stats": st})
+			}
+			fmt.Fprintf(e.stdout, "committed tx %d %s\n", tx.ID, tx.Digest)
+			fmt.Fprintf(e.stdout, "  %d entries, %d files, %s; %d new objects (%s), %d deduplicated\n",
+				st.Entries, st.Files, human(st.Bytes), st.NewObjects, human(st.NewBytes), st.Deduplicated)
+			fmt.Fprintf(e.stdout, "  scan+hash %s, store %s, blit %s, total %s\n",
+				ms(st.Scan), ms(st.Store), ms(st.BlitTime), ms(st.Total))
+			return nil
+		}})
+
+	register(&verb{name: "list", help: "list transactions", run: func(e *env, args []string) error {
+		if len(args) != 0 {
+			return usagef("list takes no arguments")
+		}
+		s, err := e.openExisting(false)
+		if err != nil {
+			return err
+		}
+		txs, err := s.List()
+		if err != nil {
+			return err
+		}
+		def, err := s.Default()
+		if err != nil {
+			return err
+		}
+		if e.json {
+			return e.printJSON(map[string]any{"default": def, "transactions": txs})
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATE\tTRIES\tCREATED\tDIGEST\tFLAGS\tSUMMARY")
+		for _, t := range txs {
+			var flags []string
+			if t.ID == def {
+				flags = append(flags, "default")
+			}
+			if t.Pinned {
+				flags = append(flags, "pinned")
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", t.ID, t.State, t.TriesLeft,
+				t.Created.Local().Format("2006-01-02 15:04"), shortDigest(t.Digest), strings.Join(flags, ","), t.Summary)
+		}
+		return tw.Flush()
+	}})
+
+	register(&verb{name: "show", args: "ID", help: "show one transaction", run: func(e *env, args []string) error {
+		id, err := oneID(args)
+		if err != nil {
+			return err
+		}
+		s, err := e.openExisting(false)
+		if err != nil {
+			return err
+		}
+		t, err := s.Get(id)
+		if err != nil {
+			return err
+		}
+		if e.json {
+			return e.printJSON(t)
+		}
+		fmt.Fprintf(e.stdout, "tx %d\n  digest:   %s\n  parent:   %d\n  created:  %s\n  summary:  %s\n  entries:  %d (%s)\n  kernels:  %s\n  state:    %s (tries left %d, spent %d)\n  pinned:   %v\n  tree:     %s\n",
+			t.ID, t.Digest, t.Parent, t.Created.Local().Format(time.RFC3339), t.Summary, t.Entries, human(t.Bytes),
+			strings.Join(t.Kernels, " "), t.State, t.TriesLeft, t.Tries, t.Pinned, s.TreeDir(t.ID))
+		if t.LastFailure != "" {
+			fmt.Fprintf(e.stdout, "  failure:  %s\n", t.LastFailure)
+		}
+		return nil
+	}})
+
+	var full bool
+	register(&verb{name: "verify", args: "[ID] [--full]", help: "check trees against manifests (all txs without ID)",
+		flags: func(fs *flag.FlagSet) {
+			fs.BoolVar(&full, "full", false, "re-hash every object (slow, reads all content)")
+		},
+		run: func(e *env, args []string) error {
+			if len(args) > 1 {
+				return usagef("verify takes at most one id")
+			}
+			s, err := e.openExisting(false)
+			if err != nil {
+				return err
+			}
+			var ids []uint64
+			if len(args) == 1 {
+				id, err := parseID(args[0])
+				if err != nil {
+					return err
+				}
+				ids = []uint64{id}
+			} else {
+				txs, err := s.List()
+				if err != nil {
+					return err
+				}
+				for _, t := range txs {
+					ids = append(ids, t.ID)
+				}
+			}
+			mode := txstore.VerifyFast
+			if full {
+				mode = txstore.VerifyFull
+			}
+			type result struct {
+				ID       uint64            `json:"id"`
+				OK       bool              `json:"ok"`
+				Problems []txstore.Problem `json:"problems"`
+				Millis   int64             `json:"ms"`
+			}
+			var results []result
+			bad := 0
+			for _, id := range ids {
+				e.progress("verifying tx %d…", id)
+				start := time.Now()
+				probs, err := s.Verify(id, mode)
+				if err != nil {
+					e.progressDone()
+					return err
+				}
+				r := result{ID: id, OK: len(probs) == 0, Problems: probs, Millis: time.Since(start).Milliseconds()}
+				if r.Problems == nil {
+					r.Problems = []txstore.Problem{}
+				}
+				results = append(results, r)
+				if len(probs) > 0 {
+					bad++
+				}
+			}
+			e.progressDone()
+			if e.json {
+				if err := e.printJSON(results); err != nil {
+					return err
+				}
+			} else {
+				for _, r := range results {
+					if r.OK {
+						fmt.Fprintf(e.stdout, "tx %d: ok (%d ms)\n", r.ID, r.Millis)
+						continue
+					}
+					fmt.Fprintf(e.stdout, "tx %d: %d problem(s)\n", r.ID, len(r.Problems))
+					for _, p := range r.Problems {
+						fmt.Fprintf(e.stdout, "  %s/trees/%d/%s\n", s.Dir, r.ID, p)
+					}
+				}
+			}
+			if bad > 0 {
+				return exitError{ExitProblems, fmt.Sprintf("%d of %d transaction(s) failed verification", bad, len(ids))}
+			}
+			return nil
+		}})
+
+	var keep int
+	var noGC bool
+	register(&verb{name: "prune", args: "[--keep N] [--no-gc]", help: "remove all but the N newest, pinned, default and booted txs",
+		flags: func(fs *flag.FlagSet) {
+			fs.IntVar(&keep, "keep", 5, "how many of the newest txs to keep")
+			fs.BoolVar(&noGC, "no-gc", false, "do not remove unreferenced objects afterwards")
+		},
+		run: func(e *env, args []string) error {
+			if len(args) != 0 {
+				return usagef("prune takes no arguments")
+			}
+			if keep < 1 {
+				return usagef("--keep must be at least 1")
+			}
+			s, err := e.open(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			res, err := s.Prune(keep, bootedTx())
+			if err != nil {
+				return err
+			}
+			var gc *txstore.GCStats
+			if !noGC {
+				if gc, err = s.GC(); err != nil {
+					return err
+				}
+			}
+			if e.json {
+				return e.printJSON(map[string]any{"prune": res, "gc": gc})
+			}
+			fmt.Fprintf(e.stdout, "removed %d tx(s) %v, kept %v\n", len(res.Removed), res.Removed, res.Kept)
+			if gc != nil {
+				fmt.Fprintf(e.stdout, "gc: removed %d objects, freed %s\n", gc.Removed, human(gc.FreedBytes))
+			}
+			return nil
+		}})
+
+	register(&verb{name: "gc", help: "remove objects no transaction references", run: func(e *env, args []string) error {
+		if len(args) != 0 {
+			return usagef("gc takes no arguments")
+		}
+		s, err := e.open(true)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		gc, err := s.GC()
+		if err != nil {
+			return err
+		}
+		if e.json {
+			return e.printJSON(gc)
+		}
+		fmt.Fprintf(e.stdout, "gc: %d objects referenced, removed %d, freed %s\n", gc.Referenced, gc.Removed, human(gc.FreedBytes))
+		return nil
+	}})
+
+	for _, pin := range []bool{true, false} {
+		name, help := "pin", "keep a transaction through prune"
+		if !pin {
+			name, help = "unpin", "let prune remove a transaction again"
+		}
+		register(&verb{name: name, args: "ID", help: help, run: func(e *env, args []string) error {
+			id, err := oneID(args)
+			if err != nil {
+				return err
+			}
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if err := s.SetPinned(id, pin); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "tx %d %sned\n", id, name)
+			return nil
+		}})
+	}
+}
+
+func shortDigest(d string) string {
+	d = strings.TrimPrefix(d, "sha256:")
+	if len(d) > 12 {
+		return d[:12]
+	}
+	return d
+}
+
+func human(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
