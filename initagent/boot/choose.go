@@ -1,0 +1,239 @@
+// Package boot is initagent's boot flow. choose.go picks, verifies and
+// assembles a transaction with fallback; flow.go does the PID 1 work around
+// it (mounts, modules, root device, switch_root, rescue).
+package boot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/bootstate"
+)
+
+// Request is what the command line (and the bootloader) asked for.
+type Request struct {
+	Tx            uint64 // 0: the store's default
+	Digest        string // "" or sha256:HEX that the requested tx must have
+	DigestInvalid bool   // a txboot.digest= was given but malformed
+	Verify        txstore.VerifyMode
+	Force         bool
+	Init          string // init= or ""
+	// LoaderTriesLeft is systemd-boot's remaining-tries counter for the
+	// entry it booted (from LoaderBootCountPath), or -1 when unknown.
+	LoaderTriesLeft int
+	LoaderTx        uint64 // the tx that entry names (0: unknown)
+}
+
+// Assembler puts a tree in place as the new root's /usr. The real one bind
+// mounts under /sysroot; tests use a temp dir.
+type Assembler interface {
+	Mount(tree string) error
+	Unmount() error
+	// FindInit returns the first usable init inside the new root.
+	FindInit(candidates []string) (string, error)
+}
+
+// Failure is one tx that could not be booted, and why.
+type Failure struct {
+	Tx     uint64 `json:"tx"`
+	Reason string `json:"reason"`
+}
+
+// Result is the outcome of Choose.
+type Result struct {
+	Tx        *txstore.Tx   `json:"tx"`
+	Requested uint64        `json:"requested"`
+	Init      string        `json:"init"`
+	Failures  []Failure     `json:"failures,omitempty"`
+	Reblitted bool          `json:"reblitted,omitempty"`
+	OnTrial   bool          `json:"on_trial"`
+	Verify    time.Duration `json:"verify_ns"`
+	Assemble  time.Duration `json:"assemble_ns"`
+}
+
+// Logf logs one line at a syslog level (3 error, 4 warning, 5 notice, 6 info, 7 debug).
+type Logf func(level int, format string, args ...any)
+
+// ErrNothingBootable means every candidate failed.
+var ErrNothingBootable = errors.New("no transaction could be booted")
+
+// InitCandidates is the order in which inits are tried.
+func InitCandidates(requested string) []string {
+	c := []string{"/sbin/init", "/usr/lib/systemd/systemd"}
+	if requested != "" {
+		c = append([]string{requested}, c...)
+	}
+	return c
+}
+
+// Choose picks the tx to boot: the requested one if it is sound, else the
+// fallback order of bootstate.FallbackOrder. Each failure is logged and
+// recorded in the store; the winner's try is recorded durably before
+// Choose returns, so a crash after this point still counts the try.
+func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, error) {
+	res := &Result{Requested: req.Tx}
+	if res.Requested == 0 {
+		def, err := s.Default()
+		if err != nil {
+			return res, fmt.Errorf("read default tx: %w", err)
+		}
+		res.Requested = def
+	}
+	all, err := s.List()
+	if err != nil {
+		return res, fmt.Errorf("list transactions: %w", err)
+	}
+	if len(all) == 0 {
+		return res, fmt.Errorf("%w: the store holds no transactions", ErrNothingBootable)
+	}
+	if res.Requested == 0 { // no default recorded: newest
+		res.Requested = all[len(all)-1].ID
+	}
+	cands := make([]bootstate.Candidate, len(all))
+	byID := map[uint64]*txstore.Tx{}
+	for i, t := range all {
+		cands[i] = bootstate.Candidate{ID: t.ID, State: t.State}
+		byID[t.ID] = t
+	}
+	order := bootstate.FallbackOrder(res.Requested, cands)
+	if byID[res.Requested] == nil {
+		res.Failures = append(res.Failures, Failure{res.Requested, fmt.Sprintf("tx %d is not in the store", res.Requested)})
+		logf(3, "requested tx %d is not in the store", res.Requested)
+	}
+	for _, id := range order {
+		t := byID[id]
+		requested := id == res.Requested
+		reason, intrinsic := tryOne(s, t, requested, req, asm, res, logf)
+		if reason == "" {
+			return res, nil
+		}
+		res.Failures = append(res.Failures, Failure{id, reason})
+		logf(3, "tx %d cannot be booted: %s", id, reason)
+		ev := txstore.Event{Kind: "boot-failed", Detail: reason}
+		_, err := s.Update(id, ev, func(t *txstore.Tx) error {
+			if intrinsic && t.State != txstore.StateBad {
+				t.MarkBad(reason)
+			} else if intrinsic {
+				t.LastFailure = reason
+			}
+			return nil
+		})
+		if err != nil {
+			logf(4, "could not record the failure of tx %d: %v", id, err)
+		}
+	}
+	return res, fmt.Errorf("%w: tried %d", ErrNothingBootable, len(order))
+}
+
+// tryOne returns "" on success, else the reason and whether the failure is
+// the tx's own (so it is marked bad) rather than the request's.
+func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm Assembler, res *Result, logf Logf) (string, bool) {
+	force := requested && req.Force
+	if requested {
+		if req.DigestInvalid {
+			return "txboot.digest= on the command line is malformed, so the content pin cannot be checked", false
+		}
+		if req.Digest != "" && req.Digest != t.Digest {
+			return fmt.Sprintf("digest mismatch: the boot entry pins %s, the store has %s", req.Digest, t.Digest), false
+		}
+		if req.LoaderTriesLeft >= 0 && req.LoaderTx == t.ID && t.State != txstore.StateGood && t.State != txstore.StateBad && req.LoaderTriesLeft < t.TriesLeft {
+			logf(6, "tx %d: adopting systemd-boot's counter: %d tries left (store had %d)", t.ID, req.LoaderTriesLeft, t.TriesLeft)
+		}
+	}
+	// Would a try be allowed? (Decided on a copy; recorded only on success.)
+	probe := t.Boot
+	if requested && req.LoaderTx == t.ID {
+		probe.SyncTries(req.LoaderTriesLeft)
+	}
+	if err := probe.Attempt(force); err != nil {
+		return err.Error(), t.State != txstore.StateBad
+	}
+	if force && t.State == txstore.StateBad {
+		logf(4, "tx %d is marked bad (%s); booting it anyway because txboot.force=1", t.ID, t.LastFailure)
+	}
+
+	vstart := time.Now()
+	tree := s.TreeDir(t.ID)
+	if req.Verify != txstore.VerifyOff {
+		probs, err := s.Verify(t.ID, req.Verify)
+		if err != nil {
+			return "verify: " + err.Error(), false
+		}
+		if len(probs) > 0 {
+			logf(4, "tx %d: %s; re-blitting its tree from the store", t.ID, describe(probs))
+			if _, err := s.Reblit(t.ID); err != nil {
+				res.Verify += time.Since(vstart)
+				return fmt.Sprintf("%s; re-blit failed: %v", describe(probs), err), true
+			}
+			res.Reblitted = true
+			if probs, err = s.Verify(t.ID, req.Verify); err != nil || len(probs) > 0 {
+				res.Verify += time.Since(vstart)
+				if err != nil {
+					return "verify after re-blit: " + err.Error(), false
+				}
+				return "after re-blit: " + describe(probs), true
+			}
+			logf(5, "tx %d: tree re-blitted and verified", t.ID)
+		}
+	} else if _, err := os.Lstat(tree); err != nil {
+		logf(4, "tx %d: tree missing; re-blitting (verification is off)", t.ID)
+		if _, err := s.Reblit(t.ID); err != nil {
+			return fmt.Sprintf("tree missing and re-blit failed: %v", err), true
+		}
+		res.Reblitted = true
+	}
+	res.Verify += time.Since(vstart)
+
+	astart := time.Now()
+	if err := asm.Mount(tree); err != nil {
+		res.Assemble += time.Since(astart)
+		return "assemble /usr: " + err.Error(), false
+	}
+	init, err := asm.FindInit(InitCandidates(req.Init))
+	if err != nil {
+		asm.Unmount()
+		res.Assemble += time.Since(astart)
+		return "no init: " + err.Error(), true
+	}
+	res.Assemble += time.Since(astart)
+
+	// Spend the try durably before pivoting (gokrazy's habit): if this boot
+	// hangs or dies, the next one already knows.
+	var onTrial bool
+	kind := "boot"
+	if !requested {
+		kind = "fallback"
+	}
+	detail := fmt.Sprintf("requested %d", res.Requested)
+	if len(res.Failures) > 0 {
+		detail += "; " + res.Failures[0].Reason
+	}
+	updated, err := s.Update(t.ID, txstore.Event{Kind: kind, Detail: detail}, func(x *txstore.Tx) error {
+		if requested && req.LoaderTx == x.ID {
+			x.SyncTries(req.LoaderTriesLeft)
+		}
+		if err := x.Attempt(force); err != nil {
+			return err
+		}
+		onTrial = x.State != txstore.StateGood
+		return nil
+	})
+	if err != nil {
+		asm.Unmount()
+		return "could not record the boot attempt: " + err.Error(), false
+	}
+	res.Tx, res.Init, res.OnTrial = updated, init, onTrial
+	return "", false
+}
+
+func describe(probs []txstore.Problem) string {
+	s := fmt.Sprintf("verification found %d problem(s): %s", len(probs), probs[0])
+	if len(probs) > 1 {
+		s += fmt.Sprintf(" (+%d more)", len(probs)-1)
+	}
+	return strings.TrimSpace(s)
+}
