@@ -88,7 +88,7 @@ func Main() {
 	}
 	log.logf(6, "initagent starting; command line: %s", strings.TrimSpace(string(raw)))
 
-	loadModules(log, raw)
+	loadModules(log, cfg)
 	ph.mark("modules")
 
 	if cfg.RootDelay > 0 {
@@ -190,14 +190,19 @@ func earlyMounts(log *klog) {
 	os.MkdirAll(Sysroot, 0o755)
 }
 
-func loadModules(log *klog, cmdlineRaw []byte) {
+func loadModules(log *klog, cfg cmdline.Config) {
 	rel, err := kmod.KernelRelease()
 	if err != nil {
 		log.logf(4, "%v", err)
 		return
 	}
 	dir := filepath.Join("/lib/modules", rel)
-	sum, err := kmod.LoadDir(dir, kmod.ParamsFromCmdline(strings.Fields(string(cmdlineRaw))))
+	// Module parameters (mod.param=v) from the parsed, unquoted tokens.
+	var params []string
+	for _, p := range cfg.Unknown {
+		params = append(params, p.String())
+	}
+	sum, err := kmod.LoadDir(dir, kmod.ParamsFromCmdline(params))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			log.logf(6, "no modules for kernel %s in the initramfs", rel)
