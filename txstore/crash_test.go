@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore"
-	"github.com/txboot/txboot/txstore/internal/testtree"
+	"github.com/txboot/txboot/txstore/testtree"
 )
 
 // TestMain lets the test binary act as a committing child process.

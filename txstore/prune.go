@@ -50,20 +50,7 @@ func (s *Store) Prune(keep int, protect ...uint64) (*PruneResult, error) {
 		}); err != nil {
 			return err
 		}
-		keepSet := map[uint64]bool{getU64(meta, keyDefault): true}
-		for _, id := range protect {
-			keepSet[id] = true
-		}
-		for i, id := range sortedIDs(all) {
-			if i < keep {
-				keepSet[id] = true
-			}
-		}
-		for _, t := range all {
-			if t.Pinned {
-				keepSet[t.ID] = true
-			}
-		}
+		keepSet := pruneKeepSet(all, keep, getU64(meta, keyDefault), protect)
 		for _, id := range sortedIDs(all) {
 			if keepSet[id] {
 				res.Kept = append(res.Kept, id)
@@ -92,6 +79,46 @@ func (s *Store) Prune(keep int, protect ...uint64) (*PruneResult, error) {
 		return res, cas.FsyncDir(trees)
 	}
 	return res, nil
+}
+
+// pruneKeepSet: the keep newest, pinned, the default and protect.
+func pruneKeepSet(all []*Tx, keep int, def uint64, protect []uint64) map[uint64]bool {
+	keepSet := map[uint64]bool{def: true}
+	for _, id := range protect {
+		keepSet[id] = true
+	}
+	for i, id := range sortedIDs(all) {
+		if i < keep {
+			keepSet[id] = true
+		}
+	}
+	for _, t := range all {
+		if t.Pinned {
+			keepSet[t.ID] = true
+		}
+	}
+	return keepSet
+}
+
+// PrunePlan returns the ids Prune(keep, protect...) would remove, so callers
+// can drop bootloader entries first (an entry must never outlive its tx).
+func (s *Store) PrunePlan(keep int, protect ...uint64) ([]uint64, error) {
+	all, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	def, err := s.Default()
+	if err != nil {
+		return nil, err
+	}
+	keepSet := pruneKeepSet(all, keep, def, protect)
+	var out []uint64
+	for _, id := range sortedIDs(all) {
+		if !keepSet[id] {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }
 
 // GCStats describe one GC.

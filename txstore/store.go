@@ -551,3 +551,30 @@ func sortedIDs(txs []*Tx) []uint64 {
 	sort.Slice(ids, func(i, j int) bool { return ids[i] > ids[j] })
 	return ids
 }
+
+// Config reads a small named setting (e.g. bootloader entry settings) saved
+// with SetConfig; nil if unset.
+func (s *Store) Config(name string) ([]byte, error) {
+	var out []byte
+	err := s.view(func(tx *bbolt.Tx) error {
+		_, meta, _, err := buckets(tx)
+		if err == nil {
+			if v := meta.Get([]byte("cfg/" + name)); v != nil {
+				out = append([]byte(nil), v...) // copy out of bbolt's mmap
+			}
+		}
+		return err
+	})
+	return out, err
+}
+
+// SetConfig saves a small named setting.
+func (s *Store) SetConfig(name string, val []byte) error {
+	return s.update(func(tx *bbolt.Tx) error {
+		_, meta, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		return meta.Put([]byte("cfg/"+name), val)
+	})
+}

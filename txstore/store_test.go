@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore"
-	"github.com/txboot/txboot/txstore/internal/testtree"
+	"github.com/txboot/txboot/txstore/testtree"
 )
 
 func newStore(t *testing.T) (*txstore.Store, string) {

@@ -11,15 +11,20 @@ import (
 )
 
 func init() {
-	var summary string
+	var summary, mkinitramfs, initagent string
 	var tries int
 	var noDefault bool
-	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default]",
+	var cef entryFlags
+	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default] [--esp ESP]",
 		help: "store DIR (the new /usr's contents) as a new transaction",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&summary, "summary", "", "one-line description")
 			fs.IntVar(&tries, "tries", 0, "boot tries before the tx counts as bad (default 3)")
 			fs.BoolVar(&noDefault, "no-default", false, "do not make the new tx the default")
+			fs.StringVar(&mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
+			fs.StringVar(&initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
+			cef = entryFlags{}
+			cef.register(fs)
 		},
 		run: func(e *env, args []string) error {
 			if len(args) != 1 {
@@ -47,6 +52,28 @@ func init() {
 				st.Entries, st.Files, human(st.Bytes), st.NewObjects, human(st.NewBytes), st.Deduplicated)
 			fmt.Fprintf(e.stdout, "  scan+hash %s, store %s, blit %s, total %s\n",
 				ms(st.Scan), ms(st.Store), ms(st.BlitTime), ms(st.Total))
+			// The kernel side: an initrd for the tx's kernel, then entries.
+			c, ok, err := loadEntriesConfig(s, e.root, &cef)
+			if err != nil || !ok {
+				return err
+			}
+			if err := buildInitrd(s, tx, mkinitramfs, initagent); err != nil {
+				return err
+			}
+			if len(tx.Kernels) > 0 {
+				fmt.Fprintf(e.stdout, "  initrd for %s: %s\n", tx.Kernels[len(tx.Kernels)-1], initrdPath(s, tx.ID))
+			}
+			if c.RootArg == "" {
+				return nil
+			}
+			rep, err := syncEntries(s, c)
+			if err != nil {
+				return err
+			}
+			if err := saveEntriesConfig(s, c); err != nil {
+				return err
+			}
+			printSync(e, rep)
 			return nil
 		}})
 
@@ -210,7 +237,23 @@ func init() {
 				return err
 			}
 			defer s.Close()
-			res, err := s.Prune(keep, bootedTx())
+			// Entries first: none may point at a tx that is gone.
+			plan, err := s.PrunePlan(keep, booted())
+			if err != nil {
+				return err
+			}
+			if c, ok, err := loadEntriesConfig(s, e.root, nil); err != nil {
+				return err
+			} else if ok && c.RootArg != "" {
+				rep, err := syncEntries(s, c, plan...)
+				if err != nil {
+					return err
+				}
+				if !e.json {
+					printSync(e, rep)
+				}
+			}
+			res, err := s.Prune(keep, booted())
 			if err != nil {
 				return err
 			}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/txboot/txboot/txstore/internal/testtree"
+	"github.com/txboot/txboot/txstore/testtree"
 	"github.com/txboot/txboot/txstore/manifest"
 )
 

@@ -1,0 +1,556 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/txboot/txboot/bootctl/bls"
+	"github.com/txboot/txboot/bootctl/efivars"
+	"github.com/txboot/txboot/txstore"
+	"golang.org/x/sys/unix"
+)
+
+// bootInfo is what initagent left in /run/txboot/boot.json.
+type bootInfo struct {
+	Booted    uint64 `json:"booted"`
+	Requested uint64 `json:"requested"`
+	Failures  []struct {
+		Tx     uint64 `json:"tx"`
+		Reason string `json:"reason"`
+	} `json:"failures"`
+	OnTrial  bool `json:"on_trial"`
+	Watchdog int  `json:"watchdog_seconds"`
+}
+
+// bootInfoPath may be overridden in tests.
+var bootInfoPath = "/run/txboot/boot.json"
+
+func readBootInfo() (*bootInfo, error) {
+	data, err := os.ReadFile(bootInfoPath)
+	if err != nil {
+		return nil, err
+	}
+	var bi bootInfo
+	if err := json.Unmarshal(data, &bi); err != nil {
+		return nil, fmt.Errorf("%s: %w", bootInfoPath, err)
+	}
+	return &bi, nil
+}
+
+// booted is the tx running now: initagent's record, else the command line.
+func booted() uint64 {
+	if bi, err := readBootInfo(); err == nil && bi.Booted != 0 {
+		return bi.Booted
+	}
+	return bootedTx()
+}
+
+func targetID(args []string) (uint64, error) {
+	switch len(args) {
+	case 0:
+		if id := booted(); id != 0 {
+			return id, nil
+		}
+		return 0, usageError{errNoBooted.Error()}
+	case 1:
+		return parseID(args[0])
+	}
+	return 0, usagef("expected at most one transaction id")
+}
+
+// disarmWatchdog stops the watchdog initagent armed for a boot on trial:
+// the magic close ('V') tells the driver the stop is intended.
+func disarmWatchdog() bool {
+	fd, err := unix.Open("/dev/watchdog", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	unix.Write(fd, []byte("V"))
+	unix.Close(fd)
+	return true
+}
+
+// healDefault: if the default tx is bad, the newest good tx becomes the
+// default, so the menu and initagent stop aiming at a known-bad tx.
+func healDefault(s *txstore.Store) (uint64, error) {
+	def, err := s.Default()
+	if err != nil || def == 0 {
+		return 0, err
+	}
+	t, err := s.Get(def)
+	if err != nil && !errors.Is(err, txstore.ErrNotFound) {
+		return 0, err
+	}
+	if t != nil && t.State != txstore.StateBad {
+		return 0, nil
+	}
+	txs, err := s.List()
+	if err != nil {
+		return 0, err
+	}
+	for i := len(txs) - 1; i >= 0; i-- {
+		if txs[i].State == txstore.StateGood {
+			return txs[i].ID, s.SetDefault(txs[i].ID)
+		}
+	}
+	return 0, nil
+}
+
+func markGood(e *env, s *txstore.Store, id uint64, why string, ef *entryFlags) error {
+	if _, err := s.Update(id, txstore.Event{Kind: "mark-good", Detail: why}, func(t *txstore.Tx) error {
+		t.MarkGood()
+		return nil
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "tx %d marked good\n", id)
+	if id == booted() && disarmWatchdog() {
+		fmt.Fprintln(e.stdout, "watchdog disarmed")
+	}
+	if nd, err := healDefault(s); err != nil {
+		return err
+	} else if nd != 0 {
+		fmt.Fprintf(e.stdout, "default was bad; tx %d is the default now\n", nd)
+	}
+	return resync(e, s, ef)
+}
+
+func markBad(e *env, s *txstore.Store, id uint64, reason string, ef *entryFlags) error {
+	if _, err := s.Update(id, txstore.Event{Kind: "mark-bad", Detail: reason}, func(t *txstore.Tx) error {
+		t.MarkBad(reason)
+		return nil
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "tx %d marked bad: %s\n", id, reason)
+	if nd, err := healDefault(s); err != nil {
+		return err
+	} else if nd != 0 {
+		fmt.Fprintf(e.stdout, "tx %d is the default now\n", nd)
+	}
+	return resync(e, s, ef)
+}
+
+// reboot asks systemd when it runs, else syncs and reboots directly.
+func reboot(e *env) error {
+	fmt.Fprintln(e.stdout, "rebooting")
+	if isDir("/run/systemd/system") {
+		if p, err := exec.LookPath("systemctl"); err == nil {
+			return exec.Command(p, "reboot").Run()
+		}
+	}
+	unix.Sync()
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}
+
+func init() {
+	var ef entryFlags
+	register(&verb{name: "mark-good", args: "[ID]", help: "record that a tx (default: the booted one) is healthy; bless its entry",
+		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
+		run: func(e *env, args []string) error {
+			id, err := targetID(args)
+			if err != nil {
+				return err
+			}
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			return markGood(e, s, id, "bootctl mark-good", &ef)
+		}})
+
+	var reason string
+	var rebootAfter bool
+	register(&verb{name: "mark-bad", args: "[ID] [--reason R] [--reboot]", help: "record that a tx is broken; it is never chosen again unless forced",
+		flags: func(fs *flag.FlagSet) {
+			ef = entryFlags{}
+			ef.register(fs)
+			fs.StringVar(&reason, "reason", "marked bad by bootctl", "why (shown by status and log)")
+			fs.BoolVar(&rebootAfter, "reboot", false, "reboot afterwards")
+		},
+		run: func(e *env, args []string) error {
+			id, err := targetID(args)
+			if err != nil {
+				return err
+			}
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			err = markBad(e, s, id, reason, &ef)
+			s.Close()
+			if err == nil && rebootAfter {
+				return reboot(e)
+			}
+			return err
+		}})
+
+	var checkTimeout time.Duration
+	register(&verb{name: "health", args: "[--reboot] [--check-timeout D]", help: "run health checks; mark the booted tx good, or bad (and reboot)",
+		flags: func(fs *flag.FlagSet) {
+			ef = entryFlags{}
+			ef.register(fs)
+			fs.BoolVar(&rebootAfter, "reboot", false, "reboot when a required check fails")
+			fs.DurationVar(&checkTimeout, "check-timeout", 2*time.Minute, "time limit per check")
+		},
+		run: func(e *env, args []string) error {
+			if len(args) != 0 {
+				return usagef("health takes no arguments")
+			}
+			id, err := targetID(nil)
+			if err != nil {
+				return err
+			}
+			res := runHealth(e, checkTimeout)
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			if res.failed == "" {
+				err = markGood(e, s, id, fmt.Sprintf("health: %d required, %d wanted checks; %d wanted failed", res.required, res.wanted, res.wantedFailed), &ef)
+				s.Close()
+				return err
+			}
+			err = markBad(e, s, id, "health check failed: "+res.failed, &ef)
+			s.Close()
+			if err != nil {
+				return err
+			}
+			if rebootAfter {
+				return reboot(e)
+			}
+			return exitError{ExitFail, "health check failed: " + res.failed}
+		}})
+
+	register(&verb{name: "log", args: "[-n N]", help: "show the store's event log (boots, fallbacks, marks)",
+		flags: func(fs *flag.FlagSet) { fs.IntVar(&logN, "n", 50, "how many of the newest events") },
+		run: func(e *env, args []string) error {
+			s, err := e.openExisting(false)
+			if err != nil {
+				return err
+			}
+			evs, err := s.Events(logN)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(evs)
+			}
+			for _, ev := range evs {
+				tx := ""
+				if ev.TxID != 0 {
+					tx = fmt.Sprintf("tx %d ", ev.TxID)
+				}
+				fmt.Fprintf(e.stdout, "%s  %-12s %s%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Kind, tx, ev.Detail)
+			}
+			return nil
+		}})
+
+	register(&verb{name: "set-default", args: "ID", help: "boot this tx by default",
+		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
+		run: func(e *env, args []string) error {
+			id, err := oneID(args)
+			if err != nil {
+				return err
+			}
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if err := s.SetDefault(id); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "tx %d is the default\n", id)
+			return resync(e, s, &ef)
+		}})
+
+	register(&verb{name: "rollback", help: "make the previous good tx the default",
+		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
+		run: func(e *env, args []string) error {
+			if len(args) != 0 {
+				return usagef("rollback takes no arguments")
+			}
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			def, err := s.Default()
+			if err != nil {
+				return err
+			}
+			from := def
+			if b := booted(); b != 0 && b < from {
+				from = b
+			}
+			txs, err := s.List()
+			if err != nil {
+				return err
+			}
+			for i := len(txs) - 1; i >= 0; i-- {
+				if t := txs[i]; t.ID < from && t.State == txstore.StateGood {
+					if err := s.SetDefault(t.ID); err != nil {
+						return err
+					}
+					s.Log(txstore.Event{Kind: "rollback", TxID: t.ID, Detail: fmt.Sprintf("from tx %d", def)})
+					fmt.Fprintf(e.stdout, "rolled back: tx %d is the default (was %d)\n", t.ID, def)
+					return resync(e, s, &ef)
+				}
+			}
+			return exitError{ExitNotFound, fmt.Sprintf("no good tx older than %d to roll back to", from)}
+		}})
+
+	var efiDir string
+	register(&verb{name: "boot-once", args: "ID", help: "boot this tx on the next boot only (systemd-boot LoaderEntryOneShot)",
+		flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&efiDir, "efivars", "", "efivarfs directory (default /sys/firmware/efi/efivars)")
+		},
+		run: func(e *env, args []string) error {
+			id, err := oneID(args)
+			if err != nil {
+				return err
+			}
+			s, err := e.openExisting(false)
+			if err != nil {
+				return err
+			}
+			t, err := s.Get(id)
+			if err != nil {
+				return err
+			}
+			if t.State == txstore.StateBad {
+				fmt.Fprintf(e.stderr, "warning: tx %d is marked bad (%s); initagent will refuse it unless its entry adds txboot.force=1\n", id, t.LastFailure)
+			}
+			pat := bls.EntryPattern(bls.DefaultPrefix, id)
+			if err := efivars.New(efiDir).SetEntryOneShot(pat); err != nil {
+				return fmt.Errorf("set LoaderEntryOneShot: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "next boot: tx %d (LoaderEntryOneShot=%s)\n", id, pat)
+			return nil
+		}})
+
+	register(&verb{name: "status", help: "what booted, what is default, what is on trial or bad, and why",
+		flags: func(fs *flag.FlagSet) { fs.StringVar(&efiDir, "efivars", "", "efivarfs directory") },
+		run:   runStatus(&efiDir)})
+}
+
+var logN int
+
+type healthResult struct {
+	required, wanted, wantedFailed int
+	failed                         string // first required failure
+}
+
+// healthChecks lists checks: /usr/lib/txboot/health.d and /etc/txboot/health.d,
+// each with required/ and wanted/ (plain files in health.d count as
+// required). A same-named file in /etc overrides /usr/lib; one that is a
+// symlink to /dev/null masks it, as with systemd units.
+func healthChecks(root string) (req, want []string) {
+	found := map[string]map[string]string{"required": {}, "wanted": {}}
+	for _, base := range []string{"usr/lib/txboot/health.d", "etc/txboot/health.d"} {
+		for _, d := range []struct{ sub, kind string }{{"", "required"}, {"required", "required"}, {"wanted", "wanted"}} {
+			dir := filepath.Join(root, base, d.sub)
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				continue
+			}
+			for _, ent := range ents {
+				if !ent.IsDir() {
+					found[d.kind][ent.Name()] = filepath.Join(dir, ent.Name())
+				}
+			}
+		}
+	}
+	pick := func(m map[string]string) []string {
+		var names []string
+		for n, p := range m {
+			if t, err := os.Readlink(p); err == nil && t == "/dev/null" {
+				continue // masked
+			}
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		out := make([]string, len(names))
+		for i, n := range names {
+			out[i] = m[n]
+		}
+		return out
+	}
+	return pick(found["required"]), pick(found["wanted"])
+}
+
+func runHealth(e *env, timeout time.Duration) healthResult {
+	req, want := healthChecks(e.root)
+	var r healthResult
+	run := func(p string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, p)
+		cmd.Stdout, cmd.Stderr = e.stdout, e.stderr
+		err := cmd.Run()
+		if ctx.Err() != nil {
+			return fmt.Errorf("timed out after %s", timeout)
+		}
+		return err
+	}
+	for _, p := range req {
+		r.required++
+		if err := run(p); err != nil {
+			fmt.Fprintf(e.stdout, "health: FAIL (required) %s: %v\n", p, err)
+			if r.failed == "" {
+				r.failed = fmt.Sprintf("%s: %v", filepath.Base(p), err)
+			}
+		} else {
+			fmt.Fprintf(e.stdout, "health: ok   (required) %s\n", p)
+		}
+	}
+	for _, p := range want {
+		r.wanted++
+		if err := run(p); err != nil {
+			r.wantedFailed++
+			fmt.Fprintf(e.stdout, "health: fail (wanted)   %s: %v\n", p, err)
+		} else {
+			fmt.Fprintf(e.stdout, "health: ok   (wanted)   %s\n", p)
+		}
+	}
+	return r
+}
+
+type statusTx struct {
+	*txstore.Tx
+	Default bool `json:"default"`
+	Booted  bool `json:"booted"`
+}
+
+type statusOut struct {
+	Booted        uint64          `json:"booted"`
+	Requested     uint64          `json:"requested,omitempty"`
+	BootFailures  any             `json:"boot_failures,omitempty"`
+	Default       uint64          `json:"default"`
+	OnTrial       []uint64        `json:"on_trial"`
+	Bad           []uint64        `json:"bad"`
+	Transactions  []statusTx      `json:"transactions"`
+	LoaderEntry   string          `json:"loader_entry_selected,omitempty"`
+	LoaderCounter string          `json:"loader_boot_count_path,omitempty"`
+	Entries       []string        `json:"entries,omitempty"`
+	ESP           string          `json:"esp,omitempty"`
+	Info          *bootInfo       `json:"-"`
+	Events        []txstore.Event `json:"recent_events,omitempty"`
+}
+
+func runStatus(efiDir *string) func(e *env, args []string) error {
+	return func(e *env, args []string) error {
+		if len(args) != 0 {
+			return usagef("status takes no arguments")
+		}
+		s, err := e.openExisting(false)
+		if err != nil {
+			return err
+		}
+		txs, err := s.List()
+		if err != nil {
+			return err
+		}
+		def, err := s.Default()
+		if err != nil {
+			return err
+		}
+		out := statusOut{Default: def, OnTrial: []uint64{}, Bad: []uint64{}}
+		out.Booted = booted()
+		if bi, err := readBootInfo(); err == nil {
+			out.Requested = bi.Requested
+			if len(bi.Failures) > 0 {
+				out.BootFailures = bi.Failures
+			}
+			out.Info = bi
+		}
+		for _, t := range txs {
+			out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted})
+			switch t.State {
+			case txstore.StatePending, txstore.StateTrying:
+				out.OnTrial = append(out.OnTrial, t.ID)
+			case txstore.StateBad:
+				out.Bad = append(out.Bad, t.ID)
+			}
+		}
+		v := efivars.New(*efiDir)
+		out.LoaderEntry, _ = v.EntrySelected()
+		out.LoaderCounter, _ = v.BootCountPath()
+		if c, ok, _ := loadEntriesConfig(s, e.root, nil); ok {
+			out.ESP = c.ESP
+			if files, err := bls.List(c.ESP, bls.DefaultPrefix); err == nil {
+				for _, f := range files {
+					out.Entries = append(out.Entries, f.File)
+				}
+			}
+		}
+		out.Events, _ = s.Events(5)
+		if e.json {
+			return e.printJSON(out)
+		}
+		w := e.stdout
+		if out.Booted != 0 {
+			fmt.Fprintf(w, "Booted:   tx %d", out.Booted)
+			if out.Requested != 0 && out.Requested != out.Booted {
+				fmt.Fprintf(w, " (fell back from tx %d)", out.Requested)
+			}
+			fmt.Fprintln(w)
+			if out.Info != nil {
+				for _, f := range out.Info.Failures {
+					fmt.Fprintf(w, "          tx %d failed this boot: %s\n", f.Tx, f.Reason)
+				}
+			}
+		} else {
+			fmt.Fprintln(w, "Booted:   (not booted by txboot)")
+		}
+		fmt.Fprintf(w, "Default:  tx %d\n", def)
+		if out.LoaderEntry != "" {
+			fmt.Fprintf(w, "Loader:   %s", out.LoaderEntry)
+			if out.LoaderCounter != "" {
+				fmt.Fprintf(w, " (counting: %s)", out.LoaderCounter)
+			}
+			fmt.Fprintln(w)
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tFLAGS\tSUMMARY / LAST FAILURE")
+		for i := len(out.Transactions) - 1; i >= 0; i-- {
+			t := out.Transactions[i]
+			var flags []string
+			if t.Booted {
+				flags = append(flags, "booted")
+			}
+			if t.Default {
+				flags = append(flags, "default")
+			}
+			if t.Pinned {
+				flags = append(flags, "pinned")
+			}
+			note := t.Summary
+			if t.LastFailure != "" {
+				note = "FAILED: " + t.LastFailure
+			}
+			tries := "-"
+			if t.State == txstore.StatePending || t.State == txstore.StateTrying {
+				tries = fmt.Sprint(t.TriesLeft)
+			}
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, strings.Join(flags, ","), note)
+		}
+		tw.Flush()
+		if out.ESP != "" {
+			fmt.Fprintf(w, "\nEntries on %s: %s\n", out.ESP, strings.Join(out.Entries, " "))
+		}
+		return nil
+	}
+}

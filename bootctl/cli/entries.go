@@ -1,0 +1,293 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+
+	"github.com/txboot/txboot/bootctl/bls"
+	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/cas"
+)
+
+// entriesConfig is saved in the store by `entries sync` so later verbs
+// (commit, mark-good, set-default, rollback, prune) keep the ESP in step.
+type entriesConfig struct {
+	ESP       string `json:"esp"`
+	RootArg   string `json:"root_arg"`
+	Options   string `json:"options,omitempty"`
+	Keep      int    `json:"keep"`
+	OSName    string `json:"os_name,omitempty"`
+	MachineID string `json:"machine_id,omitempty"`
+}
+
+const entriesKey = "entries"
+
+// entryFlags are shared by the verbs that may sync entries.
+type entryFlags struct {
+	esp, rootArg, options, osName string
+	keep                          int
+	optionsSet                    bool
+}
+
+func (f *entryFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.esp, "esp", "", "ESP mount point (saved; default: the saved one, else /boot/efi, /efi, /boot)")
+	fs.StringVar(&f.rootArg, "root-arg", "", "root= value for entries, e.g. PARTUUID=… (saved)")
+	fs.Func("options", "extra kernel arguments for entries (saved)", func(s string) error {
+		f.options, f.optionsSet = s, true
+		return nil
+	})
+	fs.IntVar(&f.keep, "keep", 0, "entries for the newest N txs, plus pinned and default (saved; default 5)")
+	fs.StringVar(&f.osName, "os-name", "", "menu title prefix (saved)")
+}
+
+// loadEntriesConfig merges flags over the saved settings. ok is false when
+// no ESP is configured or found (then entries are simply not managed).
+func loadEntriesConfig(s *txstore.Store, root string, f *entryFlags) (entriesConfig, bool, error) {
+	var c entriesConfig
+	raw, err := s.Config(entriesKey)
+	if err != nil {
+		return c, false, err
+	}
+	if raw != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return c, false, fmt.Errorf("%w: saved entry settings unreadable: %v", txstore.ErrCorrupt, err)
+		}
+	}
+	if f != nil {
+		if f.esp != "" {
+			c.ESP = f.esp
+		}
+		if f.rootArg != "" {
+			c.RootArg = f.rootArg
+		}
+		if f.optionsSet {
+			c.Options = f.options
+		}
+		if f.keep > 0 {
+			c.Keep = f.keep
+		}
+		if f.osName != "" {
+			c.OSName = f.osName
+		}
+	}
+	if c.Keep == 0 {
+		c.Keep = 5
+	}
+	explicit := f != nil && f.esp != ""
+	if !explicit && !isDir(c.ESP) { // saved ESP gone (or none): look where ESPs live
+		c.ESP = ""
+		for _, cand := range []string{"boot/efi", "efi", "boot"} {
+			if p := filepath.Join(root, cand); isDir(filepath.Join(p, "loader")) {
+				c.ESP = p
+				break
+			}
+		}
+	}
+	if c.ESP == "" || !isDir(c.ESP) {
+		return c, false, nil
+	}
+	return c, true, nil
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+func saveEntriesConfig(s *txstore.Store, c entriesConfig) error {
+	data, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return s.SetConfig(entriesKey, data)
+}
+
+// initrdPath is where commit keeps the initrd built for a tx.
+func initrdPath(s *txstore.Store, id uint64) string {
+	return filepath.Join(s.Dir, "boot", strconv.FormatUint(id, 10), "initrd.img")
+}
+
+// syncEntries writes the ESP's entries from the store's records, leaving
+// out the txs in without (about to be pruned).
+func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Report, error) {
+	if c.RootArg == "" {
+		return nil, usagef("entries need a root= value: pass --root-arg once (e.g. --root-arg PARTUUID=…); it is saved")
+	}
+	txs, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	def, err := s.Default()
+	if err != nil {
+		return nil, err
+	}
+	var infos []bls.TxInfo
+	skip := map[uint64]bool{}
+	for _, id := range without {
+		skip[id] = true
+	}
+	for _, t := range txs {
+		if len(t.Kernels) == 0 || skip[t.ID] {
+			continue // no kernel in this /usr (nothing to boot from the menu), or going away
+		}
+		kver := t.Kernels[len(t.Kernels)-1]
+		initrd := initrdPath(s, t.ID)
+		if !fileExists(initrd) && t.State != txstore.StateBad {
+			if err := buildInitrd(s, t, "", ""); err != nil {
+				return nil, err
+			}
+		}
+		if !fileExists(initrd) {
+			continue
+		}
+		infos = append(infos, bls.TxInfo{ID: t.ID, Digest: t.Digest, Kernel: kver,
+			KernelPath: filepath.Join(s.TreeDir(t.ID), "lib/modules", kver, "vmlinuz"), InitrdPath: initrd,
+			Good: t.State == txstore.StateGood, Bad: t.State == txstore.StateBad, TriesLeft: t.TriesLeft, Pinned: t.Pinned})
+	}
+	rep, err := bls.Sync(bls.SyncConfig{ESP: c.ESP, Keep: c.Keep, Default: def, Options: c.Options, Root: c.RootArg,
+		OSName: c.OSName, MachineID: c.MachineID}, infos)
+	if err != nil {
+		return nil, fmt.Errorf("entries on %s: %w", c.ESP, err)
+	}
+	return &rep, nil
+}
+
+// buildInitrd builds the initrd for tx t's newest kernel with mkinitramfs,
+// from the tx's own modules, written atomically into the store.
+func buildInitrd(s *txstore.Store, t *txstore.Tx, mkinitramfs, initagent string) error {
+	if len(t.Kernels) == 0 {
+		return nil
+	}
+	kver := t.Kernels[len(t.Kernels)-1]
+	tree := s.TreeDir(t.ID)
+	mk := findTool(mkinitramfs, "mkinitramfs", filepath.Join(tree, "lib/txboot/mkinitramfs"))
+	ia := findTool(initagent, "initagent", filepath.Join(tree, "lib/txboot/initagent"))
+	if mk == "" || ia == "" {
+		return fmt.Errorf("tx %d has kernel %s but mkinitramfs or initagent was not found (pass --mkinitramfs and --initagent)", t.ID, kver)
+	}
+	out := initrdPath(s, t.ID)
+	if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
+		return err
+	}
+	args := []string{"--kver", kver, "--kmoddir", tree, "--init", ia, "-o", out, "-q"}
+	if bb := filepath.Join(tree, "bin/busybox"); fileExists(bb) {
+		args = append(args, "--add-file", bb+":/bin/busybox")
+	}
+	cmd := exec.Command(mk, args...)
+	if outb, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build initrd for tx %d: %v: %s", t.ID, err, outb)
+	}
+	return cas.FsyncDir(filepath.Dir(out))
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// findTool: explicit flag, then the tx's own copy, then next to bootctl, then $PATH.
+func findTool(flagVal, name, inTree string) string {
+	if flagVal != "" {
+		return flagVal
+	}
+	if fileExists(inTree) {
+		return inTree
+	}
+	if self, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(self), name); fileExists(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return ""
+}
+
+func printSync(e *env, rep *bls.Report) {
+	if rep == nil {
+		return
+	}
+	for _, w := range rep.Written {
+		fmt.Fprintf(e.stdout, "entries: wrote %s\n", w)
+	}
+	for _, r := range rep.Renamed {
+		fmt.Fprintf(e.stdout, "entries: renamed %s -> %s\n", r.From, r.To)
+	}
+	for _, r := range rep.Removed {
+		fmt.Fprintf(e.stdout, "entries: removed %s\n", r)
+	}
+	for _, c := range rep.Copied {
+		fmt.Fprintf(e.stdout, "entries: copied %s\n", c)
+	}
+	for _, r := range rep.RemovedFiles {
+		fmt.Fprintf(e.stdout, "entries: removed %s\n", r)
+	}
+}
+
+// resync re-syncs entries when an ESP is configured; a missing ESP is not
+// an error (not every system lets txboot manage its bootloader).
+func resync(e *env, s *txstore.Store, f *entryFlags) error {
+	c, ok, err := loadEntriesConfig(s, e.root, f)
+	if err != nil || !ok {
+		return err
+	}
+	if c.RootArg == "" {
+		return nil
+	}
+	rep, err := syncEntries(s, c)
+	if err != nil {
+		return err
+	}
+	if !e.json {
+		printSync(e, rep)
+	}
+	return nil
+}
+
+func init() {
+	var ef entryFlags
+	register(&verb{name: "entries", args: "sync [--esp ESP] [--root-arg V] [--options S] [--keep N]",
+		help:  "write the bootloader entries (BLS, systemd-boot counting) for the txs",
+		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
+		run: func(e *env, args []string) error {
+			if len(args) != 1 || args[0] != "sync" {
+				return usagef("usage: bootctl entries sync [--esp ESP] [--root-arg V] [--options S] [--keep N]")
+			}
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			c, ok, err := loadEntriesConfig(s, e.root, &ef)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return usagef("no ESP: pass --esp PATH (the mounted EFI system partition)")
+			}
+			if err := os.MkdirAll(filepath.Join(c.ESP, "loader", "entries"), 0o755); err != nil {
+				return err
+			}
+			rep, err := syncEntries(s, c)
+			if err != nil {
+				return err
+			}
+			if err := saveEntriesConfig(s, c); err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(rep)
+			}
+			printSync(e, rep)
+			if !rep.Changed() {
+				fmt.Fprintln(e.stdout, "entries: up to date")
+			}
+			return nil
+		}})
+}
+
+var errNoBooted = errors.New("no transaction id given and the booted one is unknown (not booted by txboot?)")
