@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/txboot/txboot/txstore/testtree"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/testtree"
 )
 
 // The same tree built in different orders, at different times, with
