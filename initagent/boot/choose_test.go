@@ -1,0 +1,180 @@
+package boot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/testtree"
+)
+
+// dirAssembler stands in for the bind mount (the real one is exercised by
+// the QEMU tests): it checks init inside the tree it was given.
+type dirAssembler struct{ tree string }
+
+func (d *dirAssembler) Mount(tree string) error { d.tree = tree; return nil }
+func (d *dirAssembler) Unmount() error          { d.tree = ""; return nil }
+func (d *dirAssembler) FindInit(c []string) (string, error) {
+	for _, p := range c {
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, "/usr"), "/")
+		if fi, err := os.Stat(filepath.Join(d.tree, rel)); err == nil && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", errors.New("no init")
+}
+
+// store3 builds a store with txs 1..3; tx 2 optionally lacks an init.
+func store3(t *testing.T, noInit2 bool) *txstore.Store {
+	t.Helper()
+	s, err := txstore.Open(t.TempDir(), txstore.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	for i := 1; i <= 3; i++ {
+		files := append(testtree.Sample(), testtree.File{Path: "share/marker", Data: fmt.Sprint(i), Mode: 0o644})
+		if !(noInit2 && i == 2) {
+			files = append(files, testtree.File{Path: "sbin/init", Data: "#!init", Mode: 0o755})
+		}
+		d := t.TempDir()
+		if err := testtree.Write(d, files, time.Unix(1, 0)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Commit(d, txstore.CommitOptions{Tries: 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+func noLog(int, string, ...any) {}
+
+func req(tx uint64) Request {
+	return Request{Tx: tx, Verify: txstore.VerifyFast, LoaderTriesLeft: -1}
+}
+
+func TestChoose(t *testing.T) {
+	cases := []struct {
+		name      string
+		noInit2   bool
+		prepare   func(t *testing.T, s *txstore.Store)
+		req       Request
+		want      uint64
+		failed    string // substring of the first failure
+		badAfter  []uint64
+		order     []uint64 // txs tried, in order, when all fail
+		reblitted bool
+	}{
+		{name: "default is newest", req: req(0), want: 3},
+		{name: "explicit", req: req(1), want: 1},
+		{name: "unknown id falls back to newest older", req: req(9), want: 3, failed: "not in the store"},
+		{name: "digest mismatch", req: Request{Tx: 3, Digest: "sha256:" + strings.Repeat("0", 64), Verify: txstore.VerifyFast, LoaderTriesLeft: -1}, want: 2, failed: "digest mismatch"},
+		{name: "malformed digest", req: Request{Tx: 3, DigestInvalid: true, Verify: txstore.VerifyFast, LoaderTriesLeft: -1}, want: 2, failed: "malformed"},
+		{name: "bad tx refused", prepare: func(t *testing.T, s *txstore.Store) {
+			s.Update(3, txstore.Event{}, func(x *txstore.Tx) error { x.MarkBad("broken"); return nil })
+		}, req: req(3), want: 2, failed: "marked bad"},
+		{name: "bad tx forced", prepare: func(t *testing.T, s *txstore.Store) {
+			s.Update(3, txstore.Event{}, func(x *txstore.Tx) error { x.MarkBad("broken"); return nil })
+		}, req: Request{Tx: 3, Force: true, Verify: txstore.VerifyFast, LoaderTriesLeft: -1}, want: 3},
+		{name: "out of tries becomes bad", prepare: func(t *testing.T, s *txstore.Store) {
+			s.Update(3, txstore.Event{}, func(x *txstore.Tx) error { x.TriesLeft = 0; return nil })
+		}, req: req(3), want: 2, failed: "no boot tries left", badAfter: []uint64{3}},
+		{name: "bootloader counter adopted", req: Request{Tx: 3, LoaderTx: 3, LoaderTriesLeft: 0, Verify: txstore.VerifyFast}, want: 2, failed: "no boot tries left", badAfter: []uint64{3}},
+		{name: "good fallback preferred", prepare: func(t *testing.T, s *txstore.Store) {
+			s.Update(1, txstore.Event{}, func(x *txstore.Tx) error { x.MarkGood(); return nil })
+			os.RemoveAll(filepath.Join(s.Dir, "objects"))
+		}, req: req(3), want: 0, failed: "manifest", badAfter: []uint64{3, 2, 1}, order: []uint64{3, 1, 2}},
+		{name: "tree missing is re-blitted", prepare: func(t *testing.T, s *txstore.Store) {
+			os.RemoveAll(filepath.Dir(s.TreeDir(3)))
+		}, req: req(3), want: 3, reblitted: true},
+		{name: "verify off still re-blits a missing tree", prepare: func(t *testing.T, s *txstore.Store) {
+			os.RemoveAll(filepath.Dir(s.TreeDir(3)))
+		}, req: Request{Tx: 3, Verify: txstore.VerifyOff, LoaderTriesLeft: -1}, want: 3, reblitted: true},
+		{name: "no init falls back and marks bad", noInit2: true, req: req(2), want: 1, failed: "no init", badAfter: []uint64{2}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := store3(t, c.noInit2)
+			if c.prepare != nil {
+				c.prepare(t, s)
+			}
+			res, err := Choose(s, c.req, &dirAssembler{}, noLog)
+			if c.want == 0 {
+				if !errors.Is(err, ErrNothingBootable) {
+					t.Fatalf("want ErrNothingBootable, got %v", err)
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("Choose: %v (failures %+v)", err, res.Failures)
+				}
+				if res.Tx.ID != c.want {
+					t.Fatalf("booted %d, want %d (failures %+v)", res.Tx.ID, c.want, res.Failures)
+				}
+				// The try was spent durably before returning.
+				got, _ := s.Get(c.want)
+				if got.State != txstore.StateBad && got.Tries != 1 {
+					t.Fatalf("try not recorded: %+v", got.Boot)
+				}
+			}
+			if c.failed != "" && (len(res.Failures) == 0 || !strings.Contains(res.Failures[0].Reason, c.failed)) {
+				t.Fatalf("failures %+v, want %q", res.Failures, c.failed)
+			}
+			if c.order != nil {
+				var got []uint64
+				for _, f := range res.Failures {
+					got = append(got, f.Tx)
+				}
+				if fmt.Sprint(got) != fmt.Sprint(c.order) {
+					t.Fatalf("tried %v, want %v (good before untested)", got, c.order)
+				}
+			}
+			if res.Reblitted != c.reblitted {
+				t.Fatalf("reblitted %v", res.Reblitted)
+			}
+			for _, id := range c.badAfter {
+				if x, _ := s.Get(id); x.State != txstore.StateBad || x.LastFailure == "" {
+					t.Fatalf("tx %d not recorded bad: %+v", id, x.Boot)
+				}
+			}
+		})
+	}
+}
+
+func TestResolveIn(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "usr/sbin"), 0o755)
+	os.WriteFile(filepath.Join(root, "usr/sbin/init"), []byte("x"), 0o755)
+	os.WriteFile(filepath.Join(root, "usr/sbin/noexec"), []byte("x"), 0o644)
+	os.Symlink("usr/sbin", filepath.Join(root, "sbin"))
+	os.Symlink("/usr/sbin/init", filepath.Join(root, "abs-init"))
+	os.Symlink("../../../../etc/passwd", filepath.Join(root, "usr/sbin/escape"))
+	os.Symlink("loop", filepath.Join(root, "loop"))
+	cases := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"/sbin/init", "usr/sbin/init", true},
+		{"/abs-init", "usr/sbin/init", true},
+		{"/usr/sbin/../sbin/./init", "usr/sbin/init", true},
+		{"/usr/sbin/escape", "etc/passwd", false}, // clamped inside root, and absent
+		{"/loop", "", false},
+	}
+	for _, c := range cases {
+		got, err := ResolveIn(root, c.in)
+		if (err == nil) != c.ok || (c.ok && got != filepath.Join(root, c.want)) {
+			t.Errorf("ResolveIn(%q) = %q, %v", c.in, got, err)
+		}
+		if err == nil && !strings.HasPrefix(got, root) {
+			t.Errorf("ResolveIn(%q) escaped the root: %q", c.in, got)
+		}
+	}
+	if init, err := FindInitIn(root, []string{"/usr/sbin/noexec", "/sbin/init"}); err != nil || init != "/sbin/init" {
+		t.Errorf("FindInitIn: %q %v", init, err)
+	}
+}
