@@ -40,8 +40,12 @@ qemu-test: deps build
 demo: deps build
 	bash scripts/demo.sh
 
+# Store vs ostree/cp (scripts/bench.sh), initramfs vs initramfs-tools, and
+# QEMU boots with and without an in-boot fallback. Tables go to stdout.
 bench: deps build
 	bash scripts/bench.sh
+	bash scripts/bench-initramfs.sh
+	$(GO) test -run '^$$' -bench Boot -benchtime 3x ./qemu-tests/ | grep -v '^ *\['
 
 # Run each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s

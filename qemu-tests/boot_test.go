@@ -32,7 +32,7 @@ var (
 )
 
 // base builds (once) a root directory whose store holds 3 txs, markers tx-1..3.
-func base(t *testing.T) (string, []*txstore.Tx) {
+func base(t testing.TB) (string, []*txstore.Tx) {
 	t.Helper()
 	b := getBins(t)
 	baseOnce.Do(func() {
@@ -57,7 +57,7 @@ func markerObject(n int) string {
 
 // image copies the base root (hardlinks kept), lets prepare damage it, and
 // makes an ext4 image of it without root privileges (mkfs.ext4 -d).
-func image(t *testing.T, prepare func(root string)) string {
+func image(t testing.TB, prepare func(root string)) string {
 	t.Helper()
 	src, _ := base(t)
 	dir := t.TempDir()
@@ -204,7 +204,7 @@ func TestStockKernel(t *testing.T) {
 	mustContain(t, r.out, "TXTEST usr=ro", "modules:")
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +212,7 @@ func must(t *testing.T, err error) {
 }
 
 // corrupt flips the first byte of a file in place (same inode): bit rot.
-func corrupt(t *testing.T, p string) {
+func corrupt(t testing.TB, p string) {
 	t.Helper()
 	must(t, os.Chmod(p, 0o644))
 	f, err := os.OpenFile(p, os.O_RDWR, 0)

@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 }
 
 // getBins builds the binaries under test once per run.
-func getBins(t *testing.T) *fixture.Bins {
+func getBins(t testing.TB) *fixture.Bins {
 	t.Helper()
 	binsOnce.Do(func() {
 		repo, err := harness.RepoRoot()
@@ -63,7 +63,7 @@ var (
 )
 
 // initrdFor builds (once) an initramfs for k carrying busybox for rescue.
-func initrdFor(t *testing.T, k harness.Kernel, extra ...string) string {
+func initrdFor(t testing.TB, k harness.Kernel, extra ...string) string {
 	t.Helper()
 	b := getBins(t)
 	initrdMu.Lock()
