@@ -10,11 +10,11 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/txboot/txboot/txstore/cas"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 )
 
@@ -224,7 +224,7 @@ func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) error {
 	p := filepath.Join(s.Dir, "store.db")
 	db, err := bbolt.Open(p, 0o600, &bbolt.Options{Timeout: s.opts.Timeout, ReadOnly: ro})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return fmt.Errorf("%w: %s", ErrBusy, p)
 		}
 		if errors.Is(err, os.ErrNotExist) {
@@ -511,35 +511,6 @@ func removeTree(p string) error {
 		return fmt.Errorf("remove %s: %w", p, err)
 	}
 	return nil
-}
-
-// workerPool runs fn over items with n goroutines and returns the first error.
-func workerPool[T any](n int, items []T, fn func(T) error) error {
-	var mu sync.Mutex
-	var first error
-	ch := make(chan T)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for it := range ch {
-				if err := fn(it); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for _, it := range items {
-		ch <- it
-	}
-	close(ch)
-	wg.Wait()
-	return first
 }
 
 // sortedIDs returns ids sorted descending.

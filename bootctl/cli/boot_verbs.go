@@ -455,15 +455,7 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 		if len(args) != 0 {
 			return usagef("status takes no arguments")
 		}
-		s, err := e.openExisting(false)
-		if err != nil {
-			return err
-		}
-		txs, err := s.List()
-		if err != nil {
-			return err
-		}
-		def, err := s.Default()
+		s, txs, def, err := e.snapshot()
 		if err != nil {
 			return err
 		}

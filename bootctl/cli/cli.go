@@ -192,6 +192,20 @@ func (e *env) openExisting(write bool) (*txstore.Store, error) {
 	return txstore.Open(e.root, txstore.Options{ReadOnly: !write, Timeout: e.timeout})
 }
 
+// snapshot opens the store read-only and reads every record and the default.
+func (e *env) snapshot() (*txstore.Store, []*txstore.Tx, uint64, error) {
+	s, err := e.openExisting(false)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	txs, err := s.List()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	def, err := s.Default()
+	return s, txs, def, err
+}
+
 func (e *env) printJSON(v any) error {
 	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")

@@ -81,15 +81,7 @@ func init() {
 		if len(args) != 0 {
 			return usagef("list takes no arguments")
 		}
-		s, err := e.openExisting(false)
-		if err != nil {
-			return err
-		}
-		txs, err := s.List()
-		if err != nil {
-			return err
-		}
-		def, err := s.Default()
+		_, txs, def, err := e.snapshot()
 		if err != nil {
 			return err
 		}
