@@ -71,7 +71,12 @@ func (s *Store) Prune(keep int, protect ...uint64) (*PruneResult, error) {
 	}
 	trees := filepath.Join(s.Dir, "trees")
 	for _, id := range res.Removed {
-		if err := removeTree(filepath.Join(trees, strconv.FormatUint(id, 10))); err != nil {
+		name := strconv.FormatUint(id, 10)
+		if err := removeTree(filepath.Join(trees, name)); err != nil {
+			return res, err
+		}
+		// Per-tx boot files (bootctl's initrd) go with the tx.
+		if err := removeTree(filepath.Join(s.Dir, "boot", name)); err != nil {
 			return res, err
 		}
 	}

@@ -475,22 +475,30 @@ func (s *Store) Cleanup() error {
 	for _, t := range txs {
 		known[strconv.FormatUint(t.ID, 10)] = true
 	}
-	trees := filepath.Join(s.Dir, "trees")
-	ents, err = os.ReadDir(trees)
-	if err != nil {
-		return fmt.Errorf("cleanup %s: %w", trees, err)
-	}
-	removed := false
-	for _, e := range ents {
-		if !known[e.Name()] {
-			if err := removeTree(filepath.Join(trees, e.Name())); err != nil {
+	// trees/<id> and boot/<id> without a record: an interrupted commit or prune.
+	for _, sub := range []string{"trees", "boot"} {
+		dir := filepath.Join(s.Dir, sub)
+		ents, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cleanup %s: %w", dir, err)
+		}
+		removed := false
+		for _, e := range ents {
+			if !known[e.Name()] {
+				if err := removeTree(filepath.Join(dir, e.Name())); err != nil {
+					return err
+				}
+				removed = true
+			}
+		}
+		if removed {
+			if err := cas.FsyncDir(dir); err != nil {
 				return err
 			}
-			removed = true
 		}
-	}
-	if removed {
-		return cas.FsyncDir(trees)
 	}
 	return nil
 }

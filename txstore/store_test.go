@@ -175,6 +175,9 @@ func TestPruneAndGC(t *testing.T) {
 	if err := s.SetDefault(3); err != nil {
 		t.Fatal(err)
 	}
+	bootFiles := filepath.Join(s.Dir, "boot", "2")
+	os.MkdirAll(bootFiles, 0o700)
+	os.WriteFile(filepath.Join(bootFiles, "initrd.img"), []byte("x"), 0o600)
 	res, err := s.Prune(2, 4)
 	if err != nil {
 		t.Fatal(err)
@@ -185,6 +188,9 @@ func TestPruneAndGC(t *testing.T) {
 	}
 	if _, err := os.Stat(s.TreeDir(2)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("tree 2 still there: %v", err)
+	}
+	if _, err := os.Stat(bootFiles); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("boot files of pruned tx 2 still there: %v", err)
 	}
 	gc, err := s.GC()
 	if err != nil {

@@ -109,6 +109,7 @@ func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, e
 		requested := id == res.Requested
 		reason, intrinsic := tryOne(s, t, requested, req, asm, res, logf)
 		if reason == "" {
+			settleOthers(s, all, res.Tx, logf)
 			return res, nil
 		}
 		res.Failures = append(res.Failures, Failure{id, reason})
@@ -140,14 +141,14 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 		if req.Digest != "" && req.Digest != t.Digest {
 			return fmt.Sprintf("digest mismatch: the boot entry pins %s, the store has %s", req.Digest, t.Digest), false
 		}
-		if req.LoaderTriesLeft >= 0 && req.LoaderTx == t.ID && t.State != txstore.StateGood && t.State != txstore.StateBad && req.LoaderTriesLeft < t.TriesLeft {
-			logf(6, "tx %d: adopting systemd-boot's counter: %d tries left (store had %d)", t.ID, req.LoaderTriesLeft, t.TriesLeft)
+		if req.LoaderTx == t.ID && req.LoaderTriesLeft >= 0 && t.State != txstore.StateGood && t.State != txstore.StateBad && req.LoaderTriesLeft+1 < t.TriesLeft {
+			logf(6, "tx %d: adopting systemd-boot's counter: %d tries left after this boot (store had %d before it)", t.ID, req.LoaderTriesLeft, t.TriesLeft)
 		}
 	}
 	// Would a try be allowed? (Decided on a copy; recorded only on success.)
 	probe := t.Boot
-	if requested && req.LoaderTx == t.ID {
-		probe.SyncTries(req.LoaderTriesLeft)
+	if requested {
+		adoptLoaderCounter(&probe, t.ID, req)
 	}
 	if err := probe.Attempt(force); err != nil {
 		return err.Error(), t.State != txstore.StateBad
@@ -213,8 +214,8 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 		detail += "; " + res.Failures[0].Reason
 	}
 	updated, err := s.Update(t.ID, txstore.Event{Kind: kind, Detail: detail}, func(x *txstore.Tx) error {
-		if requested && req.LoaderTx == x.ID {
-			x.SyncTries(req.LoaderTriesLeft)
+		if requested {
+			adoptLoaderCounter(&x.Boot, x.ID, req)
 		}
 		if err := x.Attempt(force); err != nil {
 			return err
@@ -228,6 +229,49 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 	}
 	res.Tx, res.Init, res.OnTrial = updated, init, onTrial
 	return "", false
+}
+
+// adoptLoaderCounter: LoaderBootCountPath names the entry *after*
+// systemd-boot spent this boot's try, while the store spends it in
+// Attempt; so the store's count before this boot is the loader's plus one.
+func adoptLoaderCounter(b *bootstate.Boot, id uint64, req Request) {
+	if req.LoaderTx == id && req.LoaderTriesLeft >= 0 {
+		b.SyncTries(req.LoaderTriesLeft + 1)
+	}
+}
+
+// settleOthers runs once a tx was chosen: a tx still on trial with no tries
+// left was not booted now (systemd-boot skips such entries by itself), so it
+// failed its trial: mark it bad, with the reason. If the default is bad and
+// the winner is good, the winner becomes the default.
+func settleOthers(s *txstore.Store, all []*txstore.Tx, winner *txstore.Tx, logf Logf) {
+	for _, o := range all {
+		if o.ID == winner.ID || o.State != txstore.StateTrying || o.TriesLeft > 0 {
+			continue
+		}
+		why := fmt.Sprintf("not marked good after %d tries", o.Tries)
+		logf(4, "tx %d: %s; it is marked bad", o.ID, why)
+		if _, err := s.Update(o.ID, txstore.Event{Kind: "out-of-tries", Detail: why + fmt.Sprintf("; booted tx %d", winner.ID)}, func(x *txstore.Tx) error {
+			if x.State == txstore.StateTrying && x.TriesLeft <= 0 {
+				x.MarkBad(why)
+			}
+			return nil
+		}); err != nil {
+			logf(4, "could not record tx %d as bad: %v", o.ID, err)
+		}
+	}
+	if winner.State != txstore.StateGood {
+		return
+	}
+	def, err := s.Default()
+	if err != nil || def == 0 || def == winner.ID {
+		return
+	}
+	if d, err := s.Get(def); err == nil && d.State == txstore.StateBad {
+		if err := s.SetDefault(winner.ID); err == nil {
+			logf(5, "default tx %d is bad; tx %d is the default now", def, winner.ID)
+		}
+	}
 }
 
 func describe(probs []txstore.Problem) string {

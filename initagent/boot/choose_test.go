@@ -61,15 +61,17 @@ func req(tx uint64) Request {
 
 func TestChoose(t *testing.T) {
 	cases := []struct {
-		name      string
-		noInit2   bool
-		prepare   func(t *testing.T, s *txstore.Store)
-		req       Request
-		want      uint64
-		failed    string // substring of the first failure
-		badAfter  []uint64
-		order     []uint64 // txs tried, in order, when all fail
-		reblitted bool
+		name         string
+		noInit2      bool
+		prepare      func(t *testing.T, s *txstore.Store)
+		req          Request
+		want         uint64
+		failed       string // substring of the first failure
+		badAfter     []uint64
+		order        []uint64 // txs tried, in order, when all fail
+		reblitted    bool
+		leftAfter    int    // tries left on the booted tx afterwards (checked for "bootloader…" cases)
+		defaultAfter uint64 // 0: unchecked
 	}{
 		{name: "default is newest", req: req(0), want: 3},
 		{name: "explicit", req: req(1), want: 1},
@@ -85,7 +87,16 @@ func TestChoose(t *testing.T) {
 		{name: "out of tries becomes bad", prepare: func(t *testing.T, s *txstore.Store) {
 			s.Update(3, txstore.Event{}, func(x *txstore.Tx) error { x.TriesLeft = 0; return nil })
 		}, req: req(3), want: 2, failed: "no boot tries left", badAfter: []uint64{3}},
-		{name: "bootloader counter adopted", req: Request{Tx: 3, LoaderTx: 3, LoaderTriesLeft: 0, Verify: txstore.VerifyFast}, want: 2, failed: "no boot tries left", badAfter: []uint64{3}},
+		// systemd-boot already spent this boot's try: +0 means "last try, now".
+		{name: "bootloader counter: last try is this boot", req: Request{Tx: 3, LoaderTx: 3, LoaderTriesLeft: 0, Verify: txstore.VerifyFast}, want: 3, leftAfter: 0},
+		{name: "bootloader counter lower than the store's", req: Request{Tx: 3, LoaderTx: 3, LoaderTriesLeft: 1, Verify: txstore.VerifyFast}, want: 3, leftAfter: 1},
+		{name: "bootloader counter higher is not a refund", prepare: func(t *testing.T, s *txstore.Store) {
+			s.Update(3, txstore.Event{}, func(x *txstore.Tx) error { x.TriesLeft = 1; return nil })
+		}, req: Request{Tx: 3, LoaderTx: 3, LoaderTriesLeft: 5, Verify: txstore.VerifyFast}, want: 3, leftAfter: 0},
+		{name: "a trial out of tries that the bootloader skipped is marked bad", prepare: func(t *testing.T, s *txstore.Store) {
+			s.Update(3, txstore.Event{}, func(x *txstore.Tx) error { x.State, x.TriesLeft, x.Tries = txstore.StateTrying, 0, 2; return nil })
+			s.Update(2, txstore.Event{}, func(x *txstore.Tx) error { x.MarkGood(); return nil })
+		}, req: req(2), want: 2, badAfter: []uint64{3}, defaultAfter: 2},
 		{name: "good fallback preferred", prepare: func(t *testing.T, s *txstore.Store) {
 			s.Update(1, txstore.Event{}, func(x *txstore.Tx) error { x.MarkGood(); return nil })
 			os.RemoveAll(filepath.Join(s.Dir, "objects"))
@@ -118,7 +129,7 @@ func TestChoose(t *testing.T) {
 				}
 				// The try was spent durably before returning.
 				got, _ := s.Get(c.want)
-				if got.State != txstore.StateBad && got.Tries != 1 {
+				if got.State != txstore.StateBad && got.State != txstore.StateGood && got.Tries != 1 {
 					t.Fatalf("try not recorded: %+v", got.Boot)
 				}
 			}
@@ -132,6 +143,16 @@ func TestChoose(t *testing.T) {
 				}
 				if fmt.Sprint(got) != fmt.Sprint(c.order) {
 					t.Fatalf("tried %v, want %v (good before untested)", got, c.order)
+				}
+			}
+			if c.defaultAfter != 0 {
+				if d, _ := s.Default(); d != c.defaultAfter {
+					t.Fatalf("default %d, want %d", d, c.defaultAfter)
+				}
+			}
+			if c.want != 0 && c.leftAfter >= 0 && strings.HasPrefix(c.name, "bootloader") {
+				if x, _ := s.Get(c.want); x.TriesLeft != c.leftAfter {
+					t.Fatalf("tries left %d, want %d", x.TriesLeft, c.leftAfter)
 				}
 			}
 			if res.Reblitted != c.reblitted {

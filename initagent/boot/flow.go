@@ -89,6 +89,7 @@ func Main() {
 	log.logf(6, "initagent starting; command line: %s", strings.TrimSpace(string(raw)))
 
 	loadModules(log, cfg)
+	mountEfivarfs(log) // after modules: Debian builds efivarfs as one
 	ph.mark("modules")
 
 	if cfg.RootDelay > 0 {
@@ -175,19 +176,26 @@ func earlyMounts(log *klog) {
 		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
-		{"efivarfs", "/sys/firmware/efi/efivars", "efivarfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 	} {
-		if _, err := os.Stat(m.dst); err != nil {
-			if m.fstype == "efivarfs" {
-				continue // not booted via UEFI
-			}
-			os.MkdirAll(m.dst, 0o755)
-		}
+		os.MkdirAll(m.dst, 0o755)
 		if err := unix.Mount(m.src, m.dst, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
 			log.logf(4, "mount %s on %s: %v", m.fstype, m.dst, err)
 		}
 	}
 	os.MkdirAll(Sysroot, 0o755)
+}
+
+// mountEfivarfs makes systemd-boot's variables readable when booted via
+// UEFI; without it the bootloader's boot counter cannot be adopted.
+func mountEfivarfs(log *klog) {
+	const dir = "/sys/firmware/efi/efivars"
+	if _, err := os.Stat(dir); err != nil {
+		return // not booted via UEFI
+	}
+	err := unix.Mount("efivarfs", dir, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	if err != nil && !errors.Is(err, unix.EBUSY) {
+		log.logf(4, "mount efivarfs on %s: %v; systemd-boot's boot counter cannot be read", dir, err)
+	}
 }
 
 func loadModules(log *klog, cfg cmdline.Config) {

@@ -36,6 +36,9 @@ var DefaultDrivers = []string{
 	"crc32c_generic", "crc32c_intel",
 	// watchdog (QEMU's i6300esb), for a tx on trial
 	"i6300esb",
+	// systemd-boot's counter (LoaderBootCountPath) lives in EFI variables;
+	// Debian builds efivarfs as a module
+	"efivarfs",
 }
 
 // Sentinel errors, for errors.Is.

@@ -235,7 +235,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		}
 		args = append(args,
 			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
-			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
+			"-drive", "if=pflash,format=raw,unit=1,file="+qemuEscape(vars))
 	}
 	disks := cfg.Disks
 	if cfg.Disk != "" {
