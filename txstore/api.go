@@ -79,4 +79,5 @@ var (
 	ErrDigest      = errors.New("digest mismatch")
 	ErrInUse       = errors.New("transaction is in use")
 	ErrBadManifest = manifest.ErrBad
+	ErrInvalid     = errors.New("invalid request")
 )

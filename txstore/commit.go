@@ -2,10 +2,12 @@ package txstore
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +25,12 @@ type CommitOptions struct {
 	Summary   string
 	Tries     int  // boot tries for the new tx; 0 = bootstate.DefaultTries
 	NoDefault bool // do not make the new tx the default
+	// Consume gives src to the store: new objects are taken by hardlink
+	// instead of copied when src is on the store's filesystem (files with
+	// other links are still copied), and src is removed once the tx is
+	// recorded, since its files are now the store's objects. A crash
+	// before that leaves src in place, some of its files read-only.
+	Consume bool
 	// Hook, if set, is called between the steps of a commit; tests use it to
 	// crash at chosen points.
 	Hook func(step string)
@@ -35,11 +43,15 @@ type CommitStats struct {
 	Bytes        int64
 	NewObjects   int
 	NewBytes     int64
-	Deduplicated int // regular files whose object was already stored
-	Blit         blit.Stats
-	Scan, Store  time.Duration
-	BlitTime     time.Duration
-	Total        time.Duration
+	Deduplicated int  // regular files whose object was already stored
+	Linked       int  // new objects taken from src by hardlink (Consume)
+	Adopted      bool // Consume: src itself became the tree (no blit)
+	// ConsumeErr is set when the tx was recorded but removing src failed.
+	ConsumeErr  error
+	Blit        blit.Stats
+	Scan, Store time.Duration
+	BlitTime    time.Duration
+	Total       time.Duration
 }
 
 var (
@@ -83,6 +95,11 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err := s.writable(); err != nil {
 		return nil, nil, err
 	}
+	if o.Consume {
+		if err := s.checkConsumable(src); err != nil {
+			return nil, nil, err
+		}
+	}
 	hook := o.Hook
 	if hook == nil {
 		hook = func(string) {}
@@ -103,8 +120,17 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	var mu sync.Mutex
 	seen := map[cas.Key]bool{}
 	var pending []staged
+	var relink []manifest.Entry // Consume: files in src that are not (yet) their object's inode
+	notLinked := func(e *manifest.Entry) {
+		if o.Consume {
+			mu.Lock()
+			relink = append(relink, *e)
+			mu.Unlock()
+		}
+	}
 	m, err := manifest.Scan(src, manifest.ScanOptions{Workers: s.opts.Workers, OnFile: func(e *manifest.Entry, path string, fst *unix.Stat_t) error {
 		if e.Size == 0 {
+			notLinked(e)
 			return nil
 		}
 		k := e.Key()
@@ -114,6 +140,7 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		seen[k] = true
 		mu.Unlock()
 		if dup {
+			notLinked(e)
 			mu.Lock()
 			st.Deduplicated++
 			mu.Unlock()
@@ -124,16 +151,34 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 			return err
 		}
 		if has {
+			notLinked(e)
 			mu.Lock()
 			st.Deduplicated++
 			mu.Unlock()
 			return nil
 		}
-		tmp, err := objs.Stage(path, k, fst)
-		if err != nil {
-			return err
+		linked := false
+		var tmp string
+		if o.Consume {
+			tmp, err = objs.StageLink(path, k, fst)
+			linked = err == nil
+			if errors.Is(err, cas.ErrNoLink) {
+				err = nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if !linked {
+			notLinked(e)
+			if tmp, err = objs.Stage(path, k, fst); err != nil {
+				return err
+			}
 		}
 		mu.Lock()
+		if linked {
+			st.Linked++
+		}
 		pending = append(pending, staged{tmp, k})
 		st.NewObjects++
 		st.NewBytes += e.Size
@@ -182,8 +227,9 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err := os.Mkdir(treeRoot, 0o755); err != nil {
 		return nil, nil, fmt.Errorf("commit: %w", err)
 	}
-	st.Blit, err = blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers)
-	if err != nil {
+	if o.Consume && s.adopt(src, filepath.Join(treeRoot, "usr"), m, relink) {
+		st.Adopted = true
+	} else if st.Blit, err = blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers); err != nil {
 		return nil, nil, fmt.Errorf("commit %s: %w", src, err)
 	}
 	st.BlitTime = time.Since(bt)
@@ -253,6 +299,12 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		return nil, nil, fmt.Errorf("commit: record tx %d: %w", id, err)
 	}
 	hook("recorded")
+	if o.Consume {
+		if err := removeTree(src); err != nil {
+			st.ConsumeErr = fmt.Errorf("tx %d committed, but %s was not removed: %w", id, src, err)
+		}
+		hook("source-removed")
+	}
 	st.Total = time.Since(start)
 	return t, st, nil
 }
@@ -365,4 +417,88 @@ func (s *Store) Reblit(id uint64) (blit.Stats, error) {
 		return bs, err
 	}
 	return bs, s.Log(Event{Kind: "reblit", TxID: id})
+}
+
+// checkConsumable refuses to consume (and later remove) a directory that
+// holds the store or lies inside it, or a filesystem root.
+func (s *Store) checkConsumable(src string) error {
+	abs, err := filepath.Abs(src)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return fmt.Errorf("commit --consume %s: %w", src, err)
+	}
+	store, err := filepath.EvalSymlinks(s.Dir)
+	if err != nil {
+		return fmt.Errorf("commit --consume: %w", err)
+	}
+	inside := func(a, b string) bool { // a is b or under it
+		rel, err := filepath.Rel(b, a)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+	}
+	if abs == "/" || inside(abs, store) || inside(store, abs) {
+		return fmt.Errorf("commit --consume %s: %w: it holds the store, lies in it, or is /", src, ErrInvalid)
+	}
+	return nil
+}
+
+// adopt makes src the new tree at dst instead of blitting one (Consume):
+// src is renamed to dst, every file in relink (not its object's inode:
+// deduplicated, copied, or empty) is replaced by a link to its object or
+// given its object's mode, and a fast verify must then find nothing. All
+// objects are published by now, so on any failure the adopted tree is
+// dropped and the caller blits from the store: false means "blit". The
+// verify also catches a src that changed during the commit.
+func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.Entry) bool {
+	if err := os.Rename(src, dst); err != nil {
+		return false // another filesystem, say: blit, and remove src later
+	}
+	fail := func() bool { removeTree(dst); return false }
+	dirfd, dirPath := -1, ""
+	defer func() {
+		if dirfd >= 0 {
+			unix.Close(dirfd)
+		}
+	}()
+	for i := range relink {
+		e := &relink[i]
+		dir, base := ".", e.Path
+		if j := strings.LastIndexByte(e.Path, '/'); j >= 0 {
+			dir, base = e.Path[:j], e.Path[j+1:]
+		}
+		if dir != dirPath || dirfd < 0 {
+			if dirfd >= 0 {
+				unix.Close(dirfd)
+			}
+			fd, err := unix.Open(filepath.Join(dst, dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				dirfd = -1
+				return fail()
+			}
+			dirfd, dirPath = fd, dir
+		}
+		k := e.Key()
+		if e.Size == 0 {
+			if cas.NeedChown(k.UID, k.GID) {
+				if unix.Fchownat(dirfd, base, int(k.UID), int(k.GID), unix.AT_SYMLINK_NOFOLLOW) != nil {
+					return fail()
+				}
+			}
+			if unix.Fchmodat(dirfd, base, k.Mode, 0) != nil {
+				return fail()
+			}
+			continue
+		}
+		const tmp = ".txboot-relink"
+		unix.Unlinkat(dirfd, tmp, 0)
+		if s.objects.Link(k, dirfd, tmp) != nil || unix.Renameat(dirfd, tmp, dirfd, base) != nil {
+			return fail()
+		}
+	}
+	probs, err := blit.Verify(m, s.objects, dst, false, s.opts.Workers)
+	if err != nil || len(probs) > 0 {
+		return fail()
+	}
+	return true
 }

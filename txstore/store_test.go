@@ -260,3 +260,68 @@ func TestEventsAndMarks(t *testing.T) {
 		t.Fatalf("events %+v %v", evs, err)
 	}
 }
+
+// --consume takes new objects by hardlink and removes the source; a file
+// with another link outside the source is copied, so the outside inode is
+// left alone; a source that holds the store is refused.
+func TestCommitConsume(t *testing.T) {
+	s, root := newStore(t)
+	src := sampleDir(t)
+	outside := filepath.Join(t.TempDir(), "outside")
+	if err := os.Link(filepath.Join(src, "bin", "sh"), outside); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := s.Commit(sampleDir(t), txstore.CommitOptions{NoDefault: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, st, err := s.Commit(src, txstore.CommitOptions{Consume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tx.Digest != want.Digest {
+		t.Fatalf("consumed digest %s, copied %s", tx.Digest, want.Digest)
+	}
+	if _, err := os.Stat(src); !errors.Is(err, os.ErrNotExist) || st.ConsumeErr != nil {
+		t.Fatalf("source still there (%v, %v)", err, st.ConsumeErr)
+	}
+	// Everything was already stored by the first commit: nothing linked.
+	if st.Linked != 0 || st.NewObjects != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	src2 := sampleDir(t, testtree.File{Path: "lib/fresh", Data: "fresh content", Mode: 0o644},
+		testtree.File{Path: "bin/fresh-tool", Data: "tool", Mode: 0o755})
+	if err := os.Link(filepath.Join(src2, "bin", "fresh-tool"), outside+"2"); err != nil {
+		t.Fatal(err)
+	}
+	tx2, st2, err := s.Commit(src2, txstore.CommitOptions{Consume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Adopted || !st2.Adopted {
+		t.Fatalf("source not adopted as the tree: %+v %+v", st, st2)
+	}
+	if st2.NewObjects != 2 || st2.Linked != 1 {
+		t.Fatalf("want 2 new objects, 1 linked (the other has a link outside): %+v", st2)
+	}
+	for _, id := range []uint64{tx.ID, tx2.ID} {
+		if probs, err := s.Verify(id, txstore.VerifyFull); err != nil || len(probs) > 0 {
+			t.Fatalf("verify %d: %v %v", id, err, probs)
+		}
+	}
+	if fi, err := os.Stat(outside + "2"); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("outside link changed: %v %v", fi.Mode(), err)
+	}
+	if after, err := os.Stat(outside); err != nil || after.Mode() != before.Mode() {
+		t.Fatalf("outside link changed: %v %v", after.Mode(), err)
+	}
+	for _, bad := range []string{root, filepath.Join(root, ".txboot"), filepath.Join(root, ".txboot", "trees")} {
+		if _, _, err := s.Commit(bad, txstore.CommitOptions{Consume: true}); !errors.Is(err, txstore.ErrInvalid) {
+			t.Errorf("consume %s: err %v, want ErrInvalid", bad, err)
+		}
+	}
+}

@@ -164,6 +164,8 @@ func report(stderr io.Writer, name string, err error) int {
 		code = ee.code
 	case errors.Is(err, txstore.ErrNotFound), errors.Is(err, txstore.ErrNoStore):
 		code = ExitNotFound
+	case errors.Is(err, txstore.ErrInvalid):
+		code = ExitUsage
 	case errors.Is(err, txstore.ErrBusy):
 		code = ExitBusy
 	}

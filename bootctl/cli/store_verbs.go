@@ -13,14 +13,15 @@ import (
 func init() {
 	var summary, mkinitramfs, initagent string
 	var tries int
-	var noDefault bool
+	var noDefault, consume bool
 	var cef entryFlags
-	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default] [--esp ESP]",
+	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default] [--consume] [--esp ESP]",
 		help: "store DIR (the new /usr's contents) as a new transaction",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&summary, "summary", "", "one-line description")
 			fs.IntVar(&tries, "tries", 0, "boot tries before the tx counts as bad (default 3)")
 			fs.BoolVar(&noDefault, "no-default", false, "do not make the new tx the default")
+			fs.BoolVar(&consume, "consume", false, "take DIR's files into the store by hardlink instead of copying, and remove DIR afterwards")
 			fs.StringVar(&mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
 			fs.StringVar(&initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
 			cef = entryFlags{}
@@ -39,10 +40,13 @@ func init() {
 			}
 			defer s.Close()
 			e.progress("committing %s…", args[0])
-			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: summary, Tries: tries, NoDefault: noDefault})
+			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: summary, Tries: tries, NoDefault: noDefault, Consume: consume})
 			e.progressDone()
 			if err != nil {
 				return err
+			}
+			if st.ConsumeErr != nil {
+				fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", st.ConsumeErr)
 			}
 			if e.json {
 				return e.printJSON(map[string]any{"tx": tx, "stats": st})
@@ -50,6 +54,9 @@ func init() {
 			fmt.Fprintf(e.stdout, "committed tx %d %s\n", tx.ID, tx.Digest)
 			fmt.Fprintf(e.stdout, "  %d entries, %d files, %s; %d new objects (%s), %d deduplicated\n",
 				st.Entries, st.Files, human(st.Bytes), st.NewObjects, human(st.NewBytes), st.Deduplicated)
+			if consume {
+				fmt.Fprintf(e.stdout, "  %d new objects taken by hardlink; %s removed\n", st.Linked, args[0])
+			}
 			fmt.Fprintf(e.stdout, "  scan+hash %s, store %s, blit %s, total %s\n",
 				ms(st.Scan), ms(st.Store), ms(st.BlitTime), ms(st.Total))
 			// The kernel side: an initrd for the tx's kernel, then entries.

@@ -164,6 +164,12 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 		if err != nil {
 			return "verify: " + err.Error(), false
 		}
+		if len(probs) > 0 && inStore(probs) {
+			// A new tree would link the same damaged objects: skip the
+			// re-blit and its second verify, and fall back at once.
+			res.Verify += time.Since(vstart)
+			return describe(probs) + " (damage in the store's objects: a re-blit cannot repair it)", true
+		}
 		if len(probs) > 0 {
 			logf(4, "tx %d: %s; re-blitting its tree from the store", t.ID, describe(probs))
 			if _, err := s.Reblit(t.ID); err != nil {
@@ -280,4 +286,14 @@ func describe(probs []txstore.Problem) string {
 		s += fmt.Sprintf(" (+%d more)", len(probs)-1)
 	}
 	return strings.TrimSpace(s)
+}
+
+// inStore reports whether any problem is damage to a store object.
+func inStore(probs []txstore.Problem) bool {
+	for _, p := range probs {
+		if p.InStore {
+			return true
+		}
+	}
+	return false
 }

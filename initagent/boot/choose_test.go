@@ -107,6 +107,16 @@ func TestChoose(t *testing.T) {
 		{name: "verify off still re-blits a missing tree", prepare: func(t *testing.T, s *txstore.Store) {
 			os.RemoveAll(filepath.Dir(s.TreeDir(3)))
 		}, req: Request{Tx: 3, Verify: txstore.VerifyOff, LoaderTriesLeft: -1}, want: 3, reblitted: true},
+		// Damage in the CAS itself: a re-blit would link the same objects,
+		// so it is skipped and the fallback is immediate.
+		{name: "corrupted object, full verify: no useless re-blit", prepare: func(t *testing.T, s *txstore.Store) {
+			p := filepath.Join(s.TreeDir(3), "share", "marker") // a hardlink of tx 3's unique object
+			os.Chmod(p, 0o644)
+			if err := os.WriteFile(p, []byte("X"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(p, 0o444)
+		}, req: Request{Tx: 3, Verify: txstore.VerifyFull, LoaderTriesLeft: -1}, want: 2, failed: "cannot repair", badAfter: []uint64{3}},
 		{name: "no init falls back and marks bad", noInit2: true, req: req(2), want: 1, failed: "no init", badAfter: []uint64{2}},
 	}
 	for _, c := range cases {

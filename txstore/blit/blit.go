@@ -1,14 +1,18 @@
 // Package blit turns a manifest into a tree of hardlinks into the CAS, and
 // verifies such a tree against its manifest.
+//
+// Both walk the manifest as per-directory jobs on a few workers: a job opens
+// its directory once and does everything in it with syscalls relative to
+// that fd (linkat from the CAS's open fan-out directory, symlinkat,
+// mkdirat; fstatat, readlinkat for verify). Huge directories are split into
+// chunks of entries sharing one fd.
 package blit
 
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/txboot/txboot/txstore/cas"
@@ -21,161 +25,285 @@ type Stats struct {
 	Dirs, Links, Symlinks, Empty, Copies int
 }
 
+func (s *Stats) add(o *Stats) {
+	s.Dirs += o.Dirs
+	s.Links += o.Links
+	s.Symlinks += o.Symlinks
+	s.Empty += o.Empty
+	s.Copies += o.Copies
+}
+
 // Blit builds dst (which must not exist) from m, hardlinking file entries to
 // their objects. Empty files are created fresh (thousands of links to one
 // empty inode hit ext4's link limit); EMLINK and EXDEV fall back to a copy.
-// Directories are created writable and get their final modes last, so a
-// 0555 directory can still be filled.
+// Directories are created with their final mode when that leaves them
+// writable to us and the umask allows it; the others (read-only, setgid,
+// sticky, foreign owner) are created writable and fixed up last, deepest
+// first, so a 0555 directory can still be filled.
 func Blit(m *manifest.Manifest, objs *cas.Store, dst string, workers int) (Stats, error) {
 	var st Stats
-	if len(m.Entries) == 0 || m.Entries[0].Path != "." {
-		return st, fmt.Errorf("blit %s: %w: no root entry", dst, manifest.ErrBad)
+	ix, err := newIndex(m)
+	if err != nil {
+		return st, fmt.Errorf("blit %s: %w", dst, err)
 	}
 	if workers <= 0 {
 		workers = 2 * runtime.GOMAXPROCS(0)
 	}
-	if err := os.Mkdir(dst, 0o700); err != nil {
-		return st, fmt.Errorf("blit: %w", err)
+	if err := unix.Mkdir(dst, 0o700); err != nil {
+		return st, fmt.Errorf("blit: mkdir %s: %w", dst, err)
 	}
-	var dirs []*manifest.Entry
-	var rest []*manifest.Entry
-	for i := range m.Entries {
-		e := &m.Entries[i]
-		if err := manifest.CheckPath(e.Path); err != nil {
-			return st, fmt.Errorf("blit %s: %w", dst, err)
-		}
-		if e.Type == manifest.Dir {
-			dirs = append(dirs, e)
-		} else {
-			rest = append(rest, e)
-		}
+	rootfd, err := openDirAt(unix.AT_FDCWD, dst)
+	if err != nil {
+		return st, fmt.Errorf("blit: open %s: %w", dst, err)
 	}
-	// Parents precede children in canonical order, so one pass suffices.
-	for _, e := range dirs[1:] {
-		if err := unix.Mkdir(filepath.Join(dst, e.Path), 0o700); err != nil {
-			return st, fmt.Errorf("blit mkdir %s: %w", filepath.Join(dst, e.Path), err)
+	root := newDirRef(rootfd)
+	defer root.unref()
+	var rst unix.Stat_t
+	if err := unix.Fstat(rootfd, &rst); err != nil {
+		return st, fmt.Errorf("blit: stat %s: %w", dst, err)
+	}
+	if rst.Mode&unix.S_ISGID != 0 { // inherited: keep it from spreading into the tree
+		if err := unix.Fchmod(rootfd, 0o700); err != nil {
+			return st, fmt.Errorf("blit chmod %s: %w", dst, err)
 		}
 	}
-	st.Dirs = len(dirs)
 
-	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
-	jobs := make(chan *manifest.Entry, 512)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var local Stats
-			for e := range jobs {
-				if err := place(e, objs, dst, &local); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-				}
-			}
-			mu.Lock()
-			st.Links += local.Links
-			st.Symlinks += local.Symlinks
-			st.Empty += local.Empty
-			st.Copies += local.Copies
-			mu.Unlock()
-		}()
+	b := &blitter{ix: ix, objs: objs, dst: dst, sched: newSched(), per: make([]blitWorker, workers)}
+	b.sched.push(job{dir: 0, d: root.ref(), kids: ix.children(0)})
+	err = b.sched.run(workers, b.run)
+	runtime.KeepAlive(objs)
+	for i := range b.per {
+		st.add(&b.per[i].st)
 	}
-	for _, e := range rest {
-		jobs <- e
+	st.Dirs = len(ix.dirs)
+	if err != nil {
+		return st, err
 	}
-	close(jobs)
-	wg.Wait()
-	if firstErr != nil {
-		return st, firstErr
+
+	// Directory fixups, deepest (latest in manifest order) first; the root last.
+	var fix []int32
+	for i := range b.per {
+		fix = append(fix, b.per[i].fix...)
 	}
-	// Final directory modes, deepest first.
-	for i := len(dirs) - 1; i >= 0; i-- {
-		e := dirs[i]
-		p := dst
-		if e.Path != "." {
-			p = filepath.Join(dst, e.Path)
+	slices.Sort(fix)
+	for i := len(fix) - 1; i >= 0; i-- {
+		e := &m.Entries[fix[i]]
+		if err := fixDir(rootfd, e.Path, e); err != nil {
+			return st, fmt.Errorf("blit %s/%s: %w", dst, e.Path, err)
 		}
-		if cas.IsRoot() && (e.UID != 0 || e.GID != 0) {
-			if err := unix.Lchown(p, int(e.UID), int(e.GID)); err != nil {
-				return st, fmt.Errorf("blit chown %s: %w", p, err)
-			}
+	}
+	re := &m.Entries[0]
+	if cas.IsRoot() && (rst.Uid != re.UID || rst.Gid != re.GID) {
+		if err := unix.Fchown(rootfd, int(re.UID), int(re.GID)); err != nil {
+			return st, fmt.Errorf("blit chown %s: %w", dst, err)
 		}
-		if err := unix.Chmod(p, e.Mode); err != nil {
-			return st, fmt.Errorf("blit chmod %s: %w", p, err)
-		}
+	}
+	if err := unix.Fchmod(rootfd, re.Mode); err != nil {
+		return st, fmt.Errorf("blit chmod %s: %w", dst, err)
 	}
 	return st, nil
 }
 
-func place(e *manifest.Entry, objs *cas.Store, dst string, st *Stats) error {
-	p := filepath.Join(dst, e.Path)
-	switch e.Type {
-	case manifest.Symlink:
-		if err := unix.Symlink(e.Target, p); err != nil {
-			return fmt.Errorf("blit symlink %s: %w", p, err)
+// fixDir gives a directory its final owner, then mode (chown clears setgid).
+func fixDir(rootfd int, rel string, e *manifest.Entry) error {
+	if cas.NeedChown(e.UID, e.GID) {
+		if err := unix.Fchownat(rootfd, rel, int(e.UID), int(e.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("chown: %w", err)
 		}
-		if cas.IsRoot() && (e.UID != 0 || e.GID != 0) {
-			if err := unix.Lchown(p, int(e.UID), int(e.GID)); err != nil {
-				return fmt.Errorf("blit chown %s: %w", p, err)
+	}
+	if err := unix.Fchmodat(rootfd, rel, e.Mode, 0); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	return nil
+}
+
+// dirMode is the mode to create a directory with, and whether it needs a
+// fixup afterwards.
+func dirMode(e *manifest.Entry) (uint32, bool) {
+	mode, chmod := cas.CreateMode(e.Mode)
+	if mode&0o700 != 0o700 { // we must be able to fill it, even without CAP_DAC_OVERRIDE
+		mode |= 0o700
+		chmod = true
+	}
+	return mode, chmod || cas.NeedChown(e.UID, e.GID)
+}
+
+type blitter struct {
+	ix    *index
+	objs  *cas.Store
+	dst   string
+	sched *sched
+	per   []blitWorker
+}
+
+type blitWorker struct {
+	st  Stats
+	fix []int32 // directory entries that need a final chown/chmod
+	_   [64]byte
+}
+
+func (b *blitter) path(e *manifest.Entry) string { return b.dst + "/" + e.Path }
+
+func (b *blitter) run(w int, j job) error {
+	d := j.d
+	if d == nil { // open job: make the directory, then fill it
+		e := &b.ix.m.Entries[b.ix.dirs[j.dir]]
+		mode, fix := dirMode(e)
+		nm := name(e.Path)
+		err := unix.Mkdirat(j.parent.fd, nm, mode)
+		if err != nil {
+			j.parent.unref()
+			return fmt.Errorf("blit mkdir %s: %w", b.path(e), err)
+		}
+		fd, err := openDirAt(j.parent.fd, nm)
+		j.parent.unref()
+		if err != nil {
+			return fmt.Errorf("blit open %s: %w", b.path(e), err)
+		}
+		if fix {
+			b.per[w].fix = append(b.per[w].fix, b.ix.dirs[j.dir])
+		}
+		d = newDirRef(fd)
+		j.kids = b.ix.children(j.dir)
+	}
+	defer d.unref()
+	for len(j.kids) > blitChunk {
+		b.sched.push(job{dir: j.dir, d: d.ref(), kids: j.kids[len(j.kids)-blitChunk:]})
+		j.kids = j.kids[:len(j.kids)-blitChunk]
+	}
+	st := &b.per[w].st
+	for _, i := range j.kids {
+		if b.sched.failed() {
+			return nil
+		}
+		e := &b.ix.m.Entries[i]
+		if err := b.place(d, i, e, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *blitter) place(d *dirRef, i int32, e *manifest.Entry, st *Stats) error {
+	nm := name(e.Path)
+	switch e.Type {
+	case manifest.Dir:
+		b.sched.push(job{dir: b.ix.sub[i], parent: d.ref()})
+	case manifest.Symlink:
+		if err := unix.Symlinkat(e.Target, d.fd, nm); err != nil {
+			return fmt.Errorf("blit symlink %s: %w", b.path(e), err)
+		}
+		if cas.NeedChown(e.UID, e.GID) {
+			if err := unix.Fchownat(d.fd, nm, int(e.UID), int(e.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return fmt.Errorf("blit chown %s: %w", b.path(e), err)
 			}
 		}
 		st.Symlinks++
 	case manifest.File:
 		k := e.Key()
 		if e.Size == 0 {
-			fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o400)
-			if err != nil {
-				return fmt.Errorf("blit create %s: %w", p, err)
-			}
-			err = cas.SetAttrs(fd, k.Mode, k.UID, k.GID)
-			unix.Close(fd)
-			if err != nil {
-				return fmt.Errorf("blit %s: %w", p, err)
+			if err := createEmpty(d.fd, nm, k); err != nil {
+				return fmt.Errorf("blit %s: %w", b.path(e), err)
 			}
 			st.Empty++
 			return nil
 		}
-		err := unix.Link(objs.Path(k), p)
+		err := b.objs.Link(k, d.fd, nm)
 		if err == nil {
 			st.Links++
 			return nil
 		}
 		if !errors.Is(err, unix.EMLINK) && !errors.Is(err, unix.EXDEV) {
-			return fmt.Errorf("blit link %s → object %s: %w", p, k.RelPath(), err)
+			return fmt.Errorf("blit link %s → object %s: %w", b.path(e), k.RelPath(), err)
 		}
-		if err := copyObject(objs.Path(k), p, k); err != nil {
-			return err
+		if err := copyObject(b.objs, k, d.fd, nm); err != nil {
+			return fmt.Errorf("blit copy %s: %w", b.path(e), err)
 		}
 		st.Copies++
 	default:
-		return fmt.Errorf("blit %s: %w: type %q", p, manifest.ErrBad, e.Type)
+		return fmt.Errorf("blit %s: %w: type %q", b.path(e), manifest.ErrBad, e.Type)
 	}
 	return nil
 }
 
-func copyObject(src, dst string, k cas.Key) error {
-	in, err := os.Open(src)
+// createEmpty makes an empty file with k's mode and owner.
+func createEmpty(dirfd int, nm string, k cas.Key) error {
+	mode, chmod := cas.CreateMode(k.Mode)
+	fd, err := unix.Openat(dirfd, nm, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
 	if err != nil {
-		return fmt.Errorf("blit copy: %w", err)
+		return fmt.Errorf("create: %w", err)
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if chmod || cas.NeedChown(k.UID, k.GID) {
+		err = cas.SetAttrs(fd, k.Mode, k.UID, k.GID)
+	}
+	if cerr := unix.Close(fd); err == nil && cerr != nil {
+		err = cerr
+	}
+	return err
+}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
+
+// copyObject copies object k to a new file nm in dirfd (when a hardlink is
+// impossible: EMLINK, EXDEV).
+func copyObject(objs *cas.Store, k cas.Key, dirfd int, nm string) error {
+	in, err := objs.Open(k)
 	if err != nil {
-		return fmt.Errorf("blit copy: %w", err)
+		return fmt.Errorf("open object %s: %w", k.RelPath(), err)
 	}
-	_, err = io.Copy(out, in)
+	defer unix.Close(in)
+	out, err := unix.Openat(dirfd, nm, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	err = copyFD(in, out)
 	if err == nil {
-		err = cas.SetAttrs(int(out.Fd()), k.Mode, k.UID, k.GID)
+		err = cas.SetAttrs(out, k.Mode, k.UID, k.GID)
 	}
-	if cerr := out.Close(); err == nil {
+	if cerr := unix.Close(out); err == nil && cerr != nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("blit copy %s: %w", dst, err)
+		unix.Unlinkat(dirfd, nm, 0)
 	}
-	return nil
+	return err
+}
+
+func copyFD(in, out int) error {
+	for {
+		n, err := unix.CopyFileRange(in, nil, out, nil, 1<<30, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			break // fall back to read/write from wherever we got to
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	for {
+		n, err := unix.Read(in, *bp)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		for w := 0; w < n; {
+			m, err := unix.Write(out, (*bp)[w:n])
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			w += m
+		}
+	}
 }

@@ -1,10 +1,7 @@
 package blit
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -19,6 +16,10 @@ import (
 type Problem struct {
 	Path   string `json:"path"`
 	Reason string `json:"reason"`
+	// InStore: the damage is in the store's object itself (missing, wrong
+	// size or mode, corrupted content), so re-blitting the tree cannot
+	// repair it.
+	InStore bool `json:"in_store,omitempty"`
 }
 
 func (p Problem) String() string { return p.Path + ": " + p.Reason }
@@ -31,105 +32,42 @@ const maxLinks = 65000
 // that each file is a hardlink of its object, and that nothing extra is
 // present. Full also re-hashes every distinct object (and any copies).
 // Problems come back sorted by path; err is only for verify's own failures.
+//
+// Each directory is listed once (getdents) and merged with its manifest
+// children, so a missing or extra entry costs no syscall; every present
+// entry costs one fstatat relative to the directory fd, and a file one more
+// fstatat relative to its object's fan-out directory fd.
 func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, workers int) ([]Problem, error) {
 	if workers <= 0 {
 		workers = 2 * runtime.GOMAXPROCS(0)
 	}
-	if len(m.Entries) == 0 || m.Entries[0].Path != "." {
-		return nil, fmt.Errorf("verify %s: %w: no root entry", dir, manifest.ErrBad)
+	ix, err := newIndex(m)
+	if err != nil {
+		return nil, fmt.Errorf("verify %s: %w", dir, err)
 	}
-	children := map[string][]*manifest.Entry{}
-	var dirs []*manifest.Entry
-	for i := range m.Entries {
-		e := &m.Entries[i]
-		if e.Type == manifest.Dir {
-			dirs = append(dirs, e)
-		}
-		if e.Path == "." {
-			continue
-		}
-		parent := "."
-		if j := strings.LastIndexByte(e.Path, '/'); j >= 0 {
-			parent = e.Path[:j]
-		}
-		children[parent] = append(children[parent], e)
-	}
-
-	var mu sync.Mutex
-	var problems []Problem
-	add := func(p, format string, a ...any) {
-		mu.Lock()
-		problems = append(problems, Problem{Path: p, Reason: fmt.Sprintf(format, a...)})
-		mu.Unlock()
-	}
-	var hashMu sync.Mutex
-	toHash := map[string]string{} // path to hash → manifest path
-	wantHash := map[string]cas.Hash{}
-	queueHash := func(path, rel string, h cas.Hash) {
-		hashMu.Lock()
-		if _, ok := toHash[path]; !ok {
-			toHash[path] = rel
-			wantHash[path] = h
-		}
-		hashMu.Unlock()
-	}
-
+	v := &verifier{ix: ix, objs: objs, full: full, sched: newSched(), per: make([]verifyWorker, workers)}
 	var root unix.Stat_t
 	if err := unix.Lstat(dir, &root); err != nil {
-		add(".", "tree missing: %v", err)
-		return problems, nil
+		return []Problem{{Path: ".", Reason: fmt.Sprintf("tree missing: %v", err)}}, nil
 	}
-	checkDirAttrs(m.Entries[0].Path, &m.Entries[0], &root, add)
-
-	jobs := make(chan *manifest.Entry, 256)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for d := range jobs {
-				verifyDir(d, children[d.Path], objs, dir, full, add, queueHash)
+	v.treeDev = root.Dev
+	w0 := &v.per[0]
+	w0.checkDirAttrs(".", &m.Entries[0], &root)
+	if root.Mode&unix.S_IFMT == unix.S_IFDIR {
+		fd, err := openDirAt(unix.AT_FDCWD, dir)
+		if err != nil {
+			w0.add(".", "cannot read directory: %v", err)
+		} else {
+			v.sched.push(job{dir: 0, d: newDirRef(fd), list: true})
+			if err := v.sched.run(workers, v.run); err != nil {
+				return nil, err
 			}
-		}()
+		}
 	}
-	for _, d := range dirs {
-		jobs <- d
-	}
-	close(jobs)
-	wg.Wait()
-
-	if full {
-		paths := make([]string, 0, len(toHash))
-		for p := range toHash {
-			paths = append(paths, p)
-		}
-		hj := make(chan string, 256)
-		var hwg sync.WaitGroup
-		for w := 0; w < workers; w++ {
-			hwg.Add(1)
-			go func() {
-				defer hwg.Done()
-				for p := range hj {
-					f, err := os.Open(p)
-					if err != nil {
-						add(toHash[p], "cannot read content: %v", err)
-						continue
-					}
-					h, err := cas.HashReader(f)
-					f.Close()
-					if err != nil {
-						add(toHash[p], "cannot read content: %v", err)
-					} else if h != wantHash[p] {
-						add(toHash[p], "content corrupted: sha256 %s, want %s", h, wantHash[p])
-					}
-				}
-			}()
-		}
-		for _, p := range paths {
-			hj <- p
-		}
-		close(hj)
-		hwg.Wait()
+	runtime.KeepAlive(objs)
+	var problems []Problem
+	for i := range v.per {
+		problems = append(problems, v.per[i].problems...)
 	}
 	sort.Slice(problems, func(i, j int) bool {
 		if problems[i].Path != problems[j].Path {
@@ -140,118 +78,295 @@ func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, worker
 	return problems, nil
 }
 
-type addFunc func(p, format string, a ...any)
+type verifier struct {
+	ix      *index
+	objs    *cas.Store
+	full    bool
+	sched   *sched
+	per     []verifyWorker
+	hashed  sync.Map // cas.Key → struct{}: objects already claimed for re-hashing
+	treeDev uint64   // the tree root's device: listed inode numbers are on it
+}
 
-func checkDirAttrs(rel string, e *manifest.Entry, st *unix.Stat_t, add addFunc) {
+// dent is one name from a directory listing with its inode number.
+type dent struct {
+	name string
+	ino  uint64
+}
+
+type verifyWorker struct {
+	problems []Problem
+	names    []dent
+	_        [64]byte
+}
+
+func (w *verifyWorker) add(p, format string, a ...any) {
+	w.problems = append(w.problems, Problem{Path: p, Reason: fmt.Sprintf(format, a...)})
+}
+
+// addStore records a problem of the object itself (see Problem.InStore).
+func (w *verifyWorker) addStore(p, format string, a ...any) {
+	w.problems = append(w.problems, Problem{Path: p, Reason: fmt.Sprintf(format, a...), InStore: true})
+}
+
+func (w *verifyWorker) checkDirAttrs(rel string, e *manifest.Entry, st *unix.Stat_t) {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		add(rel, "is not a directory")
+		w.add(rel, "is not a directory")
 		return
 	}
 	if st.Mode&07777 != e.Mode {
-		add(rel, "mode %04o, want %04o", st.Mode&07777, e.Mode)
+		w.add(rel, "mode %04o, want %04o", st.Mode&07777, e.Mode)
 	}
-	checkOwner(rel, e, st, add)
+	w.checkOwner(rel, e, st)
 }
 
-func checkOwner(rel string, e *manifest.Entry, st *unix.Stat_t, add addFunc) {
+func (w *verifyWorker) checkOwner(rel string, e *manifest.Entry, st *unix.Stat_t) {
 	// An unprivileged commit cannot chown, so only root's trees are held to it.
 	if cas.IsRoot() && (st.Uid != e.UID || st.Gid != e.GID) {
-		add(rel, "owner %d:%d, want %d:%d", st.Uid, st.Gid, e.UID, e.GID)
+		w.add(rel, "owner %d:%d, want %d:%d", st.Uid, st.Gid, e.UID, e.GID)
 	}
 }
 
-func verifyDir(d *manifest.Entry, kids []*manifest.Entry, objs *cas.Store, dir string, full bool, add addFunc, queueHash func(path, rel string, h cas.Hash)) {
-	abs := dir
-	if d.Path != "." {
-		abs = filepath.Join(dir, d.Path)
-	}
-	f, err := os.Open(abs)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			add(d.Path, "cannot read directory: %v", err)
-		} // a missing directory is reported by its parent
-		return
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		add(d.Path, "cannot read directory: %v", err)
-		return
-	}
-	want := make(map[string]*manifest.Entry, len(kids))
-	for _, k := range kids {
-		want[filepath.Base(k.Path)] = k
-	}
-	for _, n := range names {
-		if _, ok := want[n]; !ok {
-			rel := n
-			if d.Path != "." {
-				rel = d.Path + "/" + n
+func (v *verifier) run(wi int, j job) error {
+	w := &v.per[wi]
+	if j.d == nil { // open job
+		e := &v.ix.m.Entries[v.ix.dirs[j.dir]]
+		fd, err := openDirAt(j.parent.fd, name(e.Path))
+		j.parent.unref()
+		if err != nil {
+			switch err {
+			case unix.ENOENT, unix.ENOTDIR, unix.ELOOP: // raced; the parent saw it
+			default:
+				w.add(e.Path, "cannot read directory: %v", err)
 			}
-			add(rel, "unexpected entry (not in the manifest)")
+			return nil
+		}
+		return w.list(v, j.dir, newDirRef(fd))
+	}
+	if j.list {
+		return w.list(v, j.dir, j.d)
+	}
+	defer j.d.unref()
+	for n, i := range j.kids {
+		if v.sched.failed() {
+			return nil
+		}
+		w.check(v, j.d, i, j.inos[n])
+	}
+	return nil
+}
+
+// list reads directory dir (open as d; list owns that reference), reports
+// extra and missing entries, and checks the present ones: all but the
+// first chunk as jobs for other workers.
+func (w *verifyWorker) list(v *verifier, dir int32, d *dirRef) error {
+	e := &v.ix.m.Entries[v.ix.dirs[dir]]
+	w.names = w.names[:0]
+	if err := cas.ReadDir(d.fd, func(n string, ino uint64, _ uint8) { w.names = append(w.names, dent{n, ino}) }); err != nil {
+		d.unref()
+		w.add(e.Path, "cannot read directory: %v", err)
+		return nil
+	}
+	names := w.names
+	sort.Slice(names, func(i, j int) bool { return names[i].name < names[j].name })
+	kids := v.ix.children(dir)
+	present := make([]int32, 0, len(kids))
+	inos := make([]uint64, 0, len(kids))
+	es := v.ix.m.Entries
+	for i, k := 0, 0; i < len(names) || k < len(kids); {
+		c := 0
+		switch {
+		case i == len(names):
+			c = 1
+		case k == len(kids):
+			c = -1
+		default:
+			c = strings.Compare(names[i].name, name(es[kids[k]].Path))
+		}
+		switch {
+		case c < 0:
+			w.add(join(e.Path, names[i].name), "unexpected entry (not in the manifest)")
+			i++
+		case c > 0:
+			w.add(es[kids[k]].Path, "missing")
+			k++
+		default:
+			present = append(present, kids[k])
+			inos = append(inos, names[i].ino)
+			i++
+			k++
 		}
 	}
-	for _, e := range kids {
-		p := filepath.Join(dir, e.Path)
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				add(e.Path, "missing")
-			} else {
-				add(e.Path, "cannot stat: %v", err)
+	for len(present) > verifyChunk {
+		v.sched.push(job{dir: dir, d: d.ref(), kids: present[len(present)-verifyChunk:], inos: inos[len(inos)-verifyChunk:]})
+		present = present[:len(present)-verifyChunk]
+		inos = inos[:len(inos)-verifyChunk]
+	}
+	defer d.unref()
+	for n, i := range present {
+		if v.sched.failed() {
+			return nil
+		}
+		w.check(v, d, i, inos[n])
+	}
+	return nil
+}
+
+func join(dir, n string) string {
+	if dir == "." {
+		return n
+	}
+	return dir + "/" + n
+}
+
+// check verifies one entry that the directory listing showed present with
+// inode number ino.
+//
+// A file whose listed inode is its object's inode is checked on the
+// object's stat alone: the tree entry and the object are the same inode, so
+// type, mode, owner and size are the same, and one fstatat per file is
+// saved (on a PTI kernel a syscall costs microseconds, and fast verify is
+// little else). Anything else gets the tree entry's own stat.
+func (w *verifyWorker) check(v *verifier, d *dirRef, i int32, ino uint64) {
+	e := &v.ix.m.Entries[i]
+	if e.Type == manifest.File && e.Size > 0 {
+		k := e.Key()
+		var ost unix.Stat_t
+		if err := v.objs.Stat(k, &ost); err == nil && ost.Ino == ino && ost.Dev == v.treeDev {
+			if ost.Mode&unix.S_IFMT != unix.S_IFREG {
+				w.add(e.Path, "is not a regular file")
+				return
 			}
+			w.checkFile(v, e, k, &ost, &ost, d, "")
+			return
+		}
+	}
+	nm := name(e.Path)
+	var st unix.Stat_t
+	if err := unix.Fstatat(d.fd, nm, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err == unix.ENOENT {
+			w.add(e.Path, "missing")
+		} else {
+			w.add(e.Path, "cannot stat: %v", err)
+		}
+		return
+	}
+	switch e.Type {
+	case manifest.Dir:
+		w.checkDirAttrs(e.Path, e, &st)
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			v.sched.push(job{dir: v.ix.sub[i], parent: d.ref()})
+		}
+	case manifest.Symlink:
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			w.add(e.Path, "is not a symlink")
+			return
+		}
+		if t, err := readlinkAt(d.fd, nm, st.Size); err != nil || t != e.Target {
+			w.add(e.Path, "symlink target %q, want %q", t, e.Target)
+		}
+		w.checkOwner(e.Path, e, &st)
+	case manifest.File:
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			w.add(e.Path, "is not a regular file")
+			return
+		}
+		k := e.Key()
+		if e.Size == 0 {
+			w.checkAttrs(e, k, &st, false)
+			return
+		}
+		var ost unix.Stat_t
+		if err := v.objs.Stat(k, &ost); err != nil {
+			w.checkAttrs(e, k, &st, false)
+			w.addStore(e.Path, "object %s missing from the store: %v", k.RelPath(), err)
+			return
+		}
+		w.checkFile(v, e, k, &st, &ost, d, nm)
+	}
+}
+
+// checkAttrs compares a file's stat with its manifest entry.
+// inStore: st is the object's own inode.
+func (w *verifyWorker) checkAttrs(e *manifest.Entry, k cas.Key, st *unix.Stat_t, inStore bool) {
+	add := w.add
+	if inStore {
+		add = w.addStore
+	}
+	if st.Size != e.Size {
+		add(e.Path, "size %d, want %d", st.Size, e.Size)
+	}
+	if st.Mode&07777 != k.Mode {
+		add(e.Path, "mode %04o, want %04o", st.Mode&07777, k.Mode)
+	}
+	if cas.IsRoot() && (st.Uid != e.UID || st.Gid != e.GID) {
+		add(e.Path, "owner %d:%d, want %d:%d", st.Uid, st.Gid, e.UID, e.GID)
+	}
+}
+
+// checkFile checks a non-empty file (stat st) against its object (stat
+// ost); nm is its name in d, "" when st is the object's own stat.
+func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, ost *unix.Stat_t, d *dirRef, nm string) {
+	w.checkAttrs(e, k, st, ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino))
+	if ost.Size != e.Size && ost != st {
+		w.addStore(e.Path, "object %s has size %d, want %d", k.RelPath(), ost.Size, e.Size)
+	}
+	if ost.Dev == st.Dev && ost.Ino == st.Ino {
+		if v.full {
+			if _, dup := v.hashed.LoadOrStore(k, struct{}{}); !dup {
+				fd, err := v.objs.Open(k)
+				w.hash(e, fd, err, true)
+			}
+		}
+		return
+	}
+	if ost.Dev == st.Dev && ost.Nlink < maxLinks {
+		w.add(e.Path, "not a hardlink of object %s (replaced?)", k.RelPath())
+		return
+	}
+	if v.full { // a legitimate copy (EXDEV/EMLINK): only content can tell
+		fd, err := cas.OpenFileAt(d.fd, nm)
+		w.hash(e, fd, err, false)
+	}
+}
+
+// hash re-hashes an open file (closing it) against e's hash.
+func (w *verifyWorker) hash(e *manifest.Entry, fd int, err error, inStore bool) {
+	add := w.add
+	if inStore {
+		add = w.addStore
+	}
+	if err != nil {
+		add(e.Path, "cannot read content: %v", err)
+		return
+	}
+	h, err := cas.HashObject(fd)
+	unix.Close(fd)
+	if err != nil {
+		add(e.Path, "cannot read content: %v", err)
+	} else if h != e.Hash {
+		add(e.Path, "content corrupted: sha256 %s, want %s", h, e.Hash)
+	}
+}
+
+// readlinkAt reads a symlink; size (from lstat) sizes the buffer.
+func readlinkAt(dirfd int, nm string, size int64) (string, error) {
+	n := int(size) + 1
+	if n < 64 {
+		n = 64
+	}
+	for {
+		buf := make([]byte, n)
+		r, err := unix.Readlinkat(dirfd, nm, buf)
+		if err == unix.EINTR {
 			continue
 		}
-		switch e.Type {
-		case manifest.Dir:
-			checkDirAttrs(e.Path, e, &st, add)
-		case manifest.Symlink:
-			if st.Mode&unix.S_IFMT != unix.S_IFLNK {
-				add(e.Path, "is not a symlink")
-				continue
-			}
-			if t, err := os.Readlink(p); err != nil || t != e.Target {
-				add(e.Path, "symlink target %q, want %q", t, e.Target)
-			}
-			checkOwner(e.Path, e, &st, add)
-		case manifest.File:
-			if st.Mode&unix.S_IFMT != unix.S_IFREG {
-				add(e.Path, "is not a regular file")
-				continue
-			}
-			k := e.Key()
-			if st.Size != e.Size {
-				add(e.Path, "size %d, want %d", st.Size, e.Size)
-			}
-			if st.Mode&07777 != k.Mode {
-				add(e.Path, "mode %04o, want %04o", st.Mode&07777, k.Mode)
-			}
-			checkOwner(e.Path, e, &st, add)
-			if e.Size == 0 {
-				continue
-			}
-			op := objs.Path(k)
-			var ost unix.Stat_t
-			if err := unix.Lstat(op, &ost); err != nil {
-				add(e.Path, "object %s missing from the store: %v", k.RelPath(), err)
-				continue
-			}
-			if ost.Size != e.Size {
-				add(e.Path, "object %s has size %d, want %d", k.RelPath(), ost.Size, e.Size)
-			}
-			if ost.Dev == st.Dev && ost.Ino == st.Ino {
-				if full {
-					queueHash(op, e.Path, e.Hash)
-				}
-				continue
-			}
-			if ost.Dev == st.Dev && ost.Nlink < maxLinks {
-				add(e.Path, "not a hardlink of object %s (replaced?)", k.RelPath())
-				continue
-			}
-			if full { // a legitimate copy (EXDEV/EMLINK): only content can tell
-				queueHash(p, e.Path, e.Hash)
-			}
+		if err != nil {
+			return "", err
 		}
+		if r < len(buf) {
+			return string(buf[:r]), nil
+		}
+		n *= 2
 	}
 }

@@ -31,8 +31,13 @@ func (h Hash) String() string { return hex.EncodeToString(h[:]) }
 // ParseHash parses 64 lowercase hex digits.
 func ParseHash(s string) (Hash, error) {
 	var h Hash
-	if len(s) != 64 || strings.ToLower(s) != s {
+	if len(s) != 64 {
 		return h, fmt.Errorf("%w: %q", ErrBadHash, s)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'F' {
+			return h, fmt.Errorf("%w: %q", ErrBadHash, s)
+		}
 	}
 	if _, err := hex.Decode(h[:], []byte(s)); err != nil {
 		return h, fmt.Errorf("%w: %q", ErrBadHash, s)
@@ -56,26 +61,37 @@ func NewKey(h Hash, mode, uid, gid uint32) Key {
 	return Key{Hash: h, Mode: mode & 07777 &^ 0222, UID: uid, GID: gid}
 }
 
+// AppendName appends the object's file name (see Name) to b.
+func (k Key) AppendName(b []byte) []byte {
+	b = hex.AppendEncode(b, k.Hash[:])
+	if k.Mode > 07777 { // not a NewKey key; keep the %04o spelling
+		b = append(b, '.')
+		b = append(b, fmt.Sprintf("%04o", k.Mode)...)
+	} else {
+		m := k.Mode
+		b = append(b, '.', '0'+byte(m>>9&7), '0'+byte(m>>6&7), '0'+byte(m>>3&7), '0'+byte(m&7))
+	}
+	if k.UID != 0 || k.GID != 0 {
+		b = append(b, '.')
+		b = strconv.AppendUint(b, uint64(k.UID), 10)
+		b = append(b, '.')
+		b = strconv.AppendUint(b, uint64(k.GID), 10)
+	}
+	return b
+}
+
 // Name is the object's file name inside its fan-out directory.
 func (k Key) Name() string {
-	var b strings.Builder
-	b.Grow(64 + 16)
-	b.WriteString(k.Hash.String())
-	b.WriteByte('.')
-	b.WriteString(fmt.Sprintf("%04o", k.Mode))
-	if k.UID != 0 || k.GID != 0 {
-		b.WriteByte('.')
-		b.WriteString(strconv.FormatUint(uint64(k.UID), 10))
-		b.WriteByte('.')
-		b.WriteString(strconv.FormatUint(uint64(k.GID), 10))
-	}
-	return b.String()
+	var buf [96]byte
+	return string(k.AppendName(buf[:0]))
 }
 
 // RelPath is the object's path relative to the objects directory.
 func (k Key) RelPath() string {
-	h := k.Hash.String()
-	return h[:2] + "/" + k.Name()
+	var buf [100]byte
+	b := append(buf[:0], fanName(k.Hash[0])...)
+	b = append(b, '/')
+	return string(k.AppendName(b))
 }
 
 // ParseName parses an object file name back into a Key (used by GC and fsck).
@@ -109,27 +125,139 @@ func ParseName(name string) (Key, error) {
 
 // Store is a CAS rooted at Dir (…/.txboot/objects). Temp files are created
 // in TmpDir, which must be on the same filesystem.
+//
+// A Store caches directory descriptors and, for Has, the names in each
+// fan-out directory (see dirs.go): Has reports what was present when it
+// first looked at a fan-out directory plus what this Store published since.
+// Objects are only ever removed by GC under the writer lock, and Commit uses
+// a fresh Store per commit, so the answer is never stale there; a caller
+// that removes objects through other means and then asks the same Store
+// again should Close it first (which drops the cache). A Store must not be
+// copied after first use.
 type Store struct {
 	Dir    string
 	TmpDir string
+
+	d atomic.Pointer[dirs]
 }
 
 // Path is the absolute path of an object.
 func (s *Store) Path(k Key) string { return filepath.Join(s.Dir, k.RelPath()) }
 
-// Has reports whether the object exists.
+// Has reports whether the object exists. The first call for a fan-out
+// directory reads that directory's names (one getdents pass); later calls
+// are map lookups.
 func (s *Store) Has(k Key) (bool, error) {
-	_, err := os.Lstat(s.Path(k))
-	if err == nil {
-		return true, nil
+	d := s.state()
+	f := &d.fans[k.Hash[0]]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.listed {
+		fd, err := d.fanFD(f, k.Hash[0], false)
+		if err != nil {
+			return false, fmt.Errorf("stat object %s: %w", k.RelPath(), err)
+		}
+		if err := f.list(fd); err != nil {
+			f.listed = false
+			return false, fmt.Errorf("list objects for %s: %w", k.RelPath(), err)
+		}
 	}
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	return false, fmt.Errorf("stat object %s: %w", k.RelPath(), err)
+	var buf [96]byte
+	_, ok := f.names[string(k.AppendName(buf[:0]))]
+	return ok, nil
 }
 
-const bufSize = 128 << 10
+// objectAt returns the open fan-out directory fd holding object k, and
+// k's name in it (ENOENT when the fan-out directory does not exist).
+func (s *Store) objectAt(k Key, buf []byte) (int, string, error) {
+	_, f, fd, err := s.fanOf(&k, false)
+	if err != nil {
+		return -1, "", err
+	}
+	f.mu.Unlock()
+	if fd < 0 {
+		return -1, "", unix.ENOENT
+	}
+	return fd, string(k.AppendName(buf[:0])), nil
+}
+
+// Stat lstats an object relative to its fan-out directory's fd.
+func (s *Store) Stat(k Key, st *unix.Stat_t) error {
+	var buf [96]byte
+	fd, name, err := s.objectAt(k, buf[:])
+	if err != nil {
+		return err
+	}
+	return fstatat(fd, name, st)
+}
+
+// Open opens an object read-only (O_NOFOLLOW, O_CLOEXEC, and O_NOATIME when
+// allowed); the caller closes the returned fd.
+func (s *Store) Open(k Key) (int, error) {
+	var buf [96]byte
+	fd, name, err := s.objectAt(k, buf[:])
+	if err != nil {
+		return -1, err
+	}
+	return OpenFileAt(fd, name)
+}
+
+// Link makes name in directory dirfd a hardlink of object k (linkat(2)
+// relative to the fan-out directory's fd). Errors are the bare errno, so
+// callers can test for EMLINK, EXDEV and ENOENT.
+func (s *Store) Link(k Key, dirfd int, name string) error {
+	var buf [96]byte
+	fd, oname, err := s.objectAt(k, buf[:])
+	if err != nil {
+		return err
+	}
+	for {
+		err := unix.Linkat(fd, oname, dirfd, name, 0)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func fstatat(dirfd int, name string, st *unix.Stat_t) error {
+	for {
+		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// noatime is O_NOATIME when the process may use it on any file (root):
+// reading a tree must not dirty every inode's atime.
+var noatime = func() int {
+	if os.Geteuid() == 0 {
+		return unix.O_NOATIME
+	}
+	return 0
+}()
+
+// OpenFileAt opens name in dirfd for reading without following a final
+// symlink and without blocking on FIFOs (O_NONBLOCK), with O_NOATIME when
+// running as root. Callers check the type with fstat.
+func OpenFileAt(dirfd int, name string) (int, error) {
+	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK | noatime
+	for {
+		fd, err := unix.Openat(dirfd, name, flags, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EPERM && flags&unix.O_NOATIME != 0 {
+			flags &^= unix.O_NOATIME
+			continue
+		}
+		return fd, err
+	}
+}
+
+// bufSize is the read size for hashing: large enough that a big file costs
+// few read(2) calls, small enough to stay in L2 while it is hashed.
+const bufSize = 256 << 10
 
 // HashFile hashes a regular file without following symlinks and returns the
 // hash and the stat taken *before* reading, so callers can detect a file that
@@ -138,7 +266,7 @@ const bufSize = 128 << 10
 func HashFile(path string) (Hash, unix.Stat_t, error) {
 	var h Hash
 	var st unix.Stat_t
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	fd, err := OpenFileAt(unix.AT_FDCWD, path)
 	if err != nil {
 		return h, st, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -149,17 +277,18 @@ func HashFile(path string) (Hash, unix.Stat_t, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return h, st, fmt.Errorf("%s: not a regular file", path)
 	}
-	h, err = hashFD(fd, st.Size)
+	h, err = HashFD(fd, st.Size)
 	if err != nil {
 		return h, st, fmt.Errorf("read %s: %w", path, err)
 	}
 	return h, st, nil
 }
 
-// hashFD hashes size bytes from fd. It stops at size instead of reading to
-// EOF (one syscall less per file); a file that shrank is an error, one that
-// grew is caught by the stat comparison in Stage or by verify.
-func hashFD(fd int, size int64) (Hash, error) {
+// HashFD hashes size bytes of fd from its current offset. It stops at size
+// instead of reading to EOF (one syscall less per file); a file that shrank
+// is an error, one that grew is caught by the stat comparison in Stage or by
+// verify.
+func HashFD(fd int, size int64) (Hash, error) {
 	var h Hash
 	d := sha256.New()
 	bp := bufPool.Get().(*[]byte)
@@ -212,144 +341,90 @@ func HashReader(r io.Reader) (Hash, error) {
 	return h, nil
 }
 
-func openNoFollow(path string) (*os.File, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	return os.NewFile(uintptr(fd), path), nil
-}
-
-// Stage copies src into a new temp file under TmpDir with the key's mode and
-// owner, and returns the temp path. It does not fsync: the caller makes a batch
-// durable with one syncfs(2) and only then publishes with Publish, so nothing
-// is visible under objects/ before its data is on disk.
-// want is the stat HashFile returned; if src changed since, Stage fails.
-func (s *Store) Stage(src string, k Key, want *unix.Stat_t) (string, error) {
-	in, err := unix.Open(src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return "", fmt.Errorf("open %s: %w", src, err)
-	}
-	defer unix.Close(in)
-	out, tmp, err := s.createTemp(k.Mode)
-	if err != nil {
-		return "", err
-	}
-	fail := func(err error) (string, error) {
-		unix.Close(out)
-		unix.Unlink(tmp)
-		return "", err
-	}
-	var n int64
-	for {
-		c, err := unix.CopyFileRange(in, nil, out, nil, 1<<30, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil { // EXDEV on old kernels, EINVAL on odd filesystems
-			if n, err = copyRW(in, out); err != nil {
-				return fail(fmt.Errorf("copy %s: %w", src, err))
-			}
-			break
-		}
-		if c == 0 {
-			break
-		}
-		n += int64(c)
-	}
-	if want != nil {
-		var st unix.Stat_t
-		if err := unix.Fstat(in, &st); err != nil {
-			return fail(fmt.Errorf("fstat %s: %w", src, err))
-		}
-		if n != want.Size || st.Size != want.Size || st.Mtim != want.Mtim || st.Ctim != want.Ctim || st.Ino != want.Ino {
-			return fail(fmt.Errorf("%s changed while it was being committed", src))
-		}
-	}
-	if err := s.finishAttrs(out, k); err != nil {
-		return fail(fmt.Errorf("object %s: %w", k.RelPath(), err))
-	}
-	if err := unix.Close(out); err != nil {
-		unix.Unlink(tmp)
-		return "", fmt.Errorf("close temp object: %w", err)
-	}
-	return tmp, nil
-}
-
-func copyRW(in, out int) (int64, error) {
-	if _, err := unix.Seek(in, 0, 0); err != nil {
-		return 0, err
-	}
-	if _, err := unix.Seek(out, 0, 0); err != nil {
-		return 0, err
-	}
-	if err := unix.Ftruncate(out, 0); err != nil {
-		return 0, err
-	}
+// hashToEOF hashes fd from its current offset to EOF.
+func hashToEOF(fd int) (Hash, error) {
+	var h Hash
+	d := sha256.New()
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	var total int64
+	buf := *bp
 	for {
-		n, err := unix.Read(in, *bp)
+		n, err := unix.Read(fd, buf)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return total, err
+			return h, err
 		}
 		if n == 0 {
-			return total, nil
+			break
 		}
-		if _, err := unix.Write(out, (*bp)[:n]); err != nil {
-			return total, err
-		}
-		total += int64(n)
+		d.Write(buf[:n])
 	}
+	d.Sum(h[:0])
+	return h, nil
 }
 
-var tmpSeq atomic.Uint64
+// HashObject re-hashes an open file to EOF (for verify: objects are read
+// whole, whatever their size claims).
+func HashObject(fd int) (Hash, error) { return hashToEOF(fd) }
 
-// createTemp creates a temp file already carrying the object's mode (the
-// umask is bypassed by fchmod only when it got in the way), saving the
-// separate chmod and chown syscalls for the common root-owned case.
-func (s *Store) createTemp(mode uint32) (int, string, error) {
-	for {
-		name := filepath.Join(s.TmpDir, fmt.Sprintf("obj-%d-%d", os.Getpid(), tmpSeq.Add(1)))
-		fd, err := unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, mode&0o777|0o200)
-		if err == unix.EEXIST {
+// Verify re-hashes an object and compares it with its name.
+func (s *Store) Verify(k Key) error {
+	fd, err := s.Open(k)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", s.Path(k), err)
+	}
+	defer unix.Close(fd)
+	h, err := hashToEOF(fd)
+	if err != nil {
+		return fmt.Errorf("read object %s: %w", k.RelPath(), err)
+	}
+	if h != k.Hash {
+		return fmt.Errorf("object %s: content hashes to %s", k.RelPath(), h)
+	}
+	return nil
+}
+
+// ReadAll reads a (small) object, checking its hash.
+func (s *Store) ReadAll(k Key, limit int64) ([]byte, error) {
+	fd, err := s.Open(k)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", s.Path(k), err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("stat object %s: %w", k.RelPath(), err)
+	}
+	if st.Size > limit {
+		return nil, fmt.Errorf("object %s: larger than %d bytes", k.RelPath(), limit)
+	}
+	// One read for the whole object, one more to see EOF; loop for the rest.
+	data := make([]byte, 0, st.Size+1)
+	for int64(len(data)) <= limit {
+		if len(data) == cap(data) {
+			data = append(data, 0)[:len(data)]
+		}
+		n, err := unix.Read(fd, data[len(data):cap(data)])
+		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return -1, "", fmt.Errorf("create temp object in %s: %w", s.TmpDir, err)
+			return nil, fmt.Errorf("read object %s: %w", k.RelPath(), err)
 		}
-		return fd, name, nil
+		if n == 0 {
+			break
+		}
+		data = data[:len(data)+n]
 	}
-}
-
-// finishAttrs gives a staged object its final owner and mode.
-func (s *Store) finishAttrs(fd int, k Key) error {
-	return SetAttrs(fd, k.Mode, k.UID, k.GID)
-}
-
-// StageBytes writes data as a temp object (used for manifests).
-func (s *Store) StageBytes(data []byte, k Key) (string, error) {
-	out, err := os.CreateTemp(s.TmpDir, "obj-")
-	if err != nil {
-		return "", fmt.Errorf("create temp object: %w", err)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("object %s: larger than %d bytes", k.RelPath(), limit)
 	}
-	tmp := out.Name()
-	_, err = out.Write(data)
-	if err == nil {
-		err = SetAttrs(int(out.Fd()), k.Mode, k.UID, k.GID)
+	if sha256.Sum256(data) != k.Hash {
+		return nil, fmt.Errorf("object %s: content does not match its name", k.RelPath())
 	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("write temp object %s: %w", k.RelPath(), err)
-	}
-	return tmp, nil
+	return data, nil
 }
 
 // euid/egid are read once: Geteuid is a syscall, and SetAttrs runs per file.
@@ -360,6 +435,13 @@ var (
 
 // IsRoot reports whether this process may chown.
 func IsRoot() bool { return euid == 0 }
+
+// NeedChown reports whether a file this process creates (owned by its
+// euid/egid) must be chowned to get uid:gid. Only root chowns: an
+// unprivileged commit keeps its own uid.
+func NeedChown(uid, gid uint32) bool {
+	return euid == 0 && (int(uid) != euid || int(gid) != egid)
+}
 
 // SetAttrs sets owner (only when we are root: an unprivileged commit keeps
 // its own uid; a new file already has ours) and then mode, in that order
@@ -374,63 +456,6 @@ func SetAttrs(fd int, mode, uid, gid uint32) error {
 		return fmt.Errorf("chmod: %w", err)
 	}
 	return nil
-}
-
-// Publish renames a staged temp file to its object name. The fan-out
-// directory is created if needed; callers fsync the touched fan-out
-// directories (or syncfs) afterwards. An object that already exists wins:
-// its content is the same by construction.
-func (s *Store) Publish(tmp string, k Key) error {
-	dst := s.Path(k)
-	if err := os.Rename(tmp, dst); err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("publish object %s: %w", k.RelPath(), err)
-		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-			return fmt.Errorf("create fan-out dir for %s: %w", k.RelPath(), err)
-		}
-		if err := os.Rename(tmp, dst); err != nil {
-			return fmt.Errorf("publish object %s: %w", k.RelPath(), err)
-		}
-	}
-	return nil
-}
-
-// Verify re-hashes an object and compares it with its name.
-func (s *Store) Verify(k Key) error {
-	f, err := openNoFollow(s.Path(k))
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h, err := HashReader(f)
-	if err != nil {
-		return fmt.Errorf("read object %s: %w", k.RelPath(), err)
-	}
-	if h != k.Hash {
-		return fmt.Errorf("object %s: content hashes to %s", k.RelPath(), h)
-	}
-	return nil
-}
-
-// ReadAll reads a (small) object, checking its hash.
-func (s *Store) ReadAll(k Key, limit int64) ([]byte, error) {
-	f, err := openNoFollow(s.Path(k))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read object %s: %w", k.RelPath(), err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("object %s: larger than %d bytes", k.RelPath(), limit)
-	}
-	if sha256.Sum256(data) != k.Hash {
-		return nil, fmt.Errorf("object %s: content does not match its name", k.RelPath())
-	}
-	return data, nil
 }
 
 // FsyncDir makes a directory's entries durable.

@@ -17,15 +17,15 @@
 package manifest
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/txboot/txboot/txstore/cas"
 )
@@ -99,23 +99,35 @@ func CheckPath(p string) error {
 	if p == "" || len(p) > MaxPathLen || p[0] == '/' || strings.IndexByte(p, 0) >= 0 {
 		return fmt.Errorf("%w: %q", ErrUnsafePath, p)
 	}
-	for _, c := range strings.Split(p, "/") {
+	// Walk the components without allocating: decoding 100k+ entries
+	// calls this for every one of them.
+	for rest := p; ; {
+		c := rest
+		i := strings.IndexByte(rest, '/')
+		if i >= 0 {
+			c, rest = rest[:i], rest[i+1:]
+		}
 		if c == "" || c == "." || c == ".." {
 			return fmt.Errorf("%w: %q", ErrUnsafePath, p)
 		}
+		if i < 0 {
+			return nil
+		}
 	}
-	return nil
 }
 
-func escape(b *bytes.Buffer, s string) {
+const hexUpper = "0123456789ABCDEF"
+
+func appendEscaped(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c <= 0x20 || c == 0x7f || c == '%' {
-			fmt.Fprintf(b, "%%%02X", c)
+			b = append(b, '%', hexUpper[c>>4], hexUpper[c&15])
 		} else {
-			b.WriteByte(c)
+			b = append(b, c)
 		}
 	}
+	return b
 }
 
 func unescape(s string) (string, error) {
@@ -143,27 +155,42 @@ func unescape(s string) (string, error) {
 
 // Encode returns the canonical encoding. Entries must be in canonical order.
 func (m *Manifest) Encode() []byte {
-	var b bytes.Buffer
-	b.Grow(len(m.Entries) * 120)
-	b.WriteString(Header)
-	b.WriteByte('\n')
+	b := make([]byte, 0, len(Header)+1+len(m.Entries)*120)
+	b = append(b, Header...)
+	b = append(b, '\n')
 	for i := range m.Entries {
-		e := &m.Entries[i]
-		b.WriteByte(byte(e.Type))
-		b.WriteByte(' ')
-		escape(&b, e.Path)
-		switch e.Type {
-		case Dir:
-			fmt.Fprintf(&b, " %04o %d %d", e.Mode, e.UID, e.GID)
-		case File:
-			fmt.Fprintf(&b, " %04o %d %d %d %s", e.Mode, e.UID, e.GID, e.Size, e.Hash)
-		case Symlink:
-			fmt.Fprintf(&b, " %d %d ", e.UID, e.GID)
-			escape(&b, e.Target)
-		}
-		b.WriteByte('\n')
+		b = appendEntry(b, &m.Entries[i])
 	}
-	return b.Bytes()
+	return b
+}
+
+// appendEntry appends e's line, newline included. It is hand-rolled rather
+// than fmt-based because loading a manifest re-encodes every line to check
+// it is canonical, and that sits on the boot path.
+func appendEntry(b []byte, e *Entry) []byte {
+	b = append(b, byte(e.Type), ' ')
+	b = appendEscaped(b, e.Path)
+	switch e.Type {
+	case Dir, File:
+		b = append(b, ' ', '0'+byte(e.Mode>>9&7), '0'+byte(e.Mode>>6&7), '0'+byte(e.Mode>>3&7), '0'+byte(e.Mode&7), ' ')
+		b = strconv.AppendUint(b, uint64(e.UID), 10)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(e.GID), 10)
+		if e.Type == File {
+			b = append(b, ' ')
+			b = strconv.AppendInt(b, e.Size, 10)
+			b = append(b, ' ')
+			b = hex.AppendEncode(b, e.Hash[:])
+		}
+	case Symlink:
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(e.UID), 10)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(e.GID), 10)
+		b = append(b, ' ')
+		b = appendEscaped(b, e.Target)
+	}
+	return append(b, '\n')
 }
 
 // Digest is "sha256:<hex>" of the canonical encoding.
@@ -187,61 +214,132 @@ func Decode(data []byte) (*Manifest, error) {
 	if len(data) > MaxSize {
 		return nil, fmt.Errorf("%w: %d bytes is over the limit", ErrBad, len(data))
 	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 6*MaxPathLen+256)
-	if !sc.Scan() || sc.Text() != Header {
+	// One string for the whole text: every path is a substring of it, so
+	// decoding allocates per entry only what it must (escaped paths).
+	text := string(data)
+	if !strings.HasPrefix(text, Header+"\n") {
 		return nil, fmt.Errorf("%w: missing header %q", ErrBad, Header)
 	}
-	m := &Manifest{}
-	dirs := map[string]bool{}
-	line := 1
-	for sc.Scan() {
-		line++
-		if len(m.Entries) >= MaxEntries {
-			return nil, fmt.Errorf("%w: more than %d entries", ErrBad, MaxEntries)
+	text = text[len(Header)+1:]
+	if text != "" && text[len(text)-1] != '\n' {
+		return nil, fmt.Errorf("line %d: %w: not in canonical form (no final newline)", strings.Count(text, "\n")+2, ErrBad)
+	}
+	n := strings.Count(text, "\n")
+	if n > MaxEntries {
+		return nil, fmt.Errorf("%w: more than %d entries", ErrBad, MaxEntries)
+	}
+	m := &Manifest{Entries: make([]Entry, n)}
+	// Lines decode independently, so big manifests (this is on the boot
+	// path) are decoded in parallel chunks; the checks that relate lines
+	// to each other run after, in order.
+	chunks := 1
+	if n >= 8192 {
+		chunks = min(runtime.GOMAXPROCS(0), 8)
+	}
+	errs := make([]error, chunks)
+	var wg sync.WaitGroup
+	start, first := 0, 0
+	for c := 0; c < chunks; c++ {
+		end, last := len(text), n
+		if c < chunks-1 {
+			last = n / chunks * (c + 1)
+			end = start + nthLineEnd(text[start:], last-first)
 		}
-		e, err := decodeLine(sc.Text())
+		wg.Add(1)
+		go func(c int, part string, first int) {
+			defer wg.Done()
+			errs[c] = decodeLines(part, m.Entries[first:], first+2)
+		}(c, text[start:end], first)
+		start, first = end, last
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %w", line, err)
+			return nil, err
 		}
-		if len(m.Entries) == 0 {
-			if e.Path != "." || e.Type != Dir {
-				return nil, fmt.Errorf("line %d: %w: first entry must be the root directory", line, ErrBad)
-			}
-		} else {
-			prev := m.Entries[len(m.Entries)-1].Path
-			if !Less(prev, e.Path) {
-				return nil, fmt.Errorf("line %d: %w: %q out of order or repeated", line, ErrBad, e.Path)
-			}
-			parent := "."
-			if i := strings.LastIndexByte(e.Path, '/'); i >= 0 {
-				parent = e.Path[:i]
-			}
-			if !dirs[parent] {
-				return nil, fmt.Errorf("line %d: %w: parent of %q is not a directory listed before it", line, ErrBad, e.Path)
-			}
-		}
-		if e.Type == Dir {
-			dirs[e.Path] = true
-		}
-		m.Entries = append(m.Entries, e)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%w: line %d: %v", ErrBad, line+1, err)
-	}
-	if len(m.Entries) == 0 {
+	if n == 0 {
 		return nil, fmt.Errorf("%w: no root entry", ErrBad)
 	}
-	if !bytes.Equal(m.Encode(), data) {
-		return nil, fmt.Errorf("%w: not in canonical form", ErrBad)
+	if e := &m.Entries[0]; e.Path != "." || e.Type != Dir {
+		return nil, fmt.Errorf("line 2: %w: first entry must be the root directory", ErrBad)
+	}
+	dirs := map[string]struct{}{".": {}}
+	for i := 1; i < n; i++ {
+		e := &m.Entries[i]
+		if !Less(m.Entries[i-1].Path, e.Path) {
+			return nil, fmt.Errorf("line %d: %w: %q out of order or repeated", i+2, ErrBad, e.Path)
+		}
+		parent := "."
+		if j := strings.LastIndexByte(e.Path, '/'); j >= 0 {
+			parent = e.Path[:j]
+		}
+		if _, ok := dirs[parent]; !ok {
+			return nil, fmt.Errorf("line %d: %w: parent of %q is not a directory listed before it", i+2, ErrBad, e.Path)
+		}
+		if e.Type == Dir {
+			dirs[e.Path] = struct{}{}
+		}
 	}
 	return m, nil
 }
 
+// nthLineEnd is the offset just past the k-th newline of text.
+func nthLineEnd(text string, k int) int {
+	off := 0
+	for ; k > 0; k-- {
+		off += strings.IndexByte(text[off:], '\n') + 1
+	}
+	return off
+}
+
+// decodeLines decodes newline-terminated lines into out, checking each one
+// re-encodes to itself; line is the first one's number for messages.
+func decodeLines(text string, out []Entry, line int) error {
+	var scratch []byte
+	for i := 0; text != ""; i, line = i+1, line+1 {
+		nl := strings.IndexByte(text, '\n')
+		s := text[:nl]
+		text = text[nl+1:]
+		if len(s) > 6*MaxPathLen+256 {
+			return fmt.Errorf("line %d: %w: line too long", line, ErrBad)
+		}
+		e, err := decodeLine(s)
+		if err != nil {
+			return fmt.Errorf("line %d: %w", line, err)
+		}
+		scratch = appendEntry(scratch[:0], &e)
+		if string(scratch[:len(scratch)-1]) != s {
+			return fmt.Errorf("line %d: %w: not in canonical form", line, ErrBad)
+		}
+		out[i] = e
+	}
+	return nil
+}
+
+// fields splits s at single spaces into at most len(f) fields without
+// allocating; n > len(f) means there were too many.
+func fields(s string, f *[7]string) (n int) {
+	for {
+		i := strings.IndexByte(s, ' ')
+		if n == len(f) {
+			return n + 1
+		}
+		if i < 0 {
+			f[n] = s
+			return n + 1
+		}
+		f[n] = s[:i]
+		s = s[i+1:]
+		n++
+	}
+}
+
 func decodeLine(s string) (Entry, error) {
 	var e Entry
-	f := strings.Split(s, " ")
-	if len(f) < 2 || len(f[0]) != 1 {
+	var f [7]string
+	n := fields(s, &f)
+	if n < 2 || len(f[0]) != 1 {
 		return e, fmt.Errorf("%w: %q", ErrBad, s)
 	}
 	e.Type = Type(f[0][0])
@@ -256,7 +354,7 @@ func decodeLine(s string) (Entry, error) {
 	bad := func(what string) (Entry, error) { return e, fmt.Errorf("%w: %s in %q", ErrBad, what, s) }
 	switch e.Type {
 	case Dir, File:
-		if (e.Type == Dir && len(f) != 5) || (e.Type == File && len(f) != 7) {
+		if (e.Type == Dir && n != 5) || (e.Type == File && n != 7) {
 			return bad("wrong field count")
 		}
 		if len(f[2]) != 4 {
@@ -280,7 +378,7 @@ func decodeLine(s string) (Entry, error) {
 			}
 		}
 	case Symlink:
-		if len(f) != 5 {
+		if n != 5 {
 			return bad("wrong field count")
 		}
 		if e.UID, err = parseUint32(f[2], 10); err != nil {

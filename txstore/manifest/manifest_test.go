@@ -1,7 +1,9 @@
 package manifest_test
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,4 +138,57 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Big manifests decode in parallel chunks: a round trip must be exact and
+// a defect anywhere (a chunk's first or last line, or across a chunk
+// boundary) must be caught with the right line number.
+func TestDecodeBig(t *testing.T) {
+	m := &manifest.Manifest{Entries: []manifest.Entry{{Path: ".", Type: manifest.Dir, Mode: 0755}}}
+	for d := 0; d < 100; d++ {
+		dir := fmt.Sprintf("d%03d", d)
+		m.Entries = append(m.Entries, manifest.Entry{Path: dir, Type: manifest.Dir, Mode: 0755})
+		for f := 0; f < 200; f++ {
+			m.Entries = append(m.Entries, manifest.Entry{Path: fmt.Sprintf("%s/f%03d", dir, f), Type: manifest.File, Mode: 0644, Size: int64(f)})
+		}
+	}
+	enc := m.Encode()
+	got, err := manifest.Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Encode(), enc) || len(got.Entries) != len(m.Entries) {
+		t.Fatal("round trip changed the manifest")
+	}
+	lines := strings.SplitAfter(string(enc), "\n")
+	n := len(m.Entries)
+	for _, i := range []int{1, 2, n / 2, n/2 + 1, n/2 + 2, n} { // 1-based entry numbers; line = i+1
+		for _, c := range []struct{ name, line, want string }{
+			{"bad mode", strings.Replace(lines[i], " 0644 ", " 0x44 ", 1), "mode"},
+			{"swapped", "", "malformed manifest"},
+		} {
+			bad := append([]string(nil), lines...)
+			if c.line != "" {
+				if !strings.Contains(lines[i], " 0644 ") {
+					continue
+				}
+				bad[i] = c.line
+			} else {
+				if i+1 >= len(lines)-1 || i == 1 {
+					continue
+				}
+				bad[i], bad[i+1] = bad[i+1], bad[i]
+			}
+			_, err := manifest.Decode([]byte(strings.Join(bad, "")))
+			if !errors.Is(err, manifest.ErrBad) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("entry %d %s: err %v, want %q", i, c.name, err, c.want)
+			}
+			if c.line != "" && !strings.HasPrefix(err.Error(), fmt.Sprintf("line %d:", i+1)) {
+				t.Errorf("entry %d %s: err %v, want line %d", i, c.name, err, i+1)
+			}
+		}
+	}
+	if _, err := manifest.Decode(enc[:len(enc)-1]); !errors.Is(err, manifest.ErrBad) {
+		t.Errorf("missing final newline: err %v", err)
+	}
 }

@@ -1,0 +1,416 @@
+package cas
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// lent is a source file descriptor a scanner lends to Stage (see LendFD).
+type lent struct {
+	mu     sync.RWMutex
+	fd     int
+	path   string
+	closed bool
+}
+
+// lentFDs maps the *unix.Stat_t a scanner handed to its OnFile callback to
+// the descriptor it still holds open for that file.
+var lentFDs sync.Map
+
+// LendFD lets Stage read src from fd instead of opening it again, while the
+// returned release func has not been called: a scanner that has just
+// hashed src from fd (with want = its fstat, a pointer used for this one
+// file only) lends it for the duration of its callback. Stage then saves an
+// open and close of a deep path per new object. release blocks until no
+// Stage is using fd any more; the caller closes fd afterwards.
+func LendFD(want *unix.Stat_t, src string, fd int) (release func()) {
+	l := &lent{fd: fd, path: src}
+	lentFDs.Store(want, l)
+	return func() {
+		lentFDs.Delete(want)
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+	}
+}
+
+// borrow returns the lent descriptor for (want, src) and a func to give it
+// back, or ok=false.
+func borrow(want *unix.Stat_t, src string) (fd int, giveBack func(), ok bool) {
+	if want == nil {
+		return -1, nil, false
+	}
+	v, found := lentFDs.Load(want)
+	if !found {
+		return -1, nil, false
+	}
+	l := v.(*lent)
+	l.mu.RLock()
+	if l.closed || l.path != src {
+		l.mu.RUnlock()
+		return -1, nil, false
+	}
+	return l.fd, l.mu.RUnlock, true
+}
+
+// Stage copies src into a new temp file under TmpDir with the key's mode and
+// owner, and returns the temp path. It does not fsync: the caller makes a batch
+// durable with one syncfs(2) and only then publishes with Publish, so nothing
+// is visible under objects/ before its data is on disk.
+// want is the stat HashFile returned; if src changed since, Stage fails.
+func (s *Store) Stage(src string, k Key, want *unix.Stat_t) (string, error) {
+	in, giveBack, borrowed := borrow(want, src)
+	if borrowed {
+		defer giveBack()
+	} else {
+		var err error
+		if in, err = OpenFileAt(unix.AT_FDCWD, src); err != nil {
+			return "", fmt.Errorf("open %s: %w", src, err)
+		}
+		defer unix.Close(in)
+	}
+	d, tfd, err := s.tmpFan(k)
+	if err != nil {
+		return "", err
+	}
+	mode, chmod := CreateMode(k.Mode)
+	direct := want != nil && want.Size >= directMin && directOK.Load()
+	flags := 0
+	if direct {
+		flags = unix.O_DIRECT
+	}
+	out, name, err := createTemp(tfd, d.tmp, mode, flags)
+	if err != nil && direct {
+		directOK.Store(false) // the filesystem refuses O_DIRECT
+		direct = false
+		out, name, err = createTemp(tfd, d.tmp, mode, 0)
+	}
+	if err != nil {
+		return "", err
+	}
+	tmp := d.tmp + "/" + fanName(k.Hash[0]) + "/" + name
+	fail := func(err error) (string, error) {
+		unix.Close(out)
+		unix.Unlinkat(tfd, name, 0)
+		return "", err
+	}
+	limit := int64(-1)
+	if want != nil {
+		limit = want.Size
+	}
+	var off int64
+	if direct {
+		off, err = copyDirect(in, out, limit)
+		if err == errNoDirect {
+			directOK.Store(false)
+			if err = clearDirect(out); err == nil {
+				off, err = copyRange(in, out, limit)
+			}
+		}
+	} else {
+		off, err = copyRange(in, out, limit)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("copy %s: %w", src, err))
+	}
+	if want != nil {
+		var st unix.Stat_t
+		if err := unix.Fstat(in, &st); err != nil {
+			return fail(fmt.Errorf("fstat %s: %w", src, err))
+		}
+		if off != want.Size || st.Size != want.Size || st.Mtim != want.Mtim || st.Ctim != want.Ctim || st.Ino != want.Ino {
+			return fail(fmt.Errorf("%s changed while it was being committed", src))
+		}
+	}
+	if !direct {
+		d.wroteBuffered(tfd, off)
+	}
+	if err := finishAttrs(out, k, chmod, d.tmpGID); err != nil {
+		return fail(fmt.Errorf("object %s: %w", k.RelPath(), err))
+	}
+	if err := unix.Close(out); err != nil {
+		unix.Unlinkat(tfd, name, 0)
+		return "", fmt.Errorf("close temp object: %w", err)
+	}
+	return tmp, nil
+}
+
+// earlyFlush is how many bytes staged through the page cache start a
+// background syncfs. Small objects are written buffered; left dirty until
+// the caller's syncfs they would be written only then, after the scan,
+// while the disk sat idle. Flushing early overlaps that writeback with the
+// rest of the staging. It only makes data durable sooner: publishing still
+// waits for the caller's own syncfs.
+const earlyFlush = 64 << 20
+
+func (d *dirs) wroteBuffered(fd int, n int64) {
+	if d.buffered.Add(n) < earlyFlush || !d.flushing.CompareAndSwap(false, true) {
+		return
+	}
+	d.buffered.Store(0)
+	dfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		d.flushing.Store(false)
+		return
+	}
+	go func() {
+		unix.Syncfs(dfd)
+		unix.Close(dfd)
+		d.flushing.Store(false)
+	}()
+}
+
+// copyRange copies in (from offset 0, explicit offsets: a lent fd's
+// position is not ours) to out with copy_file_range, falling back to
+// read/write; limit < 0 copies to EOF. It returns the bytes copied.
+func copyRange(in, out int, limit int64) (int64, error) {
+	var off int64
+	for limit < 0 || off < limit {
+		chunk := 1 << 30
+		if limit >= 0 && limit-off < int64(chunk) {
+			chunk = int(limit - off)
+		}
+		c, err := unix.CopyFileRange(in, &off, out, nil, chunk, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil { // EXDEV on old kernels, EINVAL/EOPNOTSUPP on odd filesystems
+			return copyRW(in, out, limit)
+		}
+		if c == 0 {
+			break
+		}
+	}
+	return off, nil
+}
+
+// finishAttrs gives a staged object its final owner and mode, with as few
+// syscalls as the case allows: root-owned objects created under the usual
+// umask need none. tmpGID is the gid new files get in TmpDir (-1: egid).
+func finishAttrs(fd int, k Key, chmod bool, tmpGID int) error {
+	gid := egid
+	if tmpGID >= 0 {
+		gid = tmpGID
+	}
+	if euid == 0 && (int(k.UID) != euid || int(k.GID) != gid) {
+		if err := unix.Fchown(fd, int(k.UID), int(k.GID)); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+		chmod = chmod || k.Mode&06000 != 0 // chown cleared setuid/setgid
+	}
+	if chmod {
+		if err := unix.Fchmod(fd, k.Mode); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	return nil
+}
+
+// copyRW copies in (from offset 0, with pread: a lent fd's position is not
+// ours) to out, up to limit bytes (limit < 0: to EOF).
+func copyRW(in, out int, limit int64) (int64, error) {
+	if _, err := unix.Seek(out, 0, 0); err != nil {
+		return 0, err
+	}
+	if err := unix.Ftruncate(out, 0); err != nil {
+		return 0, err
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	var total int64
+	for limit < 0 || total < limit {
+		b := *bp
+		if limit >= 0 && limit-total < int64(len(b)) {
+			b = b[:limit-total]
+		}
+		n, err := unix.Pread(in, b, total)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, nil
+		}
+		for w := 0; w < n; {
+			m, err := unix.Write(out, b[w:n])
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return total, err
+			}
+			w += m
+		}
+		total += int64(n)
+	}
+	return total, nil
+}
+
+var tmpSeq atomic.Uint64
+
+var pidPrefix = "obj-" + strconv.Itoa(os.Getpid()) + "-"
+
+// createTemp creates a temp file in dirfd already carrying mode (an open
+// with O_CREAT returns a writable fd even for a read-only mode, so the
+// object needs no chmod afterwards in the common case).
+func createTemp(dirfd int, dir string, mode uint32, flags int) (int, string, error) {
+	var buf [48]byte
+	for {
+		name := string(strconv.AppendUint(append(buf[:0], pidPrefix...), tmpSeq.Add(1), 10))
+		fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|flags, mode)
+		if err == unix.EEXIST || err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, "", fmt.Errorf("create temp object in %s: %w", dir, err)
+		}
+		return fd, name, nil
+	}
+}
+
+// StageBytes writes data as a temp object (used for manifests).
+func (s *Store) StageBytes(data []byte, k Key) (string, error) {
+	out, err := os.CreateTemp(s.TmpDir, "obj-")
+	if err != nil {
+		return "", fmt.Errorf("create temp object: %w", err)
+	}
+	tmp := out.Name()
+	_, err = out.Write(data)
+	if err == nil {
+		err = SetAttrs(int(out.Fd()), k.Mode, k.UID, k.GID)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("write temp object %s: %w", k.RelPath(), err)
+	}
+	return tmp, nil
+}
+
+// Publish renames a staged temp file to its object name. The fan-out
+// directory is created if needed; callers fsync the touched fan-out
+// directories (or syncfs) afterwards. An object that already exists wins:
+// its content is the same by construction, and replacing it would break
+// the hardlink identity of every tree linked to it, so the temp file is
+// removed instead (renameat2 RENAME_NOREPLACE).
+func (s *Store) Publish(tmp string, k Key) error {
+	d, f, fanfd, err := s.fanOf(&k, true)
+	if err != nil {
+		return fmt.Errorf("create fan-out dir for %s: %w", k.RelPath(), err)
+	}
+	defer f.mu.Unlock()
+	srcfd, srcname := unix.AT_FDCWD, tmp
+	if dir, base := filepath.Split(tmp); strings.HasPrefix(dir, d.tmp) {
+		switch sub := dir[len(d.tmp):]; {
+		case sub == "/":
+			if tfd, err := d.tmpDir(); err == nil {
+				srcfd, srcname = tfd, base
+			}
+		case len(sub) == 4 && sub[0] == '/' && sub[1:3] == fanName(k.Hash[0]) && f.tmpfd >= 0:
+			srcfd, srcname = f.tmpfd, base
+		}
+	}
+	var buf [96]byte
+	name := string(k.AppendName(buf[:0]))
+	for {
+		err = unix.Renameat2(srcfd, srcname, fanfd, name, unix.RENAME_NOREPLACE)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch {
+	case err == unix.EEXIST:
+		if err := unix.Unlinkat(srcfd, srcname, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("publish object %s: remove duplicate: %w", k.RelPath(), err)
+		}
+	case err == unix.EINVAL || err == unix.ENOSYS: // no RENAME_NOREPLACE here
+		if err := unix.Renameat(srcfd, srcname, fanfd, name); err != nil {
+			return fmt.Errorf("publish object %s: %w", k.RelPath(), err)
+		}
+	case err != nil:
+		return fmt.Errorf("publish object %s: %w", k.RelPath(), err)
+	}
+	if f.listed {
+		f.names[name] = struct{}{}
+	}
+	return nil
+}
+
+// ErrNoLink means StageLink cannot take the source file by hardlink (another
+// filesystem, link limit, or the file has other links); copy it instead.
+var ErrNoLink = errors.New("source cannot be taken into the store by hardlink")
+
+// StageLink stages src by hardlinking it into TmpDir instead of copying:
+// the commit --consume path, where the caller gives up src. The inode
+// becomes the object, so it gets the key's mode and owner (src sees the
+// same, being the same inode). Only a file with no other links is taken
+// (an inode shared with a live tree, say one made by cp -al from /usr, must
+// not become an object), and only when it is still the file want describes.
+// Durability is the caller's syncfs, as for Stage.
+func (s *Store) StageLink(src string, k Key, want *unix.Stat_t) (string, error) {
+	if want == nil || want.Nlink != 1 {
+		return "", ErrNoLink
+	}
+	d, tfd, err := s.tmpFan(k)
+	if err != nil {
+		return "", err
+	}
+	var buf [48]byte
+	name := string(strconv.AppendUint(append(buf[:0], pidPrefix...), tmpSeq.Add(1), 10))
+	if err := unix.Linkat(unix.AT_FDCWD, src, tfd, name, 0); err != nil {
+		if err == unix.EXDEV || err == unix.EMLINK || err == unix.EPERM {
+			return "", ErrNoLink
+		}
+		return "", fmt.Errorf("link %s into the store: %w", src, err)
+	}
+	fail := func(err error) (string, error) {
+		unix.Unlinkat(tfd, name, 0)
+		return "", err
+	}
+	fd, err := OpenFileAt(tfd, name)
+	if err != nil {
+		return fail(fmt.Errorf("open %s: %w", src, err))
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fail(fmt.Errorf("fstat %s: %w", src, err))
+	}
+	if st.Ino != want.Ino || st.Dev != want.Dev || st.Size != want.Size || st.Mtim != want.Mtim || st.Nlink != 2 {
+		return fail(fmt.Errorf("%s changed while it was being committed", src))
+	}
+	if euid == 0 && (st.Uid != k.UID || st.Gid != k.GID) {
+		if err := unix.Fchown(fd, int(k.UID), int(k.GID)); err != nil {
+			return fail(fmt.Errorf("object %s: chown: %w", k.RelPath(), err))
+		}
+	}
+	if st.Mode&07777 != k.Mode || k.Mode&06000 != 0 {
+		if err := unix.Fchmod(fd, k.Mode); err != nil {
+			return fail(fmt.Errorf("object %s: chmod: %w", k.RelPath(), err))
+		}
+	}
+	return d.tmp + "/" + fanName(k.Hash[0]) + "/" + name, nil
+}
+
+// tmpFan returns the store's state and the open staging fan-out directory
+// for k.
+func (s *Store) tmpFan(k Key) (*dirs, int, error) {
+	d := s.state()
+	f := &d.fans[k.Hash[0]]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tfd, err := d.tmpFanFD(f, k.Hash[0])
+	return d, tfd, err
+}
