@@ -353,7 +353,7 @@ func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
 	if err != nil {
 		return []Problem{{Path: "manifest", Reason: err.Error()}}, nil
 	}
-	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers)
+	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
 	for i := range probs {
 		if probs[i].Path == "." {
 			probs[i].Path = "usr"
@@ -496,7 +496,7 @@ func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.E
 			return fail()
 		}
 	}
-	probs, err := blit.Verify(m, s.objects, dst, false, s.opts.Workers)
+	probs, err := blit.Verify(m, s.objects, dst, false, s.opts.Workers, nil)
 	if err != nil || len(probs) > 0 {
 		return fail()
 	}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/cas"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -45,6 +46,12 @@ type Options struct {
 	Timeout   time.Duration // lock and bbolt timeout; 0 means DefaultTimeout, never "forever"
 	NoCleanup bool          // skip removing staging leftovers (initagent keeps boots fast)
 	Workers   int           // parallelism for hashing, blit and verify; 0 = 2×GOMAXPROCS
+	// HashOnce: a full verify does not re-hash an object that an earlier
+	// full verify on this open Store found clean (initagent's fallback tx
+	// shares most objects with the tx that just failed; `bootctl verify
+	// --full` of every tx). Only for short-lived Stores: a remembered
+	// object is trusted for the Store's lifetime.
+	HashOnce bool
 }
 
 // Store is an open txboot store.
@@ -54,6 +61,7 @@ type Store struct {
 	opts    Options
 	lockFD  int
 	objects *cas.Store
+	hashed  *blit.Hashed // nil unless Options.HashOnce
 }
 
 // Open opens the store under root. A writer holds an exclusive flock on
@@ -69,6 +77,9 @@ func Open(root string, o Options) (*Store, error) {
 	dir := filepath.Join(root, DirName)
 	s := &Store{Root: root, Dir: dir, opts: o, lockFD: -1,
 		objects: &cas.Store{Dir: filepath.Join(dir, "objects"), TmpDir: filepath.Join(dir, "staging")}}
+	if o.HashOnce {
+		s.hashed = &blit.Hashed{}
+	}
 	if _, err := os.Stat(filepath.Join(dir, "store.db")); err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("open store %s: %w", dir, err)

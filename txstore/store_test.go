@@ -325,3 +325,58 @@ func TestCommitConsume(t *testing.T) {
 		}
 	}
 }
+
+// HashOnce: an object found clean is not re-hashed by later full verifies
+// on the same open Store; a corrupted one is never remembered as clean.
+func TestVerifyHashOnce(t *testing.T) {
+	s, root := newStore(t)
+	for _, extra := range []string{"one", "two"} {
+		if _, _, err := s.Commit(sampleDir(t, testtree.File{Path: "lib/" + extra, Data: extra, Mode: 0o644}), txstore.CommitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	open := func(once bool) *txstore.Store {
+		s, err := txstore.Open(root, txstore.Options{ReadOnly: true, HashOnce: once})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	corrupted := func(s *txstore.Store, id uint64) bool {
+		probs, err := s.Verify(id, txstore.VerifyFull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range probs {
+			if p.Path == "usr/bin/busybox" && strings.Contains(p.Reason, "content corrupted") && p.InStore {
+				return true
+			}
+		}
+		if len(probs) > 0 {
+			t.Fatalf("tx %d: unexpected problems %v", id, probs)
+		}
+		return false
+	}
+	once := open(true)
+	if corrupted(once, 2) {
+		t.Fatal("clean tx 2 reported corrupted")
+	}
+	// bin/busybox's object is shared by txs 1 and 2.
+	if err := corruptInPlace(filepath.Join(s.TreeDir(1), "bin/busybox")); err != nil {
+		t.Fatal(err)
+	}
+	if corrupted(once, 1) {
+		t.Error("HashOnce store re-hashed an object it had already found clean")
+	}
+	fresh := open(true)
+	for _, id := range []uint64{2, 1, 2} {
+		if !corrupted(fresh, id) {
+			t.Errorf("tx %d: corruption not reported (a bad object must never be remembered as clean)", id)
+		}
+	}
+	if !corrupted(open(false), 1) {
+		t.Error("store without HashOnce missed the corruption")
+	}
+}

@@ -145,7 +145,8 @@ func init() {
 			if len(args) > 1 {
 				return usagef("verify takes at most one id")
 			}
-			s, err := e.openExisting(false)
+			// One command: an object shared by several txs is re-hashed once.
+			s, err := txstore.Open(e.root, txstore.Options{ReadOnly: true, Timeout: e.timeout, HashOnce: true})
 			if err != nil {
 				return err
 			}

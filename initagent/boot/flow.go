@@ -109,7 +109,7 @@ func Main() {
 	log.logf(6, "root %s (%s) mounted on %s", dev, cfg.RootSpec, Sysroot)
 	ph.mark("mount")
 
-	s, err := txstore.Open(Sysroot, txstore.Options{Timeout: 5 * time.Second, NoCleanup: true, Workers: 4})
+	s, err := txstore.Open(Sysroot, txstore.Options{Timeout: 5 * time.Second, NoCleanup: true, Workers: 4, HashOnce: true})
 	if err != nil {
 		rescue(log, cfg.Shell, fmt.Sprintf("open the txboot store on %s: %v", dev, err))
 	}

@@ -12,6 +12,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Hashed remembers objects whose content re-hashed clean, so that later
+// full verifies sharing it (a fallback tx after the one that just failed,
+// or every tx in turn) do not read them again. The zero value is ready;
+// share one only while nothing can rewrite the objects (one boot, one
+// command), since a remembered object is not read again.
+type Hashed struct{ m sync.Map }
+
+func (h *Hashed) known(k cas.Key) bool {
+	if h == nil {
+		return false
+	}
+	_, ok := h.m.Load(k)
+	return ok
+}
+
+func (h *Hashed) add(k cas.Key) {
+	if h != nil {
+		h.m.Store(k, struct{}{})
+	}
+}
+
 // Problem is one thing wrong with a tree, by path relative to the tree root.
 type Problem struct {
 	Path   string `json:"path"`
@@ -37,7 +58,10 @@ const maxLinks = 65000
 // children, so a missing or extra entry costs no syscall; every present
 // entry costs one fstatat relative to the directory fd, and a file one more
 // fstatat relative to its object's fan-out directory fd.
-func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, workers int) ([]Problem, error) {
+//
+// good, when not nil, skips re-hashing objects it holds and learns the ones
+// this call finds clean.
+func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, workers int, good *Hashed) ([]Problem, error) {
 	if workers <= 0 {
 		workers = 2 * runtime.GOMAXPROCS(0)
 	}
@@ -45,7 +69,7 @@ func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, worker
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", dir, err)
 	}
-	v := &verifier{ix: ix, objs: objs, full: full, sched: newSched(), per: make([]verifyWorker, workers)}
+	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: newSched(), per: make([]verifyWorker, workers)}
 	var root unix.Stat_t
 	if err := unix.Lstat(dir, &root); err != nil {
 		return []Problem{{Path: ".", Reason: fmt.Sprintf("tree missing: %v", err)}}, nil
@@ -82,6 +106,7 @@ type verifier struct {
 	ix      *index
 	objs    *cas.Store
 	full    bool
+	good    *Hashed // objects known clean from earlier calls; may be nil
 	sched   *sched
 	per     []verifyWorker
 	hashed  sync.Map // cas.Key → struct{}: objects already claimed for re-hashing
@@ -313,9 +338,14 @@ func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, 
 	}
 	if ost.Dev == st.Dev && ost.Ino == st.Ino {
 		if v.full {
+			if v.good.known(k) {
+				return
+			}
 			if _, dup := v.hashed.LoadOrStore(k, struct{}{}); !dup {
 				fd, err := v.objs.Open(k)
-				w.hash(e, fd, err, true)
+				if w.hash(e, fd, err, true) {
+					v.good.add(k)
+				}
 			}
 		}
 		return
@@ -330,23 +360,28 @@ func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, 
 	}
 }
 
-// hash re-hashes an open file (closing it) against e's hash.
-func (w *verifyWorker) hash(e *manifest.Entry, fd int, err error, inStore bool) {
+// hash re-hashes an open file (closing it) against e's hash and says
+// whether it matched.
+func (w *verifyWorker) hash(e *manifest.Entry, fd int, err error, inStore bool) bool {
 	add := w.add
 	if inStore {
 		add = w.addStore
 	}
 	if err != nil {
 		add(e.Path, "cannot read content: %v", err)
-		return
+		return false
 	}
 	h, err := cas.HashObject(fd)
 	unix.Close(fd)
-	if err != nil {
+	switch {
+	case err != nil:
 		add(e.Path, "cannot read content: %v", err)
-	} else if h != e.Hash {
+	case h != e.Hash:
 		add(e.Path, "content corrupted: sha256 %s, want %s", h, e.Hash)
+	default:
+		return true
 	}
+	return false
 }
 
 // readlinkAt reads a symlink; size (from lstat) sizes the buffer.
