@@ -324,10 +324,14 @@ func (s *Store) Manifest(t *Tx) (*manifest.Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tx %d manifest: %w: %v", t.ID, ErrBadManifest, err)
 	}
-	if d := manifest.Digest(raw); d != t.Digest {
+	// Hash and parse at once (both are on the boot path); a parse is only
+	// used once the digest matched.
+	digest := make(chan string, 1)
+	go func() { digest <- manifest.Digest(raw) }()
+	m, err := manifest.DecodeOwned(raw) // raw is ours and never written again
+	if d := <-digest; d != t.Digest {
 		return nil, fmt.Errorf("tx %d manifest: %w: %s, want %s", t.ID, ErrDigest, d, t.Digest)
 	}
-	m, err := manifest.Decode(raw)
 	if err != nil {
 		return nil, fmt.Errorf("tx %d manifest: %w", t.ID, err)
 	}

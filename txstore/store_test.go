@@ -380,3 +380,21 @@ func TestVerifyHashOnce(t *testing.T) {
 		t.Error("store without HashOnce missed the corruption")
 	}
 }
+
+// The manifest is hashed while it is parsed: a record whose digest does not
+// match gets ErrDigest, never the parsed manifest.
+func TestManifestDigestChecked(t *testing.T) {
+	s, _ := newStore(t)
+	tx, _, err := s.Commit(sampleDir(t), txstore.CommitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Manifest(tx); err != nil || len(m.Entries) == 0 {
+		t.Fatalf("manifest: %v", err)
+	}
+	bad := *tx
+	bad.Digest = "sha256:" + strings.Repeat("0", 64)
+	if m, err := s.Manifest(&bad); !errors.Is(err, txstore.ErrDigest) || m != nil {
+		t.Fatalf("got %v, %v; want ErrDigest and no manifest", m, err)
+	}
+}

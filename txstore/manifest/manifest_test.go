@@ -125,8 +125,16 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(manifest.Header + "\nd . 0755 0 0\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := manifest.Decode(data)
+		// DecodeOwned (no copy) must agree with Decode on everything.
+		m2, err2 := manifest.DecodeOwned(append([]byte(nil), data...))
+		if (err == nil) != (err2 == nil) || (err != nil && err.Error() != err2.Error()) {
+			t.Fatalf("Decode: %v, DecodeOwned: %v", err, err2)
+		}
 		if err != nil {
 			return
+		}
+		if string(m2.Encode()) != string(data) {
+			t.Fatal("DecodeOwned differs from Decode")
 		}
 		// Whatever decodes is canonical and safe.
 		if string(m.Encode()) != string(data) {
