@@ -427,13 +427,21 @@ fi
 }
 
 // TestUEFIMenuKeys (d2): keys sent to the systemd-boot menu on the serial
-// console (down arrow, Enter) boot the older entry; without keys the next
-// boot is the default again.
+// console (down arrow, 'd', Enter) boot the older entry and make it the
+// menu's default (LoaderEntryDefault, which overrides loader.conf), so the
+// next boot without keys is tx 1 again; there `bootctl set-default 2`
+// clears the menu's default, and the boot after is tx 2.
 func TestUEFIMenuKeys(t *testing.T) {
 	t.Parallel()
 	k := harness.CloudKernel(t)
+	menuHook := fixture.HookSetup + `bootctl status
+if [ -e /var/txtest-menu ]; then
+  bootctl set-default 2 --esp /boot/efi; echo "TXTEST set-default=$?"
+fi
+touch /var/txtest-menu
+` + fixture.HookTeardown
 	sys := uefiSystem(t, fixture.UEFISpec{Timeout: 4, Txs: []fixture.UEFITx{
-		{Marker: "tx-1", Kernel: k, Good: true, Hook: statusHook},
+		{Marker: "tx-1", Kernel: k, Good: true, Hook: menuHook},
 		{Marker: "tx-2", Kernel: k, Good: true},
 	}})
 	conf, err := sys.Disk.ESPImage().ReadFile("/loader/loader.conf")
@@ -447,16 +455,21 @@ func TestUEFIMenuKeys(t *testing.T) {
 		if err := vm.ExpectString("Boot in", 3*time.Minute); err != nil {
 			return err
 		}
-		if err := vm.Send("\x1b[B"); err != nil {
-			return err
+		for _, key := range []string{"\x1b[B", "d", "\r"} {
+			if err := vm.Send(key); err != nil {
+				return err
+			}
+			time.Sleep(300 * time.Millisecond)
 		}
-		time.Sleep(300 * time.Millisecond)
-		return vm.Send("\r")
+		return nil
 	}})
 	r.wantMarker(t, "tx-1")
-	r.want(t, "txboot.tx=1 ", "Loader:   txboot-1.conf")
+	r.want(t, "txboot.tx=1 ", "Loader:   txboot-1.conf", "Menu default: txboot-1.conf")
 	r2 := bootUEFI(t, sys, 2, uefiOpts{})
-	r2.wantMarker(t, "tx-2")
+	r2.wantMarker(t, "tx-1")
+	r2.want(t, "cleared the boot menu's default (LoaderEntryDefault=txboot-1.conf)", "TXTEST set-default=0")
+	r3 := bootUEFI(t, sys, 3, uefiOpts{})
+	r3.wantMarker(t, "tx-2")
 }
 
 // TestUEFIPrune (e): 7 txs, the two oldest on another kernel; the running

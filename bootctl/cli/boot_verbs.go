@@ -257,8 +257,16 @@ func init() {
 			return nil
 		}})
 
-	register(&verb{name: "set-default", args: "ID", help: "boot this tx by default",
-		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
+	var efiDir string
+	// set-default and rollback: entry settings, and where the menu's
+	// default lives.
+	defaultFlags := func(fs *flag.FlagSet) {
+		ef = entryFlags{}
+		ef.register(fs)
+		fs.StringVar(&efiDir, "efivars", "", "efivarfs directory (default /sys/firmware/efi/efivars)")
+	}
+	register(&verb{name: "set-default", args: "ID", help: "boot this tx by default (clears a default chosen in the boot menu)",
+		flags: defaultFlags,
 		run: func(e *env, args []string) error {
 			id, err := oneID(args)
 			if err != nil {
@@ -273,11 +281,14 @@ func init() {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "tx %d is the default\n", id)
-			return resync(e, s, &ef)
+			if err := resync(e, s, &ef); err != nil {
+				return err
+			}
+			return clearMenuDefault(e, s, efiDir, id)
 		}})
 
-	register(&verb{name: "rollback", help: "make the previous good tx the default",
-		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
+	register(&verb{name: "rollback", help: "make the previous good tx the default (clears a default chosen in the boot menu)",
+		flags: defaultFlags,
 		run: func(e *env, args []string) error {
 			if len(args) != 0 {
 				return usagef("rollback takes no arguments")
@@ -306,13 +317,15 @@ func init() {
 					}
 					s.Log(txstore.Event{Kind: "rollback", TxID: t.ID, Detail: fmt.Sprintf("from tx %d", def)})
 					fmt.Fprintf(e.stdout, "rolled back: tx %d is the default (was %d)\n", t.ID, def)
-					return resync(e, s, &ef)
+					if err := resync(e, s, &ef); err != nil {
+						return err
+					}
+					return clearMenuDefault(e, s, efiDir, t.ID)
 				}
 			}
 			return exitError{ExitNotFound, fmt.Sprintf("no good tx older than %d to roll back to", from)}
 		}})
 
-	var efiDir string
 	register(&verb{name: "boot-once", args: "ID", help: "boot this tx on the next boot only (systemd-boot LoaderEntryOneShot)",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&efiDir, "efivars", "", "efivarfs directory (default /sys/firmware/efi/efivars)")
@@ -347,6 +360,21 @@ func init() {
 }
 
 var logN int
+
+// clearMenuDefault removes LoaderEntryDefault after set-default or rollback:
+// systemd-boot prefers it over loader.conf, so a default once picked in the
+// menu would silently keep the machine off the tx just made the default.
+func clearMenuDefault(e *env, s *txstore.Store, efiDir string, id uint64) error {
+	old, err := efivars.New(efiDir).ClearEntryDefault()
+	if err != nil {
+		return fmt.Errorf("tx %d is the default in the store and loader.conf, but the boot menu's default (LoaderEntryDefault=%q) overrides it and could not be cleared: %w", id, old, err)
+	}
+	if old != "" {
+		fmt.Fprintf(e.stdout, "cleared the boot menu's default (LoaderEntryDefault=%s), which overrode loader.conf\n", old)
+		s.Log(txstore.Event{Kind: "menu-default", TxID: id, Detail: "cleared LoaderEntryDefault=" + old})
+	}
+	return nil
+}
 
 type healthResult struct {
 	required, wanted, wantedFailed int
@@ -444,6 +472,7 @@ type statusOut struct {
 	Transactions  []statusTx      `json:"transactions"`
 	LoaderEntry   string          `json:"loader_entry_selected,omitempty"`
 	LoaderCounter string          `json:"loader_boot_count_path,omitempty"`
+	MenuDefault   string          `json:"loader_entry_default,omitempty"`
 	Entries       []string        `json:"entries,omitempty"`
 	ESP           string          `json:"esp,omitempty"`
 	Info          *bootInfo       `json:"-"`
@@ -480,6 +509,7 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 		v := efivars.New(*efiDir)
 		out.LoaderEntry, _ = v.EntrySelected()
 		out.LoaderCounter, _ = v.BootCountPath()
+		out.MenuDefault, _ = v.EntryDefault()
 		if c, ok, _ := loadEntriesConfig(s, e.root, nil); ok {
 			out.ESP = c.ESP
 			if files, err := bls.List(c.ESP, bls.DefaultPrefix); err == nil {
@@ -514,6 +544,9 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 				fmt.Fprintf(w, " (counting: %s)", out.LoaderCounter)
 			}
 			fmt.Fprintln(w)
+		}
+		if out.MenuDefault != "" {
+			fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", out.MenuDefault)
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tFLAGS\tSUMMARY / LAST FAILURE")

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txboot/txboot/bootctl/efivars"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/testtree"
 )
@@ -139,19 +141,35 @@ func TestMarksHealthRollback(t *testing.T) {
 	if !strings.Contains(out, "fail (wanted)") || !strings.Contains(out, "tx 3 marked good") {
 		t.Fatalf("health passing: %q", out)
 	}
-	mustRun(t, "--root", root, "set-default", "3")
-	out = mustRun(t, "--root", root, "rollback")
-	if !strings.Contains(out, "tx 2 is the default (was 3)") {
+	// A default picked in the boot menu overrides loader.conf: status
+	// shows it, set-default clears it (rollback then finds none).
+	efi := t.TempDir()
+	menu, _ := efivars.EncodeString("txboot-1.conf")
+	if err := efivars.New(efi).Write(efivars.LoaderEntryDefault, efivars.LoaderGUID, efivars.DefaultAttrs, menu); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, "--root", root, "status", "--efivars", efi); !strings.Contains(out, "Menu default: txboot-1.conf") {
+		t.Fatalf("status does not show the menu default:\n%s", out)
+	}
+	out = mustRun(t, "--root", root, "set-default", "3", "--efivars", efi)
+	if !strings.Contains(out, "cleared the boot menu's default (LoaderEntryDefault=txboot-1.conf)") {
+		t.Fatalf("set-default: %q", out)
+	}
+	if d, err := efivars.New(efi).EntryDefault(); !errors.Is(err, efivars.ErrNotExist) {
+		t.Fatalf("LoaderEntryDefault still %q (%v)", d, err)
+	}
+	out = mustRun(t, "--root", root, "rollback", "--efivars", efi)
+	if !strings.Contains(out, "tx 2 is the default (was 3)") || strings.Contains(out, "cleared") {
 		t.Fatalf("rollback: %q", out)
 	}
 	out = mustRun(t, "--root", root, "log")
-	for _, want := range []string{"mark-bad", "mark-good", "rollback", "health check failed"} {
+	for _, want := range []string{"mark-bad", "mark-good", "rollback", "health check failed", "cleared LoaderEntryDefault=txboot-1.conf"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
 	var st statusOut
-	if err := json.Unmarshal([]byte(mustRun(t, "--root", root, "status", "--json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(mustRun(t, "--root", root, "status", "--json", "--efivars", efi)), &st); err != nil {
 		t.Fatal(err)
 	}
 	if st.Booted != 3 || st.Default != 2 || len(st.Bad) != 0 {

@@ -296,6 +296,23 @@ func (v *Vars) ClearEntryOneShot() error {
 	return nil
 }
 
+// ClearEntryDefault removes a default chosen in the boot menu (systemd-boot
+// writes LoaderEntryDefault on its 'd' key; it overrides loader.conf's
+// default) and returns what it named; nothing set returns "", nil.
+func (v *Vars) ClearEntryDefault() (string, error) {
+	old, err := v.EntryDefault()
+	if errors.Is(err, ErrNotExist) {
+		return "", nil
+	}
+	if err != nil && !errors.Is(err, ErrMalformed) {
+		return "", err
+	}
+	if err := v.Delete(LoaderEntryDefault, LoaderGUID); err != nil && !errors.Is(err, ErrNotExist) {
+		return old, err
+	}
+	return old, nil
+}
+
 // DecodeVar splits efivarfs file content into attributes and data.
 func DecodeVar(raw []byte) (Attributes, []byte, error) {
 	if len(raw) < 4 {

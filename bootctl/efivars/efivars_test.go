@@ -124,6 +124,37 @@ func TestOneShot(t *testing.T) {
 	}
 }
 
+// A default picked in the boot menu: cleared whatever it holds (even a
+// malformed value), and clearing nothing is fine.
+func TestClearEntryDefault(t *testing.T) {
+	tests := []struct {
+		name string
+		set  []byte // raw variable data; nil = not set
+		want string
+	}{
+		{"unset", nil, ""},
+		{"txboot entry", utf16le("txboot-3.conf\x00"), "txboot-3.conf"},
+		{"malformed (odd length)", []byte{'a', 0, 'b'}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := New(t.TempDir())
+			if tc.set != nil {
+				if err := v.Write(LoaderEntryDefault, LoaderGUID, DefaultAttrs, tc.set); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old, err := v.ClearEntryDefault()
+			if err != nil || old != tc.want {
+				t.Fatalf("ClearEntryDefault() = %q, %v; want %q", old, err, tc.want)
+			}
+			if _, err := v.EntryDefault(); !errors.Is(err, ErrNotExist) {
+				t.Fatalf("after clear: %v", err)
+			}
+		})
+	}
+}
+
 func utf16le(s string) []byte {
 	var b []byte
 	for _, r := range s {
