@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -52,12 +53,12 @@ func Blit(m *manifest.Manifest, objs *cas.Store, dst string, workers int) (Stats
 	if err := unix.Mkdir(dst, 0o700); err != nil {
 		return st, fmt.Errorf("blit: mkdir %s: %w", dst, err)
 	}
-	rootfd, err := openDirAt(unix.AT_FDCWD, dst)
+	rootfd, err := walk.OpenDirAt(unix.AT_FDCWD, dst)
 	if err != nil {
 		return st, fmt.Errorf("blit: open %s: %w", dst, err)
 	}
-	root := newDirRef(rootfd)
-	defer root.unref()
+	root := walk.NewDir(rootfd)
+	defer root.Unref()
 	var rst unix.Stat_t
 	if err := unix.Fstat(rootfd, &rst); err != nil {
 		return st, fmt.Errorf("blit: stat %s: %w", dst, err)
@@ -68,9 +69,9 @@ func Blit(m *manifest.Manifest, objs *cas.Store, dst string, workers int) (Stats
 		}
 	}
 
-	b := &blitter{ix: ix, objs: objs, dst: dst, sched: newSched(), per: make([]blitWorker, workers)}
-	b.sched.push(job{dir: 0, d: root.ref(), kids: ix.children(0)})
-	err = b.sched.run(workers, b.run)
+	b := &blitter{ix: ix, objs: objs, dst: dst, sched: walk.NewSched[job](), per: make([]blitWorker, workers)}
+	b.sched.Push(job{dir: 0, d: root.Ref(), kids: ix.children(0)})
+	err = b.sched.Run(workers, b.run)
 	runtime.KeepAlive(objs)
 	for i := range b.per {
 		st.add(&b.per[i].st)
@@ -132,7 +133,7 @@ type blitter struct {
 	ix    *index
 	objs  *cas.Store
 	dst   string
-	sched *sched
+	sched *walk.Sched[job]
 	per   []blitWorker
 }
 
@@ -150,30 +151,30 @@ func (b *blitter) run(w int, j job) error {
 		e := &b.ix.m.Entries[b.ix.dirs[j.dir]]
 		mode, fix := dirMode(e)
 		nm := name(e.Path)
-		err := unix.Mkdirat(j.parent.fd, nm, mode)
+		err := unix.Mkdirat(j.parent.FD, nm, mode)
 		if err != nil {
-			j.parent.unref()
+			j.parent.Unref()
 			return fmt.Errorf("blit mkdir %s: %w", b.path(e), err)
 		}
-		fd, err := openDirAt(j.parent.fd, nm)
-		j.parent.unref()
+		fd, err := walk.OpenDirAt(j.parent.FD, nm)
+		j.parent.Unref()
 		if err != nil {
 			return fmt.Errorf("blit open %s: %w", b.path(e), err)
 		}
 		if fix {
 			b.per[w].fix = append(b.per[w].fix, b.ix.dirs[j.dir])
 		}
-		d = newDirRef(fd)
+		d = walk.NewDir(fd)
 		j.kids = b.ix.children(j.dir)
 	}
-	defer d.unref()
+	defer d.Unref()
 	for len(j.kids) > blitChunk {
-		b.sched.push(job{dir: j.dir, d: d.ref(), kids: j.kids[len(j.kids)-blitChunk:]})
+		b.sched.Push(job{dir: j.dir, d: d.Ref(), kids: j.kids[len(j.kids)-blitChunk:]})
 		j.kids = j.kids[:len(j.kids)-blitChunk]
 	}
 	st := &b.per[w].st
 	for _, i := range j.kids {
-		if b.sched.failed() {
+		if b.sched.Failed() {
 			return nil
 		}
 		e := &b.ix.m.Entries[i]
@@ -184,17 +185,17 @@ func (b *blitter) run(w int, j job) error {
 	return nil
 }
 
-func (b *blitter) place(d *dirRef, i int32, e *manifest.Entry, st *Stats) error {
+func (b *blitter) place(d *walk.Dir, i int32, e *manifest.Entry, st *Stats) error {
 	nm := name(e.Path)
 	switch e.Type {
 	case manifest.Dir:
-		b.sched.push(job{dir: b.ix.sub[i], parent: d.ref()})
+		b.sched.Push(job{dir: b.ix.sub[i], parent: d.Ref()})
 	case manifest.Symlink:
-		if err := unix.Symlinkat(e.Target, d.fd, nm); err != nil {
+		if err := unix.Symlinkat(e.Target, d.FD, nm); err != nil {
 			return fmt.Errorf("blit symlink %s: %w", b.path(e), err)
 		}
 		if cas.NeedChown(e.UID, e.GID) {
-			if err := unix.Fchownat(d.fd, nm, int(e.UID), int(e.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err := unix.Fchownat(d.FD, nm, int(e.UID), int(e.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
 				return fmt.Errorf("blit chown %s: %w", b.path(e), err)
 			}
 		}
@@ -202,13 +203,13 @@ func (b *blitter) place(d *dirRef, i int32, e *manifest.Entry, st *Stats) error 
 	case manifest.File:
 		k := e.Key()
 		if e.Size == 0 {
-			if err := createEmpty(d.fd, nm, k); err != nil {
+			if err := createEmpty(d.FD, nm, k); err != nil {
 				return fmt.Errorf("blit %s: %w", b.path(e), err)
 			}
 			st.Empty++
 			return nil
 		}
-		err := b.objs.Link(k, d.fd, nm)
+		err := b.objs.Link(k, d.FD, nm)
 		if err == nil {
 			st.Links++
 			return nil
@@ -216,7 +217,7 @@ func (b *blitter) place(d *dirRef, i int32, e *manifest.Entry, st *Stats) error 
 		if !errors.Is(err, unix.EMLINK) && !errors.Is(err, unix.EXDEV) {
 			return fmt.Errorf("blit link %s → object %s: %w", b.path(e), k.RelPath(), err)
 		}
-		if err := copyObject(b.objs, k, d.fd, nm); err != nil {
+		if err := copyObject(b.objs, k, d.FD, nm); err != nil {
 			return fmt.Errorf("blit copy %s: %w", b.path(e), err)
 		}
 		st.Copies++

@@ -3,11 +3,9 @@ package blit
 import (
 	"fmt"
 	"strings"
-	"sync"
-	"sync/atomic"
 
+	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
-	"golang.org/x/sys/unix"
 )
 
 // Chunk sizes: how many entries of one directory a job handles. A huge
@@ -113,135 +111,23 @@ func cleanPath(p string) bool {
 	return true
 }
 
-// dirRef is an open directory shared by the jobs that use it; the last
-// user closes it.
-type dirRef struct {
-	fd   int
-	refs atomic.Int32
-}
-
-func newDirRef(fd int) *dirRef {
-	d := &dirRef{fd: fd}
-	d.refs.Store(1)
-	return d
-}
-
-func (d *dirRef) ref() *dirRef { d.refs.Add(1); return d }
-
-func (d *dirRef) unref() {
-	if d.refs.Add(-1) == 0 {
-		unix.Close(d.fd)
-	}
-}
-
 // job is one unit of work on one directory: open (and for verify, list)
 // directory dir under parent, or handle a chunk of an open directory's
 // children.
 type job struct {
-	dir    int32    // directory number in the index
-	parent *dirRef  // open job: the directory that holds dir
-	d      *dirRef  // chunk job: dir, already open
-	kids   []int32  // chunk job: the entries to handle
-	inos   []uint64 // verify chunk job: each kid's inode number from the listing
-	list   bool     // verify: d is open and still to be listed
+	dir    int32     // directory number in the index
+	parent *walk.Dir // open job: the directory that holds dir
+	d      *walk.Dir // chunk job: dir, already open
+	kids   []int32   // chunk job: the entries to handle
+	inos   []uint64  // verify chunk job: each kid's inode number from the listing
+	list   bool      // verify: d is open and still to be listed
 }
 
-func (j job) release() {
+func (j job) Release() {
 	if j.parent != nil {
-		j.parent.unref()
+		j.parent.Unref()
 	}
 	if j.d != nil {
-		j.d.unref()
-	}
-}
-
-// sched runs jobs on a fixed set of workers, last in first out, so the walk
-// goes depth first and few directories are open at once.
-type sched struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	stack  []job
-	active int
-	err    error
-	stop   atomic.Bool
-}
-
-func newSched() *sched {
-	s := &sched{}
-	s.cond = sync.NewCond(&s.mu)
-	return s
-}
-
-func (s *sched) push(j job) {
-	s.mu.Lock()
-	s.stack = append(s.stack, j)
-	s.mu.Unlock()
-	s.cond.Signal()
-}
-
-func (s *sched) fail(err error) {
-	s.mu.Lock()
-	if s.err == nil {
-		s.err = err
-	}
-	s.stop.Store(true)
-	s.mu.Unlock()
-	s.cond.Broadcast()
-}
-
-func (s *sched) failed() bool { return s.stop.Load() }
-
-// run starts workers goroutines calling fn(w, job) until no job is left or
-// one failed, and returns the first error.
-func (s *sched) run(workers int, fn func(w int, j job) error) error {
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for {
-				s.mu.Lock()
-				for len(s.stack) == 0 && s.active > 0 && s.err == nil {
-					s.cond.Wait()
-				}
-				if s.err != nil || len(s.stack) == 0 {
-					rest := s.stack
-					s.stack = nil
-					s.mu.Unlock()
-					s.cond.Broadcast()
-					for _, j := range rest {
-						j.release()
-					}
-					return
-				}
-				j := s.stack[len(s.stack)-1]
-				s.stack = s.stack[:len(s.stack)-1]
-				s.active++
-				s.mu.Unlock()
-
-				if err := fn(w, j); err != nil {
-					s.fail(err)
-				}
-
-				s.mu.Lock()
-				s.active--
-				idle := s.active == 0 && len(s.stack) == 0
-				s.mu.Unlock()
-				if idle {
-					s.cond.Broadcast()
-				}
-			}
-		}(w)
-	}
-	wg.Wait()
-	return s.err
-}
-
-func openDirAt(dirfd int, name string) (int, error) {
-	for {
-		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != unix.EINTR {
-			return fd, err
-		}
+		j.d.Unref()
 	}
 }

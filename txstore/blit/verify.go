@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -69,7 +70,7 @@ func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, worker
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", dir, err)
 	}
-	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: newSched(), per: make([]verifyWorker, workers)}
+	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: walk.NewSched[job](), per: make([]verifyWorker, workers)}
 	var root unix.Stat_t
 	if err := unix.Lstat(dir, &root); err != nil {
 		return []Problem{{Path: ".", Reason: fmt.Sprintf("tree missing: %v", err)}}, nil
@@ -78,12 +79,12 @@ func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, worker
 	w0 := &v.per[0]
 	w0.checkDirAttrs(".", &m.Entries[0], &root)
 	if root.Mode&unix.S_IFMT == unix.S_IFDIR {
-		fd, err := openDirAt(unix.AT_FDCWD, dir)
+		fd, err := walk.OpenDirAt(unix.AT_FDCWD, dir)
 		if err != nil {
 			w0.add(".", "cannot read directory: %v", err)
 		} else {
-			v.sched.push(job{dir: 0, d: newDirRef(fd), list: true})
-			if err := v.sched.run(workers, v.run); err != nil {
+			v.sched.Push(job{dir: 0, d: walk.NewDir(fd), list: true})
+			if err := v.sched.Run(workers, v.run); err != nil {
 				return nil, err
 			}
 		}
@@ -107,7 +108,7 @@ type verifier struct {
 	objs    *cas.Store
 	full    bool
 	good    *Hashed // objects known clean from earlier calls; may be nil
-	sched   *sched
+	sched   *walk.Sched[job]
 	per     []verifyWorker
 	hashed  sync.Map // cas.Key → struct{}: objects already claimed for re-hashing
 	treeDev uint64   // the tree root's device: listed inode numbers are on it
@@ -156,8 +157,8 @@ func (v *verifier) run(wi int, j job) error {
 	w := &v.per[wi]
 	if j.d == nil { // open job
 		e := &v.ix.m.Entries[v.ix.dirs[j.dir]]
-		fd, err := openDirAt(j.parent.fd, name(e.Path))
-		j.parent.unref()
+		fd, err := walk.OpenDirAt(j.parent.FD, name(e.Path))
+		j.parent.Unref()
 		if err != nil {
 			switch err {
 			case unix.ENOENT, unix.ENOTDIR, unix.ELOOP: // raced; the parent saw it
@@ -166,14 +167,14 @@ func (v *verifier) run(wi int, j job) error {
 			}
 			return nil
 		}
-		return w.list(v, j.dir, newDirRef(fd))
+		return w.list(v, j.dir, walk.NewDir(fd))
 	}
 	if j.list {
 		return w.list(v, j.dir, j.d)
 	}
-	defer j.d.unref()
+	defer j.d.Unref()
 	for n, i := range j.kids {
-		if v.sched.failed() {
+		if v.sched.Failed() {
 			return nil
 		}
 		w.check(v, j.d, i, j.inos[n])
@@ -184,11 +185,11 @@ func (v *verifier) run(wi int, j job) error {
 // list reads directory dir (open as d; list owns that reference), reports
 // extra and missing entries, and checks the present ones: all but the
 // first chunk as jobs for other workers.
-func (w *verifyWorker) list(v *verifier, dir int32, d *dirRef) error {
+func (w *verifyWorker) list(v *verifier, dir int32, d *walk.Dir) error {
 	e := &v.ix.m.Entries[v.ix.dirs[dir]]
 	w.names = w.names[:0]
-	if err := cas.ReadDir(d.fd, func(n string, ino uint64, _ uint8) { w.names = append(w.names, dent{n, ino}) }); err != nil {
-		d.unref()
+	if err := cas.ReadDir(d.FD, func(n string, ino uint64, _ uint8) { w.names = append(w.names, dent{n, ino}) }); err != nil {
+		d.Unref()
 		w.add(e.Path, "cannot read directory: %v", err)
 		return nil
 	}
@@ -223,13 +224,13 @@ func (w *verifyWorker) list(v *verifier, dir int32, d *dirRef) error {
 		}
 	}
 	for len(present) > verifyChunk {
-		v.sched.push(job{dir: dir, d: d.ref(), kids: present[len(present)-verifyChunk:], inos: inos[len(inos)-verifyChunk:]})
+		v.sched.Push(job{dir: dir, d: d.Ref(), kids: present[len(present)-verifyChunk:], inos: inos[len(inos)-verifyChunk:]})
 		present = present[:len(present)-verifyChunk]
 		inos = inos[:len(inos)-verifyChunk]
 	}
-	defer d.unref()
+	defer d.Unref()
 	for n, i := range present {
-		if v.sched.failed() {
+		if v.sched.Failed() {
 			return nil
 		}
 		w.check(v, d, i, inos[n])
@@ -252,7 +253,7 @@ func join(dir, n string) string {
 // type, mode, owner and size are the same, and one fstatat per file is
 // saved (on a PTI kernel a syscall costs microseconds, and fast verify is
 // little else). Anything else gets the tree entry's own stat.
-func (w *verifyWorker) check(v *verifier, d *dirRef, i int32, ino uint64) {
+func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 	e := &v.ix.m.Entries[i]
 	if e.Type == manifest.File && e.Size > 0 {
 		k := e.Key()
@@ -268,7 +269,7 @@ func (w *verifyWorker) check(v *verifier, d *dirRef, i int32, ino uint64) {
 	}
 	nm := name(e.Path)
 	var st unix.Stat_t
-	if err := unix.Fstatat(d.fd, nm, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fstatat(d.FD, nm, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if err == unix.ENOENT {
 			w.add(e.Path, "missing")
 		} else {
@@ -280,14 +281,14 @@ func (w *verifyWorker) check(v *verifier, d *dirRef, i int32, ino uint64) {
 	case manifest.Dir:
 		w.checkDirAttrs(e.Path, e, &st)
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			v.sched.push(job{dir: v.ix.sub[i], parent: d.ref()})
+			v.sched.Push(job{dir: v.ix.sub[i], parent: d.Ref()})
 		}
 	case manifest.Symlink:
 		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
 			w.add(e.Path, "is not a symlink")
 			return
 		}
-		if t, err := readlinkAt(d.fd, nm, st.Size); err != nil || t != e.Target {
+		if t, err := readlinkAt(d.FD, nm, st.Size); err != nil || t != e.Target {
 			w.add(e.Path, "symlink target %q, want %q", t, e.Target)
 		}
 		w.checkOwner(e.Path, e, &st)
@@ -331,7 +332,7 @@ func (w *verifyWorker) checkAttrs(e *manifest.Entry, k cas.Key, st *unix.Stat_t,
 
 // checkFile checks a non-empty file (stat st) against its object (stat
 // ost); nm is its name in d, "" when st is the object's own stat.
-func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, ost *unix.Stat_t, d *dirRef, nm string) {
+func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, ost *unix.Stat_t, d *walk.Dir, nm string) {
 	w.checkAttrs(e, k, st, ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino))
 	if ost.Size != e.Size && ost != st {
 		w.addStore(e.Path, "object %s has size %d, want %d", k.RelPath(), ost.Size, e.Size)
@@ -355,7 +356,7 @@ func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, 
 		return
 	}
 	if v.full { // a legitimate copy (EXDEV/EMLINK): only content can tell
-		fd, err := cas.OpenFileAt(d.fd, nm)
+		fd, err := cas.OpenFileAt(d.FD, nm)
 		w.hash(e, fd, err, false)
 	}
 }

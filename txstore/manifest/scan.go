@@ -6,10 +6,9 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/walk"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,33 +54,23 @@ func Scan(dir string, opts ScanOptions) (*Manifest, error) {
 		unix.Close(rootfd)
 		return nil, fmt.Errorf("scan %s: %w", dir, err)
 	}
-	sc := &scanner{base: dir, opts: opts}
-	sc.cond = sync.NewCond(&sc.mu)
-	root := &dirRef{fd: rootfd}
-	root.refs.Store(1)
-	sc.push(job{kind: jobList, d: root, rel: "."})
-
-	results := make([][]Entry, workers)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			results[w] = sc.work()
-		}(w)
+	sc := &scanner{base: dir, opts: opts, sched: walk.NewSched[job]()}
+	sc.sched.Push(job{kind: jobList, d: walk.NewDir(rootfd), rel: "."})
+	ws := make([]worker, workers)
+	for w := range ws {
+		ws[w] = worker{sc: sc, buf: make([]byte, 4096)}
 	}
-	wg.Wait()
-	if sc.err != nil {
-		return nil, sc.err
+	if err := sc.sched.Run(workers, func(w int, j job) error { return ws[w].run(j) }); err != nil {
+		return nil, err
 	}
 	n := 1
-	for _, r := range results {
-		n += len(r)
+	for _, w := range ws {
+		n += len(w.out)
 	}
 	entries := make([]Entry, 1, n)
 	entries[0] = Entry{Path: ".", Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid}
-	for _, r := range results {
-		entries = append(entries, r...)
+	for _, w := range ws {
+		entries = append(entries, w.out...)
 	}
 	sortEntries(entries[1:])
 	return &Manifest{Entries: entries}, nil
@@ -102,21 +91,6 @@ func sortEntries(es []Entry) {
 	copy(es, sorted)
 }
 
-// dirRef is an open directory shared by the jobs that use it; the last
-// user closes it.
-type dirRef struct {
-	fd   int
-	refs atomic.Int32
-}
-
-func (d *dirRef) ref() *dirRef { d.refs.Add(1); return d }
-
-func (d *dirRef) unref() {
-	if d.refs.Add(-1) == 0 {
-		unix.Close(d.fd)
-	}
-}
-
 type jobKind uint8
 
 const (
@@ -132,97 +106,34 @@ type dent struct {
 
 type job struct {
 	kind   jobKind
-	parent *dirRef // jobOpen: the directory holding name
-	name   string  // jobOpen
-	d      *dirRef // jobList, jobChunk
-	rel    string  // the directory's manifest path ("." for the root)
-	ents   []dent  // jobChunk
+	parent *walk.Dir // jobOpen: the directory holding name
+	name   string    // jobOpen
+	d      *walk.Dir // jobList, jobChunk
+	rel    string    // the directory's manifest path ("." for the root)
+	ents   []dent    // jobChunk
 }
 
 type scanner struct {
-	base string
-	opts ScanOptions
-
-	mu     sync.Mutex
-	cond   *sync.Cond
-	stack  []job // LIFO: depth-first keeps few directories open at once
-	active int
-	err    error
-	stop   atomic.Bool // set with err: running jobs give up early
+	base  string
+	opts  ScanOptions
+	sched *walk.Sched[job]
 }
 
-func (sc *scanner) push(j job) {
-	sc.mu.Lock()
-	sc.stack = append(sc.stack, j)
-	sc.mu.Unlock()
-	sc.cond.Signal()
-}
-
-func (sc *scanner) fail(err error) {
-	sc.mu.Lock()
-	if sc.err == nil {
-		sc.err = err
-	}
-	sc.stop.Store(true)
-	sc.mu.Unlock()
-	sc.cond.Broadcast()
-}
-
-func (sc *scanner) failed() bool { return sc.stop.Load() }
-
-// work runs jobs until none are left (or one failed) and returns the
-// entries this worker found.
-func (sc *scanner) work() []Entry {
-	w := &worker{sc: sc, buf: make([]byte, 4096)}
-	for {
-		sc.mu.Lock()
-		for len(sc.stack) == 0 && sc.active > 0 && sc.err == nil {
-			sc.cond.Wait()
-		}
-		if sc.err != nil || len(sc.stack) == 0 {
-			// Drop what is left so every directory gets closed.
-			rest := sc.stack
-			sc.stack = nil
-			sc.mu.Unlock()
-			sc.cond.Broadcast()
-			for _, j := range rest {
-				j.release()
-			}
-			return w.out
-		}
-		j := sc.stack[len(sc.stack)-1]
-		sc.stack = sc.stack[:len(sc.stack)-1]
-		sc.active++
-		sc.mu.Unlock()
-
-		if err := w.run(j); err != nil {
-			sc.fail(err)
-		}
-
-		sc.mu.Lock()
-		sc.active--
-		idle := sc.active == 0 && len(sc.stack) == 0
-		sc.mu.Unlock()
-		if idle {
-			sc.cond.Broadcast()
-		}
-	}
-}
-
-// release drops the directory references an unrun job holds.
-func (j job) release() {
+// Release drops the directory references an unrun job holds.
+func (j job) Release() {
 	switch j.kind {
 	case jobOpen:
-		j.parent.unref()
+		j.parent.Unref()
 	case jobList, jobChunk:
-		j.d.unref()
+		j.d.Unref()
 	}
 }
 
 type worker struct {
 	sc  *scanner
 	out []Entry
-	buf []byte // readlink buffer
+	buf []byte   // readlink buffer
+	_   [64]byte // workers sit side by side in a slice: no shared cache line
 }
 
 func (w *worker) abs(rel string) string {
@@ -242,20 +153,19 @@ func join(rel, name string) string {
 func (w *worker) run(j job) error {
 	switch j.kind {
 	case jobOpen:
-		fd, err := openDirAt(j.parent.fd, j.name)
-		j.parent.unref()
+		fd, err := walk.OpenDirAt(j.parent.FD, j.name)
+		j.parent.Unref()
 		if err != nil {
 			return fmt.Errorf("read dir %s: %w", w.abs(j.rel), err)
 		}
-		d := &dirRef{fd: fd}
-		d.refs.Store(1)
+		d := walk.NewDir(fd)
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
-			d.unref()
+			d.Unref()
 			return fmt.Errorf("lstat %s: %w", w.abs(j.rel), err)
 		}
 		if err := checkLen(j.rel); err != nil {
-			d.unref()
+			d.Unref()
 			return err
 		}
 		w.out = append(w.out, Entry{Path: j.rel, Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid})
@@ -263,35 +173,35 @@ func (w *worker) run(j job) error {
 	case jobList:
 		return w.list(j.d, j.rel)
 	default:
-		defer j.d.unref()
+		defer j.d.Unref()
 		return w.entries(j.d, j.rel, j.ents)
 	}
 }
 
 // list reads directory d (owning one reference to it), shares out all but
 // the first chunk of its entries as jobs and handles the first itself.
-func (w *worker) list(d *dirRef, rel string) error {
+func (w *worker) list(d *walk.Dir, rel string) error {
 	var ents []dent
-	err := cas.ReadDir(d.fd, func(name string, _ uint64, typ uint8) {
+	err := cas.ReadDir(d.FD, func(name string, _ uint64, typ uint8) {
 		ents = append(ents, dent{name, typ})
 	})
 	if err != nil {
-		d.unref()
+		d.Unref()
 		return fmt.Errorf("read dir %s: %w", w.abs(rel), err)
 	}
 	for len(ents) > chunkSize {
 		last := ents[len(ents)-chunkSize:]
 		ents = ents[:len(ents)-chunkSize]
-		w.sc.push(job{kind: jobChunk, d: d.ref(), rel: rel, ents: last})
+		w.sc.sched.Push(job{kind: jobChunk, d: d.Ref(), rel: rel, ents: last})
 	}
-	defer d.unref()
+	defer d.Unref()
 	return w.entries(d, rel, ents)
 }
 
 // entries handles one chunk of directory d's entries.
-func (w *worker) entries(d *dirRef, rel string, ents []dent) error {
+func (w *worker) entries(d *walk.Dir, rel string, ents []dent) error {
 	for _, de := range ents {
-		if w.sc.failed() {
+		if w.sc.sched.Failed() {
 			return nil
 		}
 		p := join(rel, de.name)
@@ -300,25 +210,25 @@ func (w *worker) entries(d *dirRef, rel string, ents []dent) error {
 		}
 		switch de.typ {
 		case unix.DT_DIR:
-			w.sc.push(job{kind: jobOpen, parent: d.ref(), name: de.name, rel: p})
+			w.sc.sched.Push(job{kind: jobOpen, parent: d.Ref(), name: de.name, rel: p})
 		case unix.DT_REG:
-			if err := w.file(d.fd, de.name, p); err != nil {
+			if err := w.file(d.FD, de.name, p); err != nil {
 				return err
 			}
 		default: // symlinks, and anything else or unknown: lstat first
 			var st unix.Stat_t
-			if err := unix.Fstatat(d.fd, de.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err := unix.Fstatat(d.FD, de.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 				return fmt.Errorf("lstat %s: %w", w.abs(p), err)
 			}
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFDIR:
-				w.sc.push(job{kind: jobOpen, parent: d.ref(), name: de.name, rel: p})
+				w.sc.sched.Push(job{kind: jobOpen, parent: d.Ref(), name: de.name, rel: p})
 			case unix.S_IFREG:
-				if err := w.file(d.fd, de.name, p); err != nil {
+				if err := w.file(d.FD, de.name, p); err != nil {
 					return err
 				}
 			case unix.S_IFLNK:
-				t, err := w.readlink(d.fd, de.name)
+				t, err := w.readlink(d.FD, de.name)
 				if err != nil {
 					return fmt.Errorf("readlink %s: %w", w.abs(p), err)
 				}
@@ -395,13 +305,4 @@ func checkLen(p string) error {
 		return CheckPath(p)
 	}
 	return nil
-}
-
-func openDirAt(dirfd int, name string) (int, error) {
-	for {
-		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
 }
