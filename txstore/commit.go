@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -459,6 +461,13 @@ func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.E
 		return false // another filesystem, say: blit, and remove src later
 	}
 	fail := func() bool { removeTree(dst); return false }
+	rootfd, err := walk.OpenDirAt(unix.AT_FDCWD, dst)
+	if err != nil {
+		return fail()
+	}
+	defer unix.Close(rootfd)
+	// In path order, so that files of one directory share its fd.
+	slices.SortFunc(relink, func(a, b manifest.Entry) int { return strings.Compare(a.Path, b.Path) })
 	dirfd, dirPath := -1, ""
 	defer func() {
 		if dirfd >= 0 {
@@ -474,22 +483,19 @@ func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.E
 		if dir != dirPath || dirfd < 0 {
 			if dirfd >= 0 {
 				unix.Close(dirfd)
-			}
-			fd, err := unix.Open(filepath.Join(dst, dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err != nil {
 				dirfd = -1
+			}
+			// src was the caller's until now: nothing in it is followed
+			// out of the tree, however it changed since the scan.
+			fd, err := openBeneath(rootfd, dir)
+			if err != nil {
 				return fail()
 			}
 			dirfd, dirPath = fd, dir
 		}
 		k := e.Key()
 		if e.Size == 0 {
-			if cas.NeedChown(k.UID, k.GID) {
-				if unix.Fchownat(dirfd, base, int(k.UID), int(k.GID), unix.AT_SYMLINK_NOFOLLOW) != nil {
-					return fail()
-				}
-			}
-			if unix.Fchmodat(dirfd, base, k.Mode, 0) != nil {
+			if setEmptyAttrs(dirfd, base, k) != nil {
 				return fail()
 			}
 			continue
@@ -505,4 +511,59 @@ func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.E
 		return fail()
 	}
 	return true
+}
+
+// openBeneath opens directory rel under rootfd without following any
+// symlink or leaving rootfd (openat2; on kernels before 5.6, one component
+// at a time with O_NOFOLLOW).
+func openBeneath(rootfd int, rel string) (int, error) {
+	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+	for {
+		fd, err := unix.Openat2(rootfd, rel, &how)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != unix.ENOSYS {
+			return fd, err
+		}
+		break
+	}
+	fd, err := unix.Dup(rootfd)
+	if err != nil || rel == "." {
+		return fd, err
+	}
+	for _, c := range strings.Split(rel, "/") {
+		next, err := walk.OpenDirAt(fd, c)
+		unix.Close(fd)
+		if err != nil {
+			return -1, err
+		}
+		fd = next
+	}
+	return fd, nil
+}
+
+// setEmptyAttrs gives an empty file in the adopted tree its manifest owner
+// and mode, through a descriptor: fchmodat would follow a symlink put in
+// its place.
+func setEmptyAttrs(dirfd int, name string, k cas.Key) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%s: not a regular file", name)
+	}
+	if cas.NeedChown(k.UID, k.GID) {
+		if err := unix.Fchown(fd, int(k.UID), int(k.GID)); err != nil {
+			return err
+		}
+	}
+	return unix.Fchmod(fd, k.Mode)
 }

@@ -398,3 +398,60 @@ func TestManifestDigestChecked(t *testing.T) {
 		t.Fatalf("got %v, %v; want ErrDigest and no manifest", m, err)
 	}
 }
+
+// A consumed source changed after its scan (an empty file and a directory
+// swapped for symlinks out of the tree): adopting it must not touch what
+// the symlinks point at; the commit falls back to a blit and is whole.
+func TestCommitConsumeSwappedSymlinks(t *testing.T) {
+	s, _ := newStore(t)
+	if _, _, err := s.Commit(sampleDir(t), txstore.CommitOptions{}); err != nil {
+		t.Fatal(err) // every file of the next commit is then deduplicated: all relinked
+	}
+	out := t.TempDir()
+	victim := filepath.Join(out, "victim")
+	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kver := filepath.Join(out, "modules", "6.1.0-test")
+	if err := os.MkdirAll(filepath.Join(kver, "kernel"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vmlinuz", "kernel/a.ko"} {
+		if err := os.WriteFile(filepath.Join(kver, f), []byte("outside "+f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := sampleDir(t)
+	swap := func(rel, target string) {
+		p := filepath.Join(src, rel)
+		if err := os.RemoveAll(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, st, err := s.Commit(src, txstore.CommitOptions{Consume: true, Hook: func(step string) {
+		if step == "objects-published" {
+			swap("lib/empty1", victim)
+			swap("lib/modules", filepath.Join(out, "modules"))
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Adopted {
+		t.Fatal("a source changed after its scan was adopted")
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("file outside the tree changed: %v %v", fi.Mode(), err)
+	}
+	for _, f := range []string{"vmlinuz", "kernel/a.ko"} {
+		if b, err := os.ReadFile(filepath.Join(kver, f)); err != nil || string(b) != "outside "+f {
+			t.Fatalf("%s outside the tree changed: %q %v", f, b, err)
+		}
+	}
+	if probs, err := s.Verify(tx.ID, txstore.VerifyFull); err != nil || len(probs) > 0 {
+		t.Fatalf("verify: %v %v", probs, err)
+	}
+}
