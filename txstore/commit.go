@@ -114,6 +114,7 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	}
 	defer removeTree(work)
 	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
+	defer objs.Close() // before removeTree(work): defers run last first
 
 	type staged struct {
 		tmp string

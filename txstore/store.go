@@ -193,15 +193,15 @@ func lockFile(path string, how int, timeout time.Duration) (int, error) {
 	}
 }
 
-// Close releases the writer lock. The database is never held open between
-// calls, so there is nothing else to close (initagent relies on that before
-// switch_root).
+// Close releases the writer lock and the CAS's open directories; the
+// database is never held open between calls. Nothing under the store stays
+// open after it (initagent relies on that before switch_root).
 func (s *Store) Close() error {
 	if s.lockFD >= 0 {
 		unix.Close(s.lockFD)
 		s.lockFD = -1
 	}
-	return nil
+	return s.objects.Close()
 }
 
 // Objects is the CAS.

@@ -455,3 +455,37 @@ func TestCommitConsumeSwappedSymlinks(t *testing.T) {
 		t.Fatalf("verify: %v %v", probs, err)
 	}
 }
+
+// After Close nothing under the store is open (initagent closes the store
+// before switch_root), even after work that caches directory descriptors.
+func TestCloseLeavesNothingOpen(t *testing.T) {
+	root := t.TempDir()
+	s, err := txstore.Open(root, txstore.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, _, err := s.Commit(sampleDir(t), txstore.CommitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if probs, err := s.Verify(tx.ID, txstore.VerifyFull); err != nil || len(probs) > 0 {
+		t.Fatalf("verify: %v %v", probs, err)
+	}
+	open := func() []string {
+		fds, _ := os.ReadDir("/proc/self/fd")
+		var under []string
+		for _, fd := range fds {
+			if p, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.HasPrefix(p, root) {
+				under = append(under, p)
+			}
+		}
+		return under
+	}
+	if len(open()) == 0 {
+		t.Fatal("no descriptor under the store open before Close: the check below would prove nothing")
+	}
+	s.Close()
+	if o := open(); len(o) > 0 {
+		t.Fatalf("open after Close: %v", o)
+	}
+}

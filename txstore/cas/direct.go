@@ -2,8 +2,6 @@ package cas
 
 import (
 	"errors"
-	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -21,13 +19,7 @@ import (
 // Small files stay buffered: a synchronous direct write per file would cost
 // more in latency than it saves. Durability is unchanged: syncfs flushes the
 // device cache and the inode, and nothing is published before it.
-var directMin int64 = 64 << 10
-
-func init() {
-	if v := os.Getenv("TXBOOT_DIRECT_MIN"); v != "" {
-		directMin, _ = strconv.ParseInt(v, 10, 64)
-	}
-}
+const directMin = 64 << 10
 
 const (
 	directAlign = 4096    // offsets, lengths and buffer addresses
