@@ -151,15 +151,8 @@ func (vm *VM) notifyLocked() {
 	vm.changed = make(chan struct{})
 }
 
-// hasKVM reports whether /dev/kvm is usable; without it QEMU runs TCG.
-func hasKVM() bool {
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	unix.Close(fd)
-	return true
-}
+// cpuModel is the guest CPU under either accelerator.
+const cpuModel = "max"
 
 // Start launches QEMU. Cancelling ctx kills it. The caller must Kill or
 // Wait; StartT does that on test cleanup.
@@ -197,13 +190,13 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		return nil, err
 	}
 
-	accel := "tcg"
-	if hasKVM() {
-		accel = "kvm"
+	acc, err := ChooseAccel()
+	if err != nil {
+		return fail(err)
 	}
 	qmpSock := filepath.Join(tmpDir, "qmp.sock")
 	args := []string{
-		"-machine", "q35", "-accel", accel, "-cpu", "max",
+		"-machine", "q35", "-accel", acc.Name, "-cpu", cpuModel,
 		"-m", strconv.Itoa(cfg.MemMiB), "-smp", strconv.Itoa(cfg.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		// signal=off: bytes like ^C go to the guest, not to QEMU.

@@ -196,7 +196,11 @@ func bootOnce(k harness.Kernel, initrd, root, img, extra string) error {
 		return err
 	}
 	appendLine := "console=ttyS0 panic=-1 root=UUID=" + uuid + " " + extra
-	fmt.Printf("$ qemu-system-x86_64 -kernel %s -initrd %s -append %q (TCG)\n", filepath.Base(k.Vmlinuz), filepath.Base(initrd), appendLine)
+	acc, err := harness.ChooseAccel()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("$ qemu-system-x86_64 -accel %s -kernel %s -initrd %s -append %q\n", acc.Name, filepath.Base(k.Vmlinuz), filepath.Base(initrd), appendLine)
 	vm, err := harness.Start(context.Background(), harness.Config{Kernel: k.Vmlinuz, Initrd: initrd, Append: appendLine, Disk: img, Tee: prefixWriter{}})
 	if err != nil {
 		return err
