@@ -2,8 +2,10 @@ package txstore
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +24,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Sentinel errors of Commit, checked with errors.Is.
+var (
+	// ErrChanged: the source directory changed after it was scanned (a file
+	// added, removed or modified). Nothing is recorded and, with Consume,
+	// the directory is left (or put back) where it was.
+	ErrChanged = errors.New("source directory changed during the commit")
+	// ErrHoldsStore: the source directory is the store, lies inside it, or
+	// holds it (compared by device and inode). Also an ErrInvalid.
+	ErrHoldsStore = fmt.Errorf("%w: the directory holds the store or lies inside it", ErrInvalid)
+)
+
 // CommitOptions tune Commit.
 type CommitOptions struct {
 	Summary   string
@@ -29,9 +42,10 @@ type CommitOptions struct {
 	NoDefault bool // do not make the new tx the default
 	// Consume gives src to the store: new objects are taken by hardlink
 	// instead of copied when src is on the store's filesystem (files with
-	// other links are still copied), and src is removed once the tx is
-	// recorded, since its files are now the store's objects. A crash
-	// before that leaves src in place, some of its files read-only.
+	// other links, or open elsewhere, are still copied), src itself becomes
+	// the tree, and src is gone once the tx is recorded. Until the record,
+	// a journal names src's path: a failure puts src back there, and so
+	// does the next writer's Open after a crash (see recoverConsumed).
 	Consume bool
 	// Hook, if set, is called between the steps of a commit; tests use it to
 	// crash at chosen points.
@@ -97,9 +111,22 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err := s.writable(); err != nil {
 		return nil, nil, err
 	}
+	if err := s.checkNotStore(src); err != nil {
+		return nil, nil, err
+	}
+	// Consume: the directory scanned (a symlink given as src is followed,
+	// as the scan does), by absolute path: the journal records it.
+	var abs string
 	if o.Consume {
 		if err := s.checkConsumable(src); err != nil {
 			return nil, nil, err
+		}
+		var err error
+		if abs, err = filepath.Abs(src); err == nil {
+			abs, err = filepath.EvalSymlinks(abs)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("commit --consume %s: %w", src, err)
 		}
 	}
 	hook := o.Hook
@@ -112,9 +139,26 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("commit: %w", err)
 	}
-	defer removeTree(work)
+	// Unless src sits in work and could not be put back: the next Open's
+	// recoverConsumed moves it, so work must survive until then.
+	keepWork := false
+	defer func() {
+		if !keepWork {
+			removeTree(work)
+		}
+	}()
 	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
 	defer objs.Close() // before removeTree(work): defers run last first
+	// Consume: where src is while the store holds it and no tx records it;
+	// any failure moves it back to abs (this runs before the two above).
+	var movedTo string
+	defer func() {
+		if movedTo != "" {
+			if _, err := s.putBack(movedTo, abs); err != nil {
+				keepWork = true
+			}
+		}
+	}()
 
 	type staged struct {
 		tmp string
@@ -124,6 +168,8 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	seen := map[cas.Key]bool{}
 	var pending []staged
 	var relink []manifest.Entry // Consume: files in src that are not (yet) their object's inode
+	var linked []linkedObj      // Consume: new objects that are src's own inodes
+	scanned := map[string]fileID{}
 	notLinked := func(e *manifest.Entry) {
 		if o.Consume {
 			mu.Lock()
@@ -132,6 +178,11 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		}
 	}
 	m, err := manifest.Scan(src, manifest.ScanOptions{Workers: s.opts.Workers, OnFile: func(e *manifest.Entry, path string, fst *unix.Stat_t) error {
+		if o.Consume {
+			mu.Lock()
+			scanned[e.Path] = idOf(fst)
+			mu.Unlock()
+		}
 		if e.Size == 0 {
 			notLinked(e)
 			return nil
@@ -160,11 +211,11 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 			mu.Unlock()
 			return nil
 		}
-		linked := false
+		took := false
 		var tmp string
 		if o.Consume {
 			tmp, err = objs.StageLink(path, k, fst)
-			linked = err == nil
+			took = err == nil
 			if errors.Is(err, cas.ErrNoLink) {
 				err = nil
 			}
@@ -172,15 +223,16 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 				return err
 			}
 		}
-		if !linked {
+		if !took {
 			notLinked(e)
 			if tmp, err = objs.Stage(path, k, fst); err != nil {
 				return err
 			}
 		}
 		mu.Lock()
-		if linked {
+		if took {
 			st.Linked++
+			linked = append(linked, linkedObj{e.Path, k})
 		}
 		pending = append(pending, staged{tmp, k})
 		st.NewObjects++
@@ -189,7 +241,7 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		return nil
 	}})
 	if err != nil {
-		return nil, nil, fmt.Errorf("commit %s: %w", src, err)
+		return nil, nil, fmt.Errorf("commit: %w", err) // scan errors name the path under src
 	}
 	st.Scan = time.Since(start)
 	st.Entries, st.Bytes = m.Stats()
@@ -225,25 +277,19 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	st.Store = time.Since(start) - st.Scan
 	hook("objects-published")
 
-	bt := time.Now()
-	treeRoot := filepath.Join(work, "tree")
-	if err := os.Mkdir(treeRoot, 0o755); err != nil {
-		return nil, nil, fmt.Errorf("commit: %w", err)
-	}
-	if o.Consume && s.adopt(src, filepath.Join(treeRoot, "usr"), m, relink) {
-		st.Adopted = true
-	} else if st.Blit, err = blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers); err != nil {
-		return nil, nil, fmt.Errorf("commit %s: %w", src, err)
-	}
-	st.BlitTime = time.Since(bt)
-	hook("blitted")
-	// Object renames and the whole tree reach the disk in one syncfs.
-	if err := cas.Syncfs(s.Dir); err != nil {
-		return nil, nil, err
-	}
-	hook("tree-synced")
+	// Objects that are src's own inodes leave the store again unless the
+	// tx is recorded: src may be handed back, and must not alias them.
+	recorded := false
+	defer func() {
+		if !recorded {
+			for _, l := range linked {
+				os.Remove(s.objects.Path(l.k))
+			}
+		}
+	}()
 
-	// Allocate the id under the writer lock; publish the tree, then record it.
+	// Allocate the id under the writer lock (held since Open, so it stays
+	// free): the consume journal names it before src moves.
 	var id, parent uint64
 	if err := s.view(func(tx *bbolt.Tx) error {
 		_, meta, _, err := buckets(tx)
@@ -258,6 +304,51 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	}); err != nil {
 		return nil, nil, err
 	}
+
+	bt := time.Now()
+	treeRoot := filepath.Join(work, "tree")
+	if err := os.Mkdir(treeRoot, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	var keptBecause error // Consume: src was put back after a failure that is not a change
+	if o.Consume {
+		c := &consumeCtx{src: abs, work: work, id: id, digest: digest, m: m,
+			relink: relink, scanned: scanned, linked: linked, hook: hook}
+		res, err := s.adopt(c)
+		switch res {
+		case adoptYes:
+			st.Adopted = true
+			movedTo = filepath.Join(treeRoot, "usr")
+		case adoptStuck: // neither adopted nor put back: the next Open moves it
+			keepWork = true
+		case adoptRestored:
+			keptBecause = c.why
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("commit %s: %w", src, err)
+		}
+	}
+	if !st.Adopted {
+		if st.Blit, err = blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers); err != nil {
+			return nil, nil, fmt.Errorf("commit %s: %w", src, err)
+		}
+		// src is removed after the record: it must hold nothing the tree
+		// lacks.
+		if o.Consume && keptBecause == nil {
+			if err := unchanged(abs, m, scanned); err != nil {
+				return nil, nil, fmt.Errorf("commit %s: %w", src, err)
+			}
+		}
+	}
+	st.BlitTime = time.Since(bt)
+	hook("blitted")
+	// Object renames and the whole tree reach the disk in one syncfs.
+	if err := cas.Syncfs(s.Dir); err != nil {
+		return nil, nil, err
+	}
+	hook("tree-synced")
+
+	// Publish the tree, then record it.
 	trees := filepath.Join(s.Dir, "trees")
 	final := filepath.Join(trees, strconv.FormatUint(id, 10))
 	if err := removeTree(final); err != nil { // unrecorded leftover, if any
@@ -265,6 +356,9 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	}
 	if err := os.Rename(treeRoot, final); err != nil {
 		return nil, nil, fmt.Errorf("commit: publish tree: %w", err)
+	}
+	if movedTo != "" {
+		movedTo = filepath.Join(final, "usr")
 	}
 	if err := cas.FsyncDir(trees); err != nil {
 		return nil, nil, err
@@ -298,13 +392,25 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 			Detail: fmt.Sprintf("%s, %d entries, %d new objects", digest, st.Entries, st.NewObjects)})
 	})
 	if err != nil {
-		removeTree(final)
+		if movedTo == "" {
+			removeTree(final)
+		} // else src goes back first; the next Open removes the rest
 		return nil, nil, fmt.Errorf("commit: record tx %d: %w", id, err)
 	}
+	recorded, movedTo = true, ""
 	hook("recorded")
 	if o.Consume {
-		if err := removeTree(src); err != nil {
-			st.ConsumeErr = fmt.Errorf("tx %d committed, but %s was not removed: %w", id, src, err)
+		switch {
+		case st.Adopted:
+			if err := s.dropJournal(); err != nil { // the next Open drops it
+				st.ConsumeErr = fmt.Errorf("tx %d committed: %w", id, err)
+			}
+		case keptBecause != nil:
+			st.ConsumeErr = fmt.Errorf("tx %d committed by copy; %s was kept: %w", id, src, keptBecause)
+		default:
+			if err := removeTree(abs); err != nil {
+				st.ConsumeErr = fmt.Errorf("tx %d committed, but %s was not removed: %w", id, src, err)
+			}
 		}
 		hook("source-removed")
 	}
@@ -341,6 +447,10 @@ func (s *Store) Manifest(t *Tx) (*manifest.Manifest, error) {
 	return m, nil
 }
 
+// ManifestProblem is the Path of the Problem Verify reports when the tx's
+// manifest object cannot be loaded; it is not a path in the tree.
+const ManifestProblem = "manifest"
+
 // Verify checks tx id's tree: fast or full (see blit.Verify). Problems name
 // paths as "usr/…"; the error is only for failing to run at all.
 func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
@@ -358,9 +468,19 @@ func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
 	defer unlock()
 	m, err := s.Manifest(t)
 	if err != nil {
-		return []Problem{{Path: "manifest", Reason: err.Error()}}, nil
+		// Path already says "manifest" (and the caller knows the tx): keep
+		// only what went wrong, which names the object.
+		reason := strings.TrimPrefix(err.Error(), fmt.Sprintf("tx %d manifest: ", id))
+		return []Problem{{Path: ManifestProblem, Reason: reason}}, nil
 	}
-	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
+	// trees/<id> is opened without following a symlink: one there (even to
+	// a good copy, or to /) is damage to report, not a tree to check.
+	tfd, prob := s.openTree(id)
+	if prob != nil {
+		return []Problem{*prob}, nil
+	}
+	defer unix.Close(tfd)
+	probs, err := blit.VerifyAt(m, s.objects, tfd, "usr", mode == VerifyFull, s.opts.Workers, s.hashed)
 	for i := range probs {
 		if probs[i].Path == "." {
 			probs[i].Path = "usr"
@@ -394,6 +514,10 @@ func (s *Store) Reblit(id uint64) (blit.Stats, error) {
 	m, err := s.Manifest(t)
 	if err != nil {
 		return bs, err
+	}
+	// Never blit into, or swap trees through, a symlinked store directory.
+	if err := s.checkDirs("staging", "trees"); err != nil {
+		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
 	}
 	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "reblit-")
 	if err != nil {
@@ -450,24 +574,119 @@ func (s *Store) checkConsumable(src string) error {
 	return nil
 }
 
-// adopt makes src the new tree at dst instead of blitting one (Consume):
-// src is renamed to dst, every file in relink (not its object's inode:
-// deduplicated, copied, or empty) is replaced by a link to its object or
-// given its object's mode, and a fast verify must then find nothing. All
-// objects are published by now, so on any failure the adopted tree is
-// dropped and the caller blits from the store: false means "blit". The
-// verify also catches a src that changed during the commit.
-func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.Entry) bool {
-	if err := os.Rename(src, dst); err != nil {
-		return false // another filesystem, say: blit, and remove src later
+// fileID is what a consuming commit remembers of a file at its scan, to
+// tell later whether it is still that file with that content.
+type fileID struct {
+	ino, dev uint64
+	size     int64
+	mtim     unix.Timespec
+	mode     uint32 // with the type bits
+	uid, gid uint32
+}
+
+func idOf(st *unix.Stat_t) fileID {
+	return fileID{st.Ino, st.Dev, st.Size, st.Mtim, st.Mode, st.Uid, st.Gid}
+}
+
+// sameContent: the same inode with the same size and mtime, so nobody
+// wrote it since.
+func (f fileID) sameContent(st *unix.Stat_t) bool {
+	return f.ino == st.Ino && f.dev == st.Dev && f.size == st.Size && f.mtim == st.Mtim
+}
+
+// linkedObj is a new object that is one of src's own inodes (StageLink).
+type linkedObj struct {
+	path string
+	k    cas.Key
+}
+
+type adoptResult int
+
+const (
+	adoptNo       adoptResult = iota // src did not move (another filesystem): blit, then remove src
+	adoptYes                         // src is the tree at work/tree/usr
+	adoptRestored                    // src moved and is back: blit (unless changed), keep src
+	adoptStuck                       // src moved and could not be put back: the journal stays
+)
+
+// consumeCtx is what adopt needs of a consuming commit.
+type consumeCtx struct {
+	src, work string // src's absolute path; the commit's staging directory
+	id        uint64
+	digest    string
+	m         *manifest.Manifest
+	relink    []manifest.Entry // files that are not (yet) their object's inode
+	scanned   map[string]fileID
+	linked    []linkedObj
+	hook      func(string)
+	why       error // adoptRestored without an error: why src was not adopted
+}
+
+// adopt makes src the new tree at work/tree/usr instead of blitting one
+// (Consume). Before src moves, the journal names its path and the tx id:
+// from then until the record, a failure here or in the caller puts it
+// back, and so does the next Open after a crash (recoverConsumed). In the
+// tree, each file in relink (deduplicated, copied, or empty) is first
+// checked to be the file that was scanned, then replaced by a link to its
+// object or by a fresh empty file, never changed in place while another
+// link shares its inode (a tree made with cp -al). A fast verify (nothing
+// extra or missing, every file its object) and a look at the objects taken
+// from src then catch any other change since the scan: ErrChanged, and src
+// goes back. Any other failure puts src back too; the caller then blits.
+func (s *Store) adopt(c *consumeCtx) (adoptResult, error) {
+	dst := filepath.Join(c.work, "tree", "usr")
+	// A file taken by hardlink that was written since its scan would give
+	// its new content to the files about to be linked to its object.
+	if err := s.checkLinked(c); err != nil {
+		return adoptNo, err
 	}
-	fail := func() bool { removeTree(dst); return false }
+	j := consumeJournal{Src: c.src, Work: filepath.Base(c.work), ID: c.id, Digest: c.digest}
+	if err := s.writeJournal(j); err != nil {
+		return adoptNo, err
+	}
+	c.hook("consume-journaled")
+	if err := os.Rename(c.src, dst); err != nil {
+		return adoptNo, s.dropJournal() // another filesystem, or a mount point: blit
+	}
+	c.hook("adopted")
+	err := s.relinkTree(c, dst)
+	if err == nil {
+		err = s.checkAdopted(c, dst)
+	}
+	if err == nil {
+		c.hook("relinked")
+		return adoptYes, nil
+	}
+	at, perr := s.putBack(dst, c.src)
+	if perr != nil {
+		return adoptStuck, fmt.Errorf("%w (and it could not be put back; the store's next open retries: %w)", err, perr)
+	}
+	if at != c.src {
+		err = fmt.Errorf("%w (the directory is now at %s: its path was taken meanwhile)", err, at)
+	}
+	if errors.Is(err, ErrChanged) {
+		return adoptRestored, err
+	}
+	c.why = err
+	return adoptRestored, nil
+}
+
+// relinkTree replaces the files of relink in the adopted tree dst (see
+// adopt). Temporary names live in work, never in src: a crash leaves
+// nothing of ours in the user's directory.
+func (s *Store) relinkTree(c *consumeCtx, dst string) error {
 	rootfd, err := walk.OpenDirAt(unix.AT_FDCWD, dst)
 	if err != nil {
-		return fail()
+		return fmt.Errorf("open %s: %w", dst, err)
 	}
 	defer unix.Close(rootfd)
+	workfd, err := walk.OpenDirAt(unix.AT_FDCWD, c.work)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", c.work, err)
+	}
+	defer unix.Close(workfd)
 	// In path order, so that files of one directory share its fd.
+	relink := c.relink
 	slices.SortFunc(relink, func(a, b manifest.Entry) int { return strings.Compare(a.Path, b.Path) })
 	dirfd, dirPath := -1, ""
 	defer func() {
@@ -476,6 +695,9 @@ func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.E
 		}
 	}()
 	for i := range relink {
+		if i == len(relink)/2 {
+			c.hook("relink-half")
+		}
 		e := &relink[i]
 		dir, base := ".", e.Path
 		if j := strings.LastIndexByte(e.Path, '/'); j >= 0 {
@@ -489,29 +711,350 @@ func (s *Store) adopt(src, dst string, m *manifest.Manifest, relink []manifest.E
 			// src was the caller's until now: nothing in it is followed
 			// out of the tree, however it changed since the scan.
 			fd, err := openBeneath(rootfd, dir)
-			if err != nil {
-				return fail()
+			switch err {
+			case nil:
+			case unix.ENOENT, unix.ENOTDIR, unix.ELOOP, unix.EXDEV:
+				return fmt.Errorf("%w: directory %s was removed or replaced", ErrChanged, dir)
+			default:
+				return fmt.Errorf("open %s: %w", dir, err)
 			}
 			dirfd, dirPath = fd, dir
 		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err == unix.ENOENT {
+				return fmt.Errorf("%w: %s was removed", ErrChanged, e.Path)
+			}
+			return fmt.Errorf("lstat %s: %w", e.Path, err)
+		}
+		if id := c.scanned[e.Path]; !id.sameContent(&st) || st.Mode != id.mode || st.Uid != id.uid || st.Gid != id.gid {
+			return fmt.Errorf("%w: %s was modified", ErrChanged, e.Path)
+		}
 		k := e.Key()
+		tmp := ".relink-" + strconv.Itoa(i)
 		if e.Size == 0 {
-			if setEmptyAttrs(dirfd, base, k) != nil {
-				return fail()
+			if err := fixEmpty(dirfd, base, &st, k, workfd, tmp); err != nil {
+				return fmt.Errorf("%s: %w", e.Path, err)
 			}
 			continue
 		}
-		const tmp = ".txboot-relink"
-		unix.Unlinkat(dirfd, tmp, 0)
-		if s.objects.Link(k, dirfd, tmp) != nil || unix.Renameat(dirfd, tmp, dirfd, base) != nil {
-			return fail()
+		if err := s.objects.Link(k, workfd, tmp); err != nil {
+			return fmt.Errorf("link object %s for %s: %w", k.RelPath(), e.Path, err)
+		}
+		if err := unix.Renameat(workfd, tmp, dirfd, base); err != nil {
+			unix.Unlinkat(workfd, tmp, 0)
+			return fmt.Errorf("replace %s: %w", e.Path, err)
 		}
 	}
-	probs, err := blit.Verify(m, s.objects, dst, false, s.opts.Workers, nil)
-	if err != nil || len(probs) > 0 {
-		return fail()
+	return nil
+}
+
+// checkAdopted is the last look at an adopted src before it is published:
+// a fast verify (every manifest entry there, nothing else, each file its
+// object's inode), and the objects taken from src by hardlink still as
+// scanned (a writer could have written through them).
+func (s *Store) checkAdopted(c *consumeCtx, dst string) error {
+	probs, err := blit.Verify(c.m, s.objects, dst, false, s.opts.Workers, nil)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", dst, err)
 	}
-	return true
+	if len(probs) > 0 {
+		return fmt.Errorf("%w: %s (%d differences)", ErrChanged, probs[0], len(probs))
+	}
+	return s.checkLinked(c)
+}
+
+// checkLinked checks that the objects taken from src by hardlink are as
+// scanned.
+func (s *Store) checkLinked(c *consumeCtx) error {
+	for _, l := range c.linked {
+		var st unix.Stat_t
+		if err := s.objects.Stat(l.k, &st); err != nil {
+			return fmt.Errorf("object %s of %s: %w", l.k.RelPath(), l.path, err)
+		}
+		if !c.scanned[l.path].sameContent(&st) {
+			return fmt.Errorf("%w: %s was modified", ErrChanged, l.path)
+		}
+	}
+	return nil
+}
+
+// fixEmpty gives an empty file in the adopted tree (stat want) its
+// manifest mode and owner. An inode only src links is changed in place;
+// one with other links (cp -al from a live tree) is left alone and a fresh
+// empty file, made as tmp in workfd, takes its name. Only through
+// descriptors: a symlink put in its place is never followed.
+func fixEmpty(dirfd int, name string, want *unix.Stat_t, k cas.Key, workfd int, tmp string) error {
+	if want.Mode&07777 == k.Mode && (!cas.IsRoot() || (want.Uid == k.UID && want.Gid == k.GID)) {
+		return nil
+	}
+	if want.Nlink == 1 {
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrChanged, err)
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(fd, &st)
+		if err == nil && (st.Ino != want.Ino || st.Size != 0 || st.Mode&unix.S_IFMT != unix.S_IFREG) {
+			err = ErrChanged
+		}
+		if err == nil && st.Nlink == 1 {
+			err = cas.SetAttrs(fd, k.Mode, k.UID, k.GID)
+			unix.Close(fd)
+			return err
+		}
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+	}
+	fd, err := unix.Openat(workfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	err = cas.SetAttrs(fd, k.Mode, k.UID, k.GID)
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(workfd, tmp, dirfd, name)
+	}
+	if err != nil {
+		unix.Unlinkat(workfd, tmp, 0)
+	}
+	return err
+}
+
+// consumeJournalName is the file in the store that names a consumed src
+// while the store holds it and no tx records it yet.
+const consumeJournalName = "consume.json"
+
+type consumeJournal struct {
+	Src    string `json:"src"`    // where src was (absolute)
+	Work   string `json:"work"`   // its commit's directory in staging/
+	ID     uint64 `json:"id"`     // the tx it is to become
+	Digest string `json:"digest"` // that tx's digest
+}
+
+// writeJournal writes the consume journal durably (temp, fsync, rename,
+// directory fsync) before src moves.
+func (s *Store) writeJournal(j consumeJournal) error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(s.Dir, consumeJournalName)
+	tmp := filepath.Join(s.Dir, "staging", consumeJournalName+".new")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("consume journal: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("consume journal %s: %w", p, err)
+	}
+	return cas.FsyncDir(s.Dir)
+}
+
+// dropJournal removes the consume journal durably; a missing one is fine.
+func (s *Store) dropJournal() error {
+	p := filepath.Join(s.Dir, consumeJournalName)
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	return cas.FsyncDir(s.Dir)
+}
+
+// putBack moves a consumed src from the store back to its path to, or
+// next to it (to.txboot-recovered-N) if something took that path
+// meanwhile; makes that durable, then drops the journal. It returns where
+// src now is.
+func (s *Store) putBack(from, to string) (string, error) {
+	dest := to
+	for n := 1; ; n++ {
+		err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, dest, unix.RENAME_NOREPLACE)
+		if err == unix.EINVAL || err == unix.ENOSYS { // no RENAME_NOREPLACE here
+			err = unix.EEXIST
+			if _, lerr := os.Lstat(dest); errors.Is(lerr, os.ErrNotExist) {
+				err = unix.Rename(from, dest)
+			}
+		}
+		if err == nil {
+			break
+		}
+		if (err != unix.EEXIST && err != unix.ENOTEMPTY) || n > 100 {
+			return "", fmt.Errorf("put %s back at %s: %w", from, dest, err)
+		}
+		dest = fmt.Sprintf("%s.txboot-recovered-%d", to, n)
+	}
+	for _, d := range []string{filepath.Dir(dest), filepath.Dir(from)} {
+		if err := cas.FsyncDir(d); err != nil {
+			return dest, err
+		}
+	}
+	return dest, s.dropJournal()
+}
+
+// recoverConsumed finishes what a consuming commit killed before its end
+// left: if the journal's tx is recorded, only the journal goes; otherwise
+// src goes back to where the user put it (see putBack), from staging/ or
+// from its unrecorded trees/<id>, and a GC drops the objects that were
+// src's own inodes. Cleanup calls it before it empties staging/ and removes
+// unrecorded trees, which would otherwise delete the user's directory.
+func (s *Store) recoverConsumed() error {
+	p := filepath.Join(s.Dir, consumeJournalName)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("consume journal %s: %w", p, err)
+	}
+	var j consumeJournal
+	if err := json.Unmarshal(b, &j); err != nil || !filepath.IsAbs(j.Src) || filepath.Clean(j.Src) != j.Src || j.Src == "/" ||
+		j.ID == 0 || j.Work == "" || j.Work == "." || j.Work == ".." || strings.ContainsRune(j.Work, '/') {
+		return fmt.Errorf("%w: consume journal %s is unreadable; a consumed directory may be in %s: move it back, then remove the journal",
+			ErrCorrupt, p, filepath.Join(s.Dir, "staging"))
+	}
+	t, err := s.Get(j.ID)
+	if err == nil && t.Digest == j.Digest {
+		return s.dropJournal() // committed; killed before the journal went
+	}
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("consume journal %s: %w", p, err)
+	}
+	cands := []string{filepath.Join(s.Dir, "staging", j.Work, "tree", "usr")}
+	if err != nil { // no record with that id: its tree, if any, is src
+		cands = append(cands, s.TreeDir(j.ID))
+	}
+	for _, c := range cands {
+		if fi, err := os.Lstat(c); err == nil && fi.IsDir() {
+			if _, err := s.putBack(c, j.Src); err != nil {
+				return err
+			}
+			s.GC() // best effort: objects that are src's inodes go now, or at the next GC
+			return nil
+		}
+	}
+	return s.dropJournal() // src never moved, or is back already
+}
+
+// unchanged checks that src still holds exactly what its scan found (by
+// lstat: type, mode, owner, symlink target, and for files the same inode,
+// size and mtime), before a consuming commit that copied src removes it.
+func unchanged(src string, m *manifest.Manifest, scanned map[string]fileID) error {
+	want := make(map[string]*manifest.Entry, len(m.Entries))
+	for i := range m.Entries {
+		want[m.Entries[i].Path] = &m.Entries[i]
+	}
+	seen := 0
+	err := filepath.WalkDir(src, func(p string, _ fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s was removed", ErrChanged, p)
+		}
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		e := want[rel]
+		if e == nil {
+			return fmt.Errorf("%w: %s was added", ErrChanged, rel)
+		}
+		seen++
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("%w: lstat %s: %w", ErrChanged, rel, err)
+		}
+		ok := st.Uid == e.UID && st.Gid == e.GID
+		switch e.Type {
+		case manifest.Dir:
+			ok = ok && st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Mode&07777 == e.Mode
+		case manifest.Symlink:
+			t, err := os.Readlink(p)
+			ok = ok && err == nil && t == e.Target
+		default:
+			ok = ok && scanned[rel].sameContent(&st)
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s was modified", ErrChanged, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if seen != len(m.Entries) {
+		return fmt.Errorf("%w: %d entries were removed", ErrChanged, len(m.Entries)-seen)
+	}
+	return nil
+}
+
+// devIno identifies a directory, whatever path reaches it.
+type devIno struct{ dev, ino uint64 }
+
+// parentChain is dir's device and inode, then its parent's, and so on up
+// to the root (".." from a descriptor: crosses mounts, sees through
+// symlinks and relative paths).
+func parentChain(dir string) ([]devIno, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dir, err)
+	}
+	var out []devIno
+	for len(out) < 4096 {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("stat a parent of %s: %w", dir, err)
+		}
+		id := devIno{st.Dev, st.Ino}
+		if len(out) > 0 && out[len(out)-1] == id { // the root is its own parent
+			break
+		}
+		out = append(out, id)
+		up, err := unix.Openat(fd, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			return nil, fmt.Errorf("open a parent of %s: %w", dir, err)
+		}
+		fd = up
+	}
+	unix.Close(fd)
+	return out, nil
+}
+
+// checkNotStore refuses a src that is the store, lies inside it, or holds
+// it (committing the store into itself), comparing directories by device
+// and inode along both chains of parents.
+func (s *Store) checkNotStore(src string) error {
+	srcUp, err := parentChain(src)
+	if err != nil {
+		return nil // not a directory one can open: the scan says so
+	}
+	storeUp, err := parentChain(s.Dir)
+	if err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	if slices.Contains(srcUp, storeUp[0]) || slices.Contains(storeUp, srcUp[0]) {
+		return fmt.Errorf("commit %s: %w", src, ErrHoldsStore)
+	}
+	return nil
 }
 
 // openBeneath opens directory rel under rootfd without following any
@@ -543,28 +1086,4 @@ func openBeneath(rootfd int, rel string) (int, error) {
 		fd = next
 	}
 	return fd, nil
-}
-
-// setEmptyAttrs gives an empty file in the adopted tree its manifest owner
-// and mode, through a descriptor: fchmodat would follow a symlink put in
-// its place.
-func setEmptyAttrs(dirfd int, name string, k cas.Key) error {
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("%s: not a regular file", name)
-	}
-	if cas.NeedChown(k.UID, k.GID) {
-		if err := unix.Fchown(fd, int(k.UID), int(k.GID)); err != nil {
-			return err
-		}
-	}
-	return unix.Fchmod(fd, k.Mode)
 }

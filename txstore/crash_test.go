@@ -13,6 +13,7 @@ import (
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/testtree"
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary act as a committing child process.
@@ -30,6 +31,19 @@ func crashChild(root, src string) int {
 		return 1
 	}
 	defer s.Close()
+	if at := os.Getenv("TXBOOT_CRASH_AT"); at != "" {
+		// One consuming commit that kills itself at step at.
+		_, _, err := s.Commit(src, txstore.CommitOptions{Consume: true, Hook: func(step string) {
+			if step == at {
+				unix.Kill(unix.Getpid(), unix.SIGKILL)
+			}
+		}})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
+	}
 	for i := 0; i < 3; i++ {
 		if _, _, err := s.Commit(src, txstore.CommitOptions{Summary: "crash-" + strconv.Itoa(i)}); err != nil {
 			fmt.Fprintln(os.Stderr, err)

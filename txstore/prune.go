@@ -3,11 +3,11 @@ package txstore
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 
+	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/safefs"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -18,25 +18,53 @@ type PruneResult struct {
 	Kept    []uint64 `json:"kept"`
 }
 
-// Prune keeps the keep newest txs plus pinned ones, the default and protect
-// (e.g. the booted tx) and removes the rest: records first, in one bbolt
-// transaction, then their trees. A crash in between leaves unrecorded trees,
-// which the next writer's Open removes. Objects are freed by GC.
+// Prune keeps what bootstate.Keep says (the newest good tx, the default,
+// protect (e.g. the booted tx), pinned txs, and the keep newest with bad
+// ones last) and removes the rest: records first, in one bbolt
+// transaction, then their trees. A crash in between leaves unrecorded
+// trees, which the next writer's Open removes. Objects are freed by GC.
 func (s *Store) Prune(keep int, protect ...uint64) (*PruneResult, error) {
+	return s.PruneWith(keep, protect, nil)
+}
+
+// PruneWith is Prune calling before with the ids it is about to remove
+// once it holds both locks (the writer lock and the gc lock) and before it
+// removes anything: bootctl drops their bootloader entries there, so an
+// entry never outlives its tx and the plan cannot change in between. An
+// error from before stops the prune with nothing removed.
+//
+// A tree or boot directory of a removed tx that is not a directory (a
+// symlink, say) is left alone, neither followed nor removed; the other
+// removals go on and the error (ErrDamaged) names it, with the result
+// saying what was removed.
+func (s *Store) PruneWith(keep int, protect []uint64, before func(remove []uint64) error) (*PruneResult, error) {
 	if err := s.writable(); err != nil {
 		return nil, err
 	}
 	if keep < 1 {
-		return nil, fmt.Errorf("prune: keep must be at least 1, got %d", keep)
+		return nil, fmt.Errorf("prune: %w: keep must be at least 1, got %d", ErrInvalid, keep)
 	}
 	unlock, err := s.gcLock(unix.LOCK_EX)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	plan, err := s.PrunePlan(keep, protect...)
+	if err != nil {
+		return nil, err
+	}
+	if before != nil {
+		if err := before(plan); err != nil {
+			return nil, fmt.Errorf("prune: nothing removed: %w", err)
+		}
+	}
+	remove := map[uint64]bool{}
+	for _, id := range plan {
+		remove[id] = true
+	}
 	res := &PruneResult{}
 	err = s.update(func(tx *bbolt.Tx) error {
-		txs, meta, events, err := buckets(tx)
+		txs, _, events, err := buckets(tx)
 		if err != nil {
 			return err
 		}
@@ -50,9 +78,8 @@ func (s *Store) Prune(keep int, protect ...uint64) (*PruneResult, error) {
 		}); err != nil {
 			return err
 		}
-		keepSet := pruneKeepSet(all, keep, getU64(meta, keyDefault), protect)
 		for _, id := range sortedIDs(all) {
-			if keepSet[id] {
+			if !remove[id] {
 				res.Kept = append(res.Kept, id)
 				continue
 			}
@@ -69,44 +96,64 @@ func (s *Store) Prune(keep int, protect ...uint64) (*PruneResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	trees := filepath.Join(s.Dir, "trees")
-	for _, id := range res.Removed {
-		name := strconv.FormatUint(id, 10)
-		if err := removeTree(filepath.Join(trees, name)); err != nil {
-			return res, err
-		}
-		// Per-tx boot files (bootctl's initrd) go with the tx.
-		if err := removeTree(filepath.Join(s.Dir, "boot", name)); err != nil {
-			return res, err
-		}
-	}
-	if len(res.Removed) > 0 {
-		return res, cas.FsyncDir(trees)
-	}
-	return res, nil
+	return res, s.removeTxFiles(res.Removed)
 }
 
-// pruneKeepSet: the keep newest, pinned, the default and protect.
+// removeTxFiles removes trees/<id> and boot/<id> (bootctl's initrd) of
+// removed txs through directory fds, never following a symlink.
+func (s *Store) removeTxFiles(ids []uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	dfd, err := openStoreDir(s.Dir)
+	if err != nil {
+		return fmt.Errorf("prune: open store %s: %w", s.Dir, err)
+	}
+	defer unix.Close(dfd)
+	var damage damageList
+	for _, sub := range []string{"trees", "boot"} {
+		fd, err := safefs.OpenDir(dfd, sub)
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if safefs.IsNotDir(err) {
+			damage = append(damage, s.damaged(dfd, "", sub))
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("prune: open %s/%s: %w", s.Dir, sub, err)
+		}
+		for _, id := range ids {
+			name := strconv.FormatUint(id, 10)
+			if err := safefs.RemoveTree(fd, name); err != nil {
+				if !errors.Is(err, safefs.ErrNotDir) {
+					unix.Close(fd)
+					return fmt.Errorf("prune %s/%s: %w", s.Dir, sub, err)
+				}
+				damage = append(damage, s.damaged(fd, sub, name))
+			}
+		}
+		err = unix.Fsync(fd)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("prune: fsync %s/%s: %w", s.Dir, sub, err)
+		}
+	}
+	return damage.err()
+}
+
+// pruneKeepSet is bootstate.Keep over the records: the default and
+// protect are protected.
 func pruneKeepSet(all []*Tx, keep int, def uint64, protect []uint64) map[uint64]bool {
-	keepSet := map[uint64]bool{def: true}
-	for _, id := range protect {
-		keepSet[id] = true
+	c := make([]bootstate.KeepCandidate, len(all))
+	for i, t := range all {
+		c[i] = bootstate.KeepCandidate{ID: t.ID, State: t.State, Pinned: t.Pinned}
 	}
-	for i, id := range sortedIDs(all) {
-		if i < keep {
-			keepSet[id] = true
-		}
-	}
-	for _, t := range all {
-		if t.Pinned {
-			keepSet[t.ID] = true
-		}
-	}
-	return keepSet
+	return bootstate.Keep(c, keep, append([]uint64{def}, protect...)...)
 }
 
-// PrunePlan returns the ids Prune(keep, protect...) would remove, so callers
-// can drop bootloader entries first (an entry must never outlive its tx).
+// PrunePlan returns the ids Prune(keep, protect...) would remove, newest
+// first.
 func (s *Store) PrunePlan(keep int, protect ...uint64) ([]uint64, error) {
 	all, err := s.List()
 	if err != nil {
@@ -135,6 +182,10 @@ type GCStats struct {
 
 // GC removes objects no tx references. If any manifest cannot be read it
 // removes nothing: deleting on a guess could destroy a bootable tree.
+// objects/ and its fan-out directories are walked through fds opened with
+// O_NOFOLLOW: one that is a symlink or not a directory is left alone (not
+// followed, not removed), the others are collected, and the error
+// (ErrDamaged) names it.
 func (s *Store) GC() (*GCStats, error) {
 	if err := s.writable(); err != nil {
 		return nil, err
@@ -157,7 +208,7 @@ func (s *Store) GC() (*GCStats, error) {
 		ref[mk] = true
 		m, err := s.Manifest(t)
 		if err != nil {
-			return nil, fmt.Errorf("gc: nothing removed: %w", err)
+			return nil, fmt.Errorf("nothing removed: %w", err)
 		}
 		for i := range m.Entries {
 			if e := &m.Entries[i]; e.Type == 'f' && e.Size > 0 {
@@ -166,42 +217,90 @@ func (s *Store) GC() (*GCStats, error) {
 		}
 	}
 	st := &GCStats{Referenced: len(ref)}
-	fans, err := os.ReadDir(s.objects.Dir)
+	dfd, err := openStoreDir(s.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
+		return nil, fmt.Errorf("open store %s: %w", s.Dir, err)
 	}
+	defer unix.Close(dfd)
+	ofd, err := safefs.OpenDir(dfd, "objects")
+	if safefs.IsNotDir(err) {
+		return nil, fmt.Errorf("nothing removed: %w", s.damaged(dfd, "", "objects"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", s.objects.Dir, err)
+	}
+	defer unix.Close(ofd)
+	fans, err := safefs.List(ofd)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", s.objects.Dir, err)
+	}
+	var damage damageList
 	for _, fan := range fans {
-		dir := filepath.Join(s.objects.Dir, fan.Name())
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return st, fmt.Errorf("gc: %w", err)
-		}
-		removed := false
-		for _, e := range ents {
-			k, perr := cas.ParseName(e.Name())
-			if perr == nil && ref[k] && k.Hash.String()[:2] == fan.Name() {
-				continue
-			}
-			p := filepath.Join(dir, e.Name())
-			var size int64
-			if info, err := e.Info(); err == nil {
-				size = info.Size()
-			}
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return st, fmt.Errorf("gc: %w", err)
-			}
-			st.Removed++
-			st.FreedBytes += size
-			removed = true
-		}
-		if removed {
-			if err := cas.FsyncDir(dir); err != nil {
-				return st, err
-			}
+		if err := s.gcFan(ofd, fan, ref, st, &damage); err != nil {
+			return st, err
 		}
 	}
 	if st.Removed > 0 {
-		err = s.Log(Event{Kind: "gc", Detail: fmt.Sprintf("removed %d objects, %d bytes", st.Removed, st.FreedBytes)})
+		if err := s.Log(Event{Kind: "gc", Detail: fmt.Sprintf("removed %d objects, %d bytes", st.Removed, st.FreedBytes)}); err != nil {
+			return st, err
+		}
 	}
-	return st, err
+	if err := damage.err(); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// gcFan removes the unreferenced entries of fan-out directory fan of the
+// open objects directory ofd.
+func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCStats, damage *damageList) error {
+	if safefs.TypeOf(ofd, fan) != unix.DT_DIR {
+		*damage = append(*damage, s.damaged(ofd, "objects", fan.Name))
+		return nil
+	}
+	fd, err := safefs.OpenDir(ofd, fan.Name)
+	if safefs.IsNotDir(err) { // replaced since the listing
+		*damage = append(*damage, s.damaged(ofd, "objects", fan.Name))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s/%s: %w", s.objects.Dir, fan.Name, err)
+	}
+	defer unix.Close(fd)
+	ents, err := safefs.List(fd)
+	if err != nil {
+		return fmt.Errorf("list %s/%s: %w", s.objects.Dir, fan.Name, err)
+	}
+	removed := false
+	for _, e := range ents {
+		k, perr := cas.ParseName(e.Name)
+		if perr == nil && ref[k] && k.Hash.String()[:2] == fan.Name {
+			continue
+		}
+		var fst unix.Stat_t
+		if err := unix.Fstatat(fd, e.Name, &fst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err == unix.ENOENT {
+				continue
+			}
+			return fmt.Errorf("stat %s/%s/%s: %w", s.objects.Dir, fan.Name, e.Name, err)
+		}
+		if fst.Mode&unix.S_IFMT == unix.S_IFDIR {
+			*damage = append(*damage, fmt.Errorf("%w: %s/%s/%s is a directory, not an object: left alone (not removed)",
+				ErrDamaged, s.objects.Dir, fan.Name, e.Name))
+			continue
+		}
+		// unlinkat removes a symlink itself, never what it points to.
+		if err := unix.Unlinkat(fd, e.Name, 0); err != nil && err != unix.ENOENT {
+			return fmt.Errorf("remove %s/%s/%s: %w", s.objects.Dir, fan.Name, e.Name, err)
+		}
+		st.Removed++
+		st.FreedBytes += fst.Size
+		removed = true
+	}
+	if removed {
+		if err := unix.Fsync(fd); err != nil {
+			return fmt.Errorf("fsync %s/%s: %w", s.objects.Dir, fan.Name, err)
+		}
+	}
+	return nil
 }

@@ -8,13 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/safefs"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
@@ -232,23 +234,119 @@ func (s *Store) update(fn func(tx *bbolt.Tx) error) error {
 	return s.withDB(false, func(db *bbolt.DB) error { return db.Update(fn) })
 }
 
-func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) error {
+// withDB opens store.db for one call. bbolt panics on a damaged file (bad
+// page ids, garbage pages), often only when a read reaches the damaged page,
+// so the whole call — open, fn, close — runs under recover and a panic
+// becomes ErrCorrupt naming the file: a damaged index must never crash
+// bootctl or PID 1.
+func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) (err error) {
 	p := filepath.Join(s.Dir, "store.db")
-	db, err := bbolt.Open(p, 0o600, &bbolt.Options{Timeout: s.opts.Timeout, ReadOnly: ro})
+	var file *os.File
+	var db *bbolt.DB
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true)) // a stray read of the mapping panics instead of killing the process
+	defer func() {
+		if r := recover(); r != nil {
+			abandon(db, file)
+			err = fmt.Errorf("%w: %s: %s", ErrCorrupt, p, oneLine(fmt.Sprint(r)))
+		}
+	}()
+	db, err = bbolt.Open(p, 0o600, &bbolt.Options{Timeout: s.opts.Timeout, ReadOnly: ro,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := openDB(name, flag)
+			file = f
+			return f, err
+		}})
 	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) {
-			return fmt.Errorf("%w: %s", ErrBusy, p)
-		}
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%w at %s", ErrNoStore, s.Dir)
-		}
-		return fmt.Errorf("%w: open %s: %v", ErrCorrupt, p, err)
+		return dbOpenError(p, s.Dir, err)
 	}
 	err = fn(db)
+	if errors.Is(err, ErrCorrupt) && !strings.Contains(err.Error(), p) {
+		err = fmt.Errorf("%s: %w", p, err)
+	}
 	if cerr := db.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close %s: %w", p, cerr)
 	}
 	return err
+}
+
+// abandon releases what a bbolt call that panicked holds. Close is tried
+// first, since it also unmaps the file; but a panic can leave one of bbolt's
+// own mutexes taken, and then Close blocks forever, so it gets a moment and
+// then the flock is dropped and the fd closed by hand (the mapping keeps
+// the file's description, and with it the flock, alive until exit or exec).
+func abandon(db *bbolt.DB, f *os.File) {
+	if db != nil {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			defer func() { recover() }()
+			db.Close()
+		}()
+		select {
+		case <-done:
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	if f != nil {
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		f.Close()
+	}
+}
+
+// errEmptyDB: bbolt would silently turn a 0-byte file into a new, empty
+// database (and Cleanup would then take every tree for a leftover).
+var errEmptyDB = errors.New("empty file (0 bytes)")
+
+// openDB is bbolt's file opener: never create (the store makes its first
+// database itself, in staging), never follow a symlink out of the store,
+// never block on a FIFO, and refuse an empty file instead of letting bbolt
+// initialise it.
+func openDB(name string, flag int) (*os.File, error) {
+	fd, err := unix.Open(name, flag&^os.O_CREATE|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(fd, &st)
+	switch {
+	case err != nil:
+		err = &os.PathError{Op: "stat", Path: name, Err: err}
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		err = &os.PathError{Op: "open", Path: name, Err: unix.EISDIR}
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		err = fmt.Errorf("not a regular file (mode %#o)", st.Mode)
+	case st.Size == 0:
+		err = errEmptyDB
+	default:
+		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0) // clear O_NONBLOCK
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// dbOpenError classifies a bbolt.Open failure: lock timeout, missing file,
+// and I/O errors (EACCES, EIO, ELOOP …, anything carrying an errno) stay
+// themselves; only what bbolt found wrong with the content is ErrCorrupt.
+func dbOpenError(p, dir string, err error) error {
+	var errno unix.Errno
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("%w: %s", ErrBusy, p)
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%w at %s", ErrNoStore, dir)
+	case errors.As(err, &errno):
+		return fmt.Errorf("store database: %w", err) // err names the path
+	}
+	return fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
+}
+
+// oneLine keeps a panic message to one line of an error.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
 }
 
 func u64(v uint64) []byte {
@@ -463,19 +561,44 @@ func (s *Store) Events(n int) ([]Event, error) {
 }
 
 // Cleanup removes what interrupted work left behind: everything in staging/
-// and any trees/<id> without a tx record (a commit that died after placing
-// its tree but before recording it). Called by every writer's Open.
+// and any trees/<id> and boot/<id> without a tx record (a commit that died
+// after placing its tree but before recording it, an interrupted prune).
+// Called by every writer's Open.
+//
+// Everything goes through directory fds opened with O_NOFOLLOW (package
+// safefs): a symlink where the layout has a directory (staging itself,
+// staging/x, trees/<id>, trees itself) is damage. It is left alone,
+// neither followed nor removed; the rest is cleaned and the error (ErrDamaged)
+// names every such path, so writers refuse to work until a person removed it.
 func (s *Store) Cleanup() error {
 	if err := s.writable(); err != nil {
 		return err
 	}
-	staging := filepath.Join(s.Dir, "staging")
-	ents, err := os.ReadDir(staging)
+	dfd, err := openStoreDir(s.Dir)
 	if err != nil {
-		return fmt.Errorf("cleanup %s: %w", staging, err)
+		return fmt.Errorf("cleanup: %w", err)
 	}
-	for _, e := range ents {
-		if err := removeTree(filepath.Join(staging, e.Name())); err != nil {
+	defer unix.Close(dfd)
+	var damage damageList
+	for _, sub := range []string{"objects", "trees", "staging", "boot"} {
+		if err := s.checkDir(dfd, sub); err != nil {
+			if !errors.Is(err, ErrDamaged) {
+				return fmt.Errorf("cleanup: %w", err)
+			}
+			damage = append(damage, err)
+		}
+	}
+	// A consumed DIR killed mid-commit goes back before staging/ and
+	// unrecorded trees are removed (not through a damaged store directory).
+	if len(damage) == 0 {
+		if err := s.recoverConsumed(); err != nil {
+			return err
+		}
+	}
+	if sfd, err := safefs.OpenDir(dfd, "staging"); err == nil {
+		err := s.cleanStaging(sfd, &damage)
+		unix.Close(sfd)
+		if err != nil {
 			return err
 		}
 	}
@@ -489,46 +612,96 @@ func (s *Store) Cleanup() error {
 	}
 	// trees/<id> and boot/<id> without a record: an interrupted commit or prune.
 	for _, sub := range []string{"trees", "boot"} {
-		dir := filepath.Join(s.Dir, sub)
-		ents, err := os.ReadDir(dir)
-		if errors.Is(err, os.ErrNotExist) {
+		fd, err := safefs.OpenDir(dfd, sub)
+		if errors.Is(err, unix.ENOENT) || safefs.IsNotDir(err) { // not a directory: reported above
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("cleanup %s: %w", dir, err)
+			return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
 		}
-		removed := false
-		for _, e := range ents {
-			if !known[e.Name()] {
-				if err := removeTree(filepath.Join(dir, e.Name())); err != nil {
-					return err
+		err = s.removeUnknown(fd, sub, known, &damage)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+	}
+	return damage.err()
+}
+
+// cleanStaging empties the open staging directory: directories as trees,
+// other files unlinked, symlinks left alone as damage.
+func (s *Store) cleanStaging(sfd int, damage *damageList) error {
+	ents, err := safefs.List(sfd)
+	if err != nil {
+		return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
+	}
+	for _, e := range ents {
+		switch safefs.TypeOf(sfd, e) {
+		case unix.DT_LNK:
+			*damage = append(*damage, s.damaged(sfd, "staging", e.Name))
+		case unix.DT_DIR:
+			if err := safefs.RemoveTree(sfd, e.Name); err != nil {
+				if !errors.Is(err, safefs.ErrNotDir) {
+					return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
 				}
-				removed = true
+				*damage = append(*damage, s.damaged(sfd, "staging", e.Name))
 			}
-		}
-		if removed {
-			if err := cas.FsyncDir(dir); err != nil {
-				return err
+		default:
+			if err := unix.Unlinkat(sfd, e.Name, 0); err != nil && err != unix.ENOENT {
+				return fmt.Errorf("cleanup %s/staging/%s: %w", s.Dir, e.Name, err)
 			}
 		}
 	}
 	return nil
 }
 
-// removeTree deletes a tree whose directories may lack write bits.
+// removeUnknown removes the entries of the open directory fd (trees or
+// boot) not named in known; a non-directory among them is damage, left alone.
+func (s *Store) removeUnknown(fd int, sub string, known map[string]bool, damage *damageList) error {
+	ents, err := safefs.List(fd)
+	if err != nil {
+		return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
+	}
+	removed := false
+	for _, e := range ents {
+		if known[e.Name] {
+			continue
+		}
+		if err := safefs.RemoveTree(fd, e.Name); err != nil {
+			if !errors.Is(err, safefs.ErrNotDir) {
+				return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
+			}
+			*damage = append(*damage, s.damaged(fd, sub, e.Name))
+			continue
+		}
+		removed = true
+	}
+	if removed {
+		if err := unix.Fsync(fd); err != nil {
+			return fmt.Errorf("fsync %s/%s: %w", s.Dir, sub, err)
+		}
+	}
+	return nil
+}
+
+// removeTree deletes the directory tree at p (whose directories may lack
+// write bits) without following any symlink in it; p itself must be a
+// directory (else ErrDamaged, nothing removed) or missing.
 func removeTree(p string) error {
-	removeParallel(p)
-	err := os.RemoveAll(p)
-	if err == nil {
+	p = filepath.Clean(p)
+	dfd, err := openStoreDir(filepath.Dir(p))
+	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
-	filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(path, 0o700)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	defer unix.Close(dfd)
+	base := filepath.Base(p)
+	if err := safefs.RemoveTree(dfd, base); err != nil {
+		if errors.Is(err, safefs.ErrNotDir) {
+			return fmt.Errorf("%w: %s is %s, not a directory: left alone (not followed, not removed)", ErrDamaged, p, safefs.Describe(dfd, base))
 		}
-		return nil
-	})
-	if err := os.RemoveAll(p); err != nil {
 		return fmt.Errorf("remove %s: %w", p, err)
 	}
 	return nil
@@ -569,48 +742,4 @@ func (s *Store) SetConfig(name string, val []byte) error {
 		}
 		return meta.Put([]byte("cfg/"+name), val)
 	})
-}
-
-// removeParallel removes the subtrees two levels below p on a few
-// goroutines: ext4 unlinks spend most of their time waiting (journal), so
-// several at once finish a 100k-entry tree in about half the time of one
-// os.RemoveAll. Errors are ignored: removeTree's own pass reports them.
-func removeParallel(p string) {
-	top, err := os.ReadDir(p)
-	if err != nil {
-		return
-	}
-	var units []string
-	for _, e := range top {
-		sub := filepath.Join(p, e.Name())
-		if !e.IsDir() {
-			continue
-		}
-		kids, err := os.ReadDir(sub)
-		if err != nil {
-			continue
-		}
-		for _, k := range kids {
-			units = append(units, filepath.Join(sub, k.Name()))
-		}
-	}
-	if len(units) < 64 {
-		return
-	}
-	work := make(chan string)
-	var wg sync.WaitGroup
-	for i := 0; i < 4*runtime.GOMAXPROCS(0); i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for u := range work {
-				os.RemoveAll(u)
-			}
-		}()
-	}
-	for _, u := range units {
-		work <- u
-	}
-	close(work)
-	wg.Wait()
 }

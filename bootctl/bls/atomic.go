@@ -3,11 +3,7 @@ package bls
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 )
 
@@ -35,122 +31,37 @@ func isTempFor(file, name string) bool {
 	return err == nil
 }
 
-// syncDir makes a directory's entries (creates, renames, removals) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
-}
-
 // WriteFileAtomic replaces dir/name with data so that after a crash the file
 // holds either the old or the new content, never a mix: write a temp file in
-// dir, fsync it, rename it over name, fsync dir. perm is ignored on FAT.
-func WriteFileAtomic(dir, name string, data []byte, perm fs.FileMode) (err error) {
-	tmp, err := createTemp(dir, name, perm)
+// dir, fsync it, rename it over name, fsync dir. perm is ignored on FAT. An
+// existing name that is not a regular file is left alone (ErrNotRegular).
+func WriteFileAtomic(dir, name string, data []byte, perm fs.FileMode) error {
+	d, err := openESP(dir)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	return commitTemp(tmp, dir, name)
+	defer d.Close()
+	return d.writeAtomic(name, data, perm)
 }
 
-func createTemp(dir, name string, perm fs.FileMode) (*os.File, error) {
-	if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
-		return nil, fmt.Errorf("write %s: %w", filepath.Join(dir, name), fs.ErrInvalid)
-	}
-	for range 10 {
-		tn, err := tempName(name)
-		if err != nil {
-			return nil, err
-		}
-		f, err := os.OpenFile(filepath.Join(dir, tn), os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-		if errors.Is(err, fs.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("create temp for %s: %w", filepath.Join(dir, name), err)
-		}
-		return f, nil
-	}
-	return nil, fmt.Errorf("create temp for %s: %w", filepath.Join(dir, name), fs.ErrExist)
-}
-
-// commitTemp fsyncs and closes tmp, renames it to dir/name and fsyncs dir.
-func commitTemp(tmp *os.File, dir, name string) error {
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-	dst := filepath.Join(dir, name)
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return fmt.Errorf("rename %s: %w", dst, err)
-	}
-	return syncDir(dir)
-}
-
-// RenameAtomic renames dir/oldName to dir/newName (replacing newName if it
-// exists, like rename(2)) and fsyncs dir so the rename survives a crash.
+// RenameAtomic renames dir/oldName to dir/newName (replacing a regular
+// newName, like rename(2)) and fsyncs dir so the rename survives a crash.
 func RenameAtomic(dir, oldName, newName string) error {
-	if err := os.Rename(filepath.Join(dir, oldName), filepath.Join(dir, newName)); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", filepath.Join(dir, oldName), newName, err)
+	d, err := openESP(dir)
+	if err != nil {
+		return err
 	}
-	return syncDir(dir)
+	defer d.Close()
+	return d.rename(oldName, newName)
 }
 
-// RemoveDurable removes dir/name and fsyncs dir. A missing file is not an
-// error: the goal, its absence, holds.
+// RemoveDurable removes the regular file dir/name and fsyncs dir. A missing
+// file is not an error: the goal, its absence, holds.
 func RemoveDurable(dir, name string) error {
-	p := filepath.Join(dir, name)
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", p, err)
+	d, err := openESP(dir)
+	if err != nil {
+		return err
 	}
-	return syncDir(dir)
-}
-
-// mkdirAllDurable creates root/rel and any missing parents below root,
-// fsyncing each parent that gained a directory.
-func mkdirAllDurable(root, rel string) error {
-	cur := root
-	for _, c := range strings.Split(filepath.ToSlash(rel), "/") {
-		if c == "" {
-			continue
-		}
-		next := filepath.Join(cur, c)
-		err := os.Mkdir(next, 0o755)
-		switch {
-		case err == nil:
-			if err := syncDir(cur); err != nil {
-				return err
-			}
-		case errors.Is(err, fs.ErrExist):
-			st, serr := os.Stat(next)
-			if serr != nil {
-				return fmt.Errorf("mkdir %s: %w", next, serr)
-			}
-			if !st.IsDir() {
-				return fmt.Errorf("mkdir %s: %w", next, fs.ErrExist)
-			}
-		default:
-			return fmt.Errorf("mkdir %s: %w", next, err)
-		}
-		cur = next
-	}
-	return nil
+	defer d.Close()
+	return d.remove(name)
 }

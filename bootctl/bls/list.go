@@ -4,8 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,16 +29,31 @@ func List(esp, prefix string) ([]EntryFile, error) {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	if _, err := os.Stat(esp); err != nil {
-		return nil, fmt.Errorf("ESP %s: %w", esp, err)
+	root, err := openESP(esp)
+	if err != nil {
+		return nil, err
 	}
-	dir := filepath.Join(esp, filepath.FromSlash(EntriesDir))
-	des, err := os.ReadDir(dir)
+	defer root.Close()
+	// Not followed if a symlink: status must not list entries elsewhere.
+	loader, err := root.openDir(path.Dir(EntriesDir))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", dir, err)
+		return nil, err
+	}
+	defer loader.Close()
+	dir, err := loader.openDir(path.Base(EntriesDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	des, err := dir.list()
+	if err != nil {
+		return nil, err
 	}
 	var out []EntryFile
 	for _, de := range des {
@@ -51,11 +65,14 @@ func List(esp, prefix string) ([]EntryFile, error) {
 			continue
 		}
 		ef := EntryFile{File: de.Name(), Name: n}
-		p := filepath.Join(dir, de.Name())
-		if b, err := readLimited(p, MaxEntrySize+1); err != nil {
+		b, err := dir.readFile(de.Name(), MaxEntrySize)
+		if errors.Is(err, ErrNotRegular) {
+			continue // swapped since the listing
+		}
+		if err != nil {
 			ef.Err = err
 		} else if e, err := Parse(b); err != nil {
-			ef.Err = fmt.Errorf("%s: %w", p, err)
+			ef.Err = fmt.Errorf("%s: %w", dir.path(de.Name()), err)
 		} else {
 			ef.Entry = e
 			ef.TxID, ef.Digest = CmdlineTx(e.Options)

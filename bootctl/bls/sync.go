@@ -1,20 +1,15 @@
 package bls
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/txboot/txboot/txstore/bootstate"
 )
 
 // Layout on the ESP. Kernels and initrds are stored once per content digest
@@ -89,6 +84,11 @@ type Report struct {
 	BytesCopied    int64
 	LoaderConf     bool   // loader.conf rewritten
 	DefaultPattern string // loader.conf's `default` value
+	// Entries is the entry file name of each wanted tx after the sync
+	// (absent: it has none); callers check a blessing with it.
+	Entries  map[uint64]string
+	Problems []Problem // what could not be done, per tx; the rest was done
+	Skipped  []Problem // files on the ESP left alone: not regular, too large
 }
 
 // Changed reports whether Sync wrote anything to the ESP.
@@ -130,15 +130,19 @@ func (c SyncConfig) withDefaults() (SyncConfig, error) {
 			return c, fmt.Errorf("%w: %s %q spans lines", ErrConfig, what, v)
 		}
 	}
+	if err := CheckOptions(c.Options); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	if strings.ContainsAny(c.MachineID, " \t") {
 		return c, fmt.Errorf("%w: machine ID %q", ErrConfig, c.MachineID)
 	}
 	return c, nil
 }
 
-// selectTxs picks the txs that get entries: the newest Keep by ID, pinned
-// ones, the default, and the newest good one so that a good entry exists even
-// when the newest Keep are all on trial or bad. Sorted by ID.
+// selectTxs picks the txs that get entries by bootstate.Keep, the rule
+// prune uses: the newest good one (so a good entry exists even when the
+// newest Keep are all on trial or bad), the default, pinned ones, and the
+// newest Keep with bad ones after the others. Sorted by ID.
 func selectTxs(cfg SyncConfig, txs []TxInfo) ([]TxInfo, error) {
 	byID := make(map[uint64]TxInfo, len(txs))
 	for _, t := range txs {
@@ -158,14 +162,20 @@ func selectTxs(cfg SyncConfig, txs []TxInfo) ([]TxInfo, error) {
 	}
 	sorted := slices.Clone(txs)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].ID > sorted[j].ID })
-	want := make(map[uint64]bool)
-	newestGood := false
+	// The same rule as prune (bootstate.Keep), so no entry is written
+	// for a tx prune would remove while a good one goes without.
+	cands := make([]bootstate.KeepCandidate, len(sorted))
 	for i, t := range sorted {
-		if i < cfg.Keep || t.Pinned || t.ID == cfg.Default || (t.Good && !newestGood) {
-			want[t.ID] = true
+		st := bootstate.Pending
+		switch {
+		case t.Good:
+			st = bootstate.Good
+		case t.Bad:
+			st = bootstate.Bad
 		}
-		newestGood = newestGood || t.Good
+		cands[i] = bootstate.KeepCandidate{ID: t.ID, State: st, Pinned: t.Pinned}
 	}
+	want := bootstate.Keep(cands, cfg.Keep, cfg.Default)
 	var out []TxInfo
 	for i := len(sorted) - 1; i >= 0; i-- {
 		if want[sorted[i].ID] {
@@ -249,487 +259,4 @@ func entryFor(cfg SyncConfig, t TxInfo, kernelHex, initrdHex string) *Entry {
 		Initrd:    []string{"/" + path.Join(InitrdsDir, initrdHex, initrdFile)},
 		Options:   opts,
 	}
-}
-
-// Sync makes the ESP's txboot entries match txs. Order, so that a crash at
-// any point leaves bootable entries: (1) copy kernels and initrds; (2) create,
-// rewrite and rename entries; (3) set loader.conf's `default` to MenuPattern;
-// (4) remove entries of txs no longer wanted; (5) remove kernels and initrds
-// no entry references. Files that do not start with the prefix
-// are never touched. The caller holds the store's writer lock; nothing else
-// may rename entries meanwhile (systemd-bless-boot runs at boot).
-//
-// Boot counting: a tx neither good nor bad gets "+LEFT" when its entry is
-// created; an existing counter is kept as the bootloader left it. A good tx's
-// entry loses its counter (blessed). A bad tx keeps its entry, renamed to
-// "+0[-DONE]": systemd-boot sorts it last and never picks it by itself, and a
-// human can still choose it from the menu.
-//
-// Default selection: loader.conf's `default` matches all txboot entries and
-// the sort-key puts cfg.Default first (see sortKey), so systemd-boot boots
-// the default tx while it has tries left and the newest good tx after.
-// Needs systemd-boot v251+ (sort-key); older ones order by file name, newest
-// first, which still skips entries out of tries.
-func Sync(cfg SyncConfig, txs []TxInfo) (Report, error) {
-	var r Report
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		return r, err
-	}
-	want, err := selectTxs(cfg, txs)
-	if err != nil {
-		return r, err
-	}
-	for _, t := range want {
-		if err := checkTx(t); err != nil {
-			return r, err
-		}
-	}
-	if st, err := os.Stat(cfg.ESP); err != nil {
-		return r, fmt.Errorf("ESP %s: %w", cfg.ESP, err)
-	} else if !st.IsDir() {
-		return r, fmt.Errorf("ESP %s: %w", cfg.ESP, ErrConfig)
-	}
-	for _, d := range []string{EntriesDir, KernelsDir, InitrdsDir} {
-		if err := mkdirAllDurable(cfg.ESP, d); err != nil {
-			return r, err
-		}
-	}
-
-	// (1) Kernels and initrds, each content once.
-	c := copier{esp: cfg.ESP, hashes: map[string]string{}, done: map[string]bool{}, r: &r}
-	entries := make(map[uint64][]byte, len(want))
-	for _, t := range want {
-		kh, err := c.store(KernelsDir, kernelFile, t.KernelPath)
-		if err != nil {
-			return r, err
-		}
-		ih, err := c.store(InitrdsDir, initrdFile, t.InitrdPath)
-		if err != nil {
-			return r, err
-		}
-		e := entryFor(cfg, t, kh, ih)
-		if err := e.Validate(); err != nil {
-			return r, fmt.Errorf("tx %d: %w", t.ID, err)
-		}
-		entries[t.ID] = e.Marshal()
-	}
-
-	// (2) Entries.
-	entriesDir := filepath.Join(cfg.ESP, EntriesDir)
-	existing, err := scanEntries(entriesDir, cfg.EntryPrefix, &r)
-	if err != nil {
-		return r, err
-	}
-	for _, t := range want {
-		if err := syncEntry(cfg, entriesDir, t, existing[t.ID], entries[t.ID], &r); err != nil {
-			return r, err
-		}
-	}
-
-	// (3) loader.conf.
-	if err := syncLoaderConf(cfg, &r); err != nil {
-		return r, err
-	}
-
-	// (4) Entries of txs not wanted any more.
-	wanted := make(map[uint64]bool, len(want))
-	for _, t := range want {
-		wanted[t.ID] = true
-	}
-	ids := make([]uint64, 0, len(existing))
-	for id := range existing {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	for _, id := range ids {
-		if wanted[id] {
-			continue
-		}
-		for _, n := range existing[id] {
-			if err := RemoveDurable(entriesDir, n.String()); err != nil {
-				return r, err
-			}
-			r.Removed = append(r.Removed, path.Join(EntriesDir, n.String()))
-		}
-	}
-
-	// (5) Kernels and initrds nothing references.
-	refs, err := referencedBlobs(entriesDir)
-	if err != nil {
-		return r, err
-	}
-	for _, d := range []struct{ dir, file string }{{KernelsDir, kernelFile}, {InitrdsDir, initrdFile}} {
-		if err := gcBlobs(cfg.ESP, d.dir, d.file, refs, &r); err != nil {
-			return r, err
-		}
-	}
-	return r, nil
-}
-
-// scanEntries groups the txboot entry files in dir by tx ID. Names with the
-// prefix that are not "<prefix><id>[+counters].conf" are reported as ignored;
-// our own leftover temp files are removed.
-func scanEntries(dir, prefix string, r *Report) (map[uint64][]Name, error) {
-	des, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", dir, err)
-	}
-	out := make(map[uint64][]Name)
-	for _, de := range des {
-		f := de.Name()
-		if strings.HasPrefix(f, "."+prefix) && strings.HasSuffix(f, ".tmp") {
-			if n, ok := tempTarget(f); ok && strings.HasPrefix(n, prefix) && isTempFor(f, n) {
-				if err := RemoveDurable(dir, f); err != nil {
-					return nil, err
-				}
-				r.RemovedFiles = append(r.RemovedFiles, path.Join(EntriesDir, f))
-			}
-			continue
-		}
-		if !strings.HasPrefix(f, prefix) {
-			continue
-		}
-		n, err := ParseName(f)
-		var id uint64
-		ok := err == nil && de.Type().IsRegular()
-		if ok {
-			id, ok = n.TxID(prefix)
-		}
-		if !ok {
-			r.Ignored = append(r.Ignored, path.Join(EntriesDir, f))
-			continue
-		}
-		out[id] = append(out[id], n)
-	}
-	return out, nil
-}
-
-// tempTarget recovers the target name from a tempName result.
-func tempTarget(f string) (string, bool) {
-	s, ok := strings.CutSuffix(f, ".tmp")
-	if !ok || !strings.HasPrefix(s, ".") || len(s) < 18 {
-		return "", false
-	}
-	return s[1 : len(s)-17], true
-}
-
-// syncEntry gives tx t exactly one entry file, named for its state, holding
-// content.
-func syncEntry(cfg SyncConfig, dir string, t TxInfo, have []Name, content []byte, r *Report) error {
-	base := EntryBase(cfg.EntryPrefix, t.ID)
-	var plain *Name
-	var counted []Name
-	for i := range have {
-		if have[i].Counting {
-			counted = append(counted, have[i])
-		} else {
-			plain = &have[i]
-		}
-	}
-	// Of several counted files, the one with the fewest tries left: never
-	// hand back tries the bootloader already used.
-	sort.Slice(counted, func(i, j int) bool {
-		if counted[i].Left != counted[j].Left {
-			return counted[i].Left < counted[j].Left
-		}
-		if counted[i].Done != counted[j].Done {
-			return counted[i].Done > counted[j].Done
-		}
-		return counted[i].String() < counted[j].String()
-	})
-	tries := t.TriesLeft
-	if tries <= 0 {
-		tries = cfg.Tries
-	}
-
-	var keep *Name // existing file to reuse, if any
-	var target Name
-	switch {
-	case t.Good:
-		target = Name{Base: base}
-		if plain != nil {
-			keep = plain
-		} else if len(counted) > 0 {
-			keep = &counted[0]
-		}
-	case t.Bad:
-		if len(counted) > 0 {
-			keep = &counted[0]
-			target = counted[0]
-			target.Left = 0
-		} else {
-			target = Name{Base: base, Counting: true, Left: 0, LeftDigits: 1}
-			keep = plain
-		}
-	default:
-		if len(counted) > 0 {
-			// The bootloader's counters are authoritative for the name.
-			keep = &counted[0]
-			target = counted[0]
-		} else {
-			target = Name{Base: base, Counting: true, Left: tries}
-			keep = plain
-		}
-	}
-
-	tname := target.String()
-	rel := path.Join(EntriesDir, tname)
-	if keep != nil && keep.String() != tname {
-		if err := RenameAtomic(dir, keep.String(), tname); err != nil {
-			return err
-		}
-		r.Renamed = append(r.Renamed, Rename{From: path.Join(EntriesDir, keep.String()), To: rel})
-	}
-	cur, err := os.ReadFile(filepath.Join(dir, tname))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("read %s: %w", filepath.Join(dir, tname), err)
-	}
-	switch {
-	case err == nil && bytes.Equal(cur, content):
-		if keep != nil && keep.String() == tname {
-			r.Kept = append(r.Kept, rel)
-		}
-	default:
-		if err := WriteFileAtomic(dir, tname, content, 0o644); err != nil {
-			return err
-		}
-		r.Written = append(r.Written, rel)
-	}
-	// Twins: any other file for this tx disagrees with its state. systemd
-	// stops blessing when an unsuffixed twin exists, so remove them.
-	for _, n := range have {
-		if keep != nil && n == *keep {
-			continue
-		}
-		if n.String() == tname {
-			continue
-		}
-		if err := RemoveDurable(dir, n.String()); err != nil {
-			return err
-		}
-		r.Removed = append(r.Removed, path.Join(EntriesDir, n.String()))
-	}
-	return nil
-}
-
-func syncLoaderConf(cfg SyncConfig, r *Report) error {
-	p := filepath.Join(cfg.ESP, LoaderConf)
-	if err := removeTemps(filepath.Dir(p), path.Dir(LoaderConf), filepath.Base(p), r); err != nil {
-		return err
-	}
-	cur, err := readLimited(p, maxConfSize)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	pat := MenuPattern(cfg.EntryPrefix)
-	r.DefaultPattern = pat
-	next := SetLoaderDefault(cur, pat)
-	if err == nil && bytes.Equal(cur, next) {
-		return nil
-	}
-	if err := WriteFileAtomic(filepath.Dir(p), filepath.Base(p), next, 0o644); err != nil {
-		return err
-	}
-	r.LoaderConf = true
-	return nil
-}
-
-func readLimited(p string, limit int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", p, err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("read %s: %w", p, ErrTooLarge)
-	}
-	return b, nil
-}
-
-// copier puts files on the ESP under dir/<sha256>/file.
-type copier struct {
-	esp    string
-	hashes map[string]string // host path -> hex digest
-	done   map[string]bool   // ESP rel path already checked this run
-	r      *Report
-}
-
-func hashFile(p string) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, fmt.Errorf("open %s: %w", p, err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("read %s: %w", p, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
-
-// store copies src to <esp>/dir/<hex>/file unless it is there already with
-// the right size and content, and returns hex.
-func (c *copier) store(dir, file, src string) (string, error) {
-	st, err := os.Stat(src)
-	if err != nil {
-		return "", fmt.Errorf("stat %s: %w", src, err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("%s: %w: not a regular file", src, ErrTx)
-	}
-	hx, ok := c.hashes[src]
-	if !ok {
-		if hx, _, err = hashFile(src); err != nil {
-			return "", err
-		}
-		c.hashes[src] = hx
-	}
-	rel := path.Join(dir, hx, file)
-	if c.done[rel] {
-		return hx, nil
-	}
-	dst := filepath.Join(c.esp, filepath.FromSlash(rel))
-	if have, err := os.Stat(dst); err == nil && have.Mode().IsRegular() && have.Size() == st.Size() {
-		// Sizes match: only now is hashing the ESP copy worth it.
-		if got, _, err := hashFile(dst); err == nil && got == hx {
-			c.done[rel] = true
-			return hx, nil
-		}
-	}
-	if err := mkdirAllDurable(c.esp, path.Join(dir, hx)); err != nil {
-		return "", err
-	}
-	n, err := copyVerified(src, filepath.Dir(dst), file, hx)
-	if err != nil {
-		return "", err
-	}
-	c.done[rel] = true
-	c.r.Copied = append(c.r.Copied, rel)
-	c.r.BytesCopied += n
-	return hx, nil
-}
-
-// copyVerified writes src to dir/name atomically and checks that what was
-// written hashes to wantHex: the name is the digest, so it must be true.
-func copyVerified(src, dir, name, wantHex string) (n int64, err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return 0, fmt.Errorf("open %s: %w", src, err)
-	}
-	defer in.Close()
-	tmp, err := createTemp(dir, name, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}()
-	h := sha256.New()
-	n, err = io.Copy(io.MultiWriter(tmp, h), in)
-	if err != nil {
-		tmp.Close()
-		return 0, fmt.Errorf("copy %s to %s: %w", src, tmp.Name(), err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != wantHex {
-		tmp.Close()
-		return 0, fmt.Errorf("%s: %w", src, ErrSourceChanged)
-	}
-	return n, commitTemp(tmp, dir, name)
-}
-
-// referencedBlobs collects the digests of every txboot kernel and initrd
-// named by any .conf file in dir, ours or not, parsable or not: a plain token
-// scan, so nothing an entry still needs is ever removed.
-func referencedBlobs(dir string) (map[string]bool, error) {
-	des, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", dir, err)
-	}
-	refs := make(map[string]bool)
-	for _, de := range des {
-		if !strings.HasSuffix(strings.ToLower(de.Name()), confSuffix) {
-			continue
-		}
-		p := filepath.Join(dir, de.Name())
-		b, err := readLimited(p, maxConfSize)
-		if err != nil {
-			return nil, err
-		}
-		// FAT is case-insensitive and systemd-boot accepts '\' separators.
-		s := strings.ReplaceAll(strings.ToLower(string(b)), `\`, "/")
-		for _, d := range []string{KernelsDir, InitrdsDir} {
-			for rest := s; ; {
-				i := strings.Index(rest, d+"/")
-				if i < 0 {
-					break
-				}
-				rest = rest[i+len(d)+1:]
-				if len(rest) >= 64 && isHex64(rest[:64]) {
-					refs[d+"/"+rest[:64]] = true
-				}
-			}
-		}
-	}
-	return refs, nil
-}
-
-// gcBlobs removes dir/<hex> directories no entry references, and leftover
-// temp files in the referenced ones. Names that are not digests are not ours
-// and are left alone.
-func gcBlobs(esp, dir, file string, refs map[string]bool, r *Report) error {
-	full := filepath.Join(esp, filepath.FromSlash(dir))
-	des, err := os.ReadDir(full)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", full, err)
-	}
-	for _, de := range des {
-		hx := de.Name()
-		if !de.IsDir() || !isHex64(hx) {
-			continue
-		}
-		sub := filepath.Join(full, hx)
-		if refs[dir+"/"+hx] {
-			if err := removeTemps(sub, path.Join(dir, hx), file, r); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := os.RemoveAll(sub); err != nil {
-			return fmt.Errorf("remove %s: %w", sub, err)
-		}
-		if err := syncDir(full); err != nil {
-			return err
-		}
-		r.RemovedFiles = append(r.RemovedFiles, path.Join(dir, hx))
-	}
-	return nil
-}
-
-// removeTemps removes leftover temp files for name in dir (rel: dir relative
-// to the ESP, for the report): debris of a crash between create and rename.
-func removeTemps(dir, rel, name string, r *Report) error {
-	des, err := os.ReadDir(dir)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("read %s: %w", dir, err)
-	}
-	for _, de := range des {
-		if isTempFor(de.Name(), name) {
-			if err := RemoveDurable(dir, de.Name()); err != nil {
-				return err
-			}
-			r.RemovedFiles = append(r.RemovedFiles, path.Join(rel, de.Name()))
-		}
-	}
-	return nil
 }

@@ -122,7 +122,31 @@ func markGood(e *env, s *txstore.Store, id uint64, why string, ef *entryFlags) e
 	} else if nd != 0 {
 		fmt.Fprintf(e.stdout, "default was bad; tx %d is the default now\n", nd)
 	}
-	return resync(e, s, ef)
+	// Other entries' problems are warnings; only an entry of this tx that
+	// could not be blessed (renamed without its counter) fails the verb.
+	return resync(e, s, ef, func(rep *bls.Report) error {
+		return ownEntry(rep, id, "blessed", func(n bls.Name) bool { return !n.Counting })
+	})
+}
+
+// ownEntry fails when tx id had a problem and its entry (if it has one)
+// is not in the state ok wants; a stale content alone is only a warning.
+func ownEntry(rep *bls.Report, id uint64, what string, ok func(bls.Name) bool) error {
+	var errs []error
+	for _, p := range rep.Problems {
+		if p.TxID == id {
+			errs = append(errs, p.Err)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	if f, has := rep.Entries[id]; has {
+		if n, perr := bls.ParseName(f); perr == nil && ok(n) {
+			return nil
+		}
+	}
+	return fmt.Errorf("tx %d: boot entry not %s: %w", id, what, errors.Join(errs...))
 }
 
 func markBad(e *env, s *txstore.Store, id uint64, reason string, ef *entryFlags) error {
@@ -138,7 +162,9 @@ func markBad(e *env, s *txstore.Store, id uint64, reason string, ef *entryFlags)
 	} else if nd != 0 {
 		fmt.Fprintf(e.stdout, "tx %d is the default now\n", nd)
 	}
-	return resync(e, s, ef)
+	return resync(e, s, ef, func(rep *bls.Report) error {
+		return ownEntry(rep, id, "marked bad (+0)", func(n bls.Name) bool { return n.Bad() })
+	})
 }
 
 // reboot asks systemd when it runs, else syncs and reboots directly.
@@ -180,6 +206,9 @@ func init() {
 			fs.BoolVar(&rebootAfter, "reboot", false, "reboot afterwards")
 		},
 		run: func(e *env, args []string) error {
+			if err := checkText("--reason", reason); err != nil {
+				return err
+			}
 			id, err := targetID(args)
 			if err != nil {
 				return err
@@ -252,7 +281,7 @@ func init() {
 				if ev.TxID != 0 {
 					tx = fmt.Sprintf("tx %d ", ev.TxID)
 				}
-				fmt.Fprintf(e.stdout, "%s  %-12s %s%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Kind, tx, ev.Detail)
+				fmt.Fprintf(e.stdout, "%s  %-12s %s%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), printable(ev.Kind), tx, printable(ev.Detail))
 			}
 			return nil
 		}})
@@ -343,8 +372,13 @@ func init() {
 			if err != nil {
 				return err
 			}
+			// systemd-boot ignores a one-shot that matches no entry and boots
+			// the default, so without an entry "next boot: tx N" would be false.
+			if err := hasEntry(e, s, id); err != nil {
+				return err
+			}
 			if t.State == txstore.StateBad {
-				fmt.Fprintf(e.stderr, "warning: tx %d is marked bad (%s); initagent will refuse it unless its entry adds txboot.force=1\n", id, t.LastFailure)
+				fmt.Fprintf(e.stderr, "warning: tx %d is marked bad (%s); initagent will refuse it unless its entry adds txboot.force=1\n", id, printable(t.LastFailure))
 			}
 			pat := bls.EntryPattern(bls.DefaultPrefix, id)
 			if err := efivars.New(efiDir).SetEntryOneShot(pat); err != nil {
@@ -360,6 +394,28 @@ func init() {
 }
 
 var logN int
+
+// hasEntry checks that tx id has a readable entry on the ESP.
+func hasEntry(e *env, s *txstore.Store, id uint64) error {
+	c, ok, err := loadEntriesConfig(s, e.root, nil)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return exitError{ExitFail, fmt.Sprintf("tx %d has no boot entry: no ESP is configured or found (bootctl entries sync --esp ESP writes the entries)", id)}
+	}
+	files, err := bls.List(c.ESP, bls.DefaultPrefix)
+	if err != nil {
+		return err
+	}
+	base := bls.EntryBase(bls.DefaultPrefix, id)
+	for _, f := range files {
+		if f.Err == nil && strings.EqualFold(f.Name.Base, base) {
+			return nil
+		}
+	}
+	return exitError{ExitFail, fmt.Sprintf("tx %d has no boot entry on %s (no readable %s/%s*.conf); boot-once needs one", id, c.ESP, bls.EntriesDir, base)}
+}
 
 // clearMenuDefault removes LoaderEntryDefault after set-default or rollback:
 // systemd-boot prefers it over loader.conf, so a default once picked in the
@@ -531,7 +587,7 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			fmt.Fprintln(w)
 			if out.Info != nil {
 				for _, f := range out.Info.Failures {
-					fmt.Fprintf(w, "          tx %d failed this boot: %s\n", f.Tx, f.Reason)
+					fmt.Fprintf(w, "          tx %d failed this boot: %s\n", f.Tx, printable(f.Reason))
 				}
 			}
 		} else {
@@ -539,14 +595,14 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 		}
 		fmt.Fprintf(w, "Default:  tx %d\n", def)
 		if out.LoaderEntry != "" {
-			fmt.Fprintf(w, "Loader:   %s", out.LoaderEntry)
+			fmt.Fprintf(w, "Loader:   %s", printable(out.LoaderEntry))
 			if out.LoaderCounter != "" {
-				fmt.Fprintf(w, " (counting: %s)", out.LoaderCounter)
+				fmt.Fprintf(w, " (counting: %s)", printable(out.LoaderCounter))
 			}
 			fmt.Fprintln(w)
 		}
 		if out.MenuDefault != "" {
-			fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", out.MenuDefault)
+			fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", printable(out.MenuDefault))
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tFLAGS\tSUMMARY / LAST FAILURE")
@@ -570,11 +626,11 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			if t.State == txstore.StatePending || t.State == txstore.StateTrying {
 				tries = fmt.Sprint(t.TriesLeft)
 			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, strings.Join(flags, ","), note)
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, strings.Join(flags, ","), printable(note))
 		}
 		tw.Flush()
 		if out.ESP != "" {
-			fmt.Fprintf(w, "\nEntries on %s: %s\n", out.ESP, strings.Join(out.Entries, " "))
+			fmt.Fprintf(w, "\nEntries on %s: %s\n", printable(out.ESP), printable(strings.Join(out.Entries, " ")))
 		}
 		return nil
 	}

@@ -170,6 +170,12 @@ func report(stderr io.Writer, name string, err error) int {
 		code = ExitBusy
 	}
 	if msg := err.Error(); msg != "" {
+		// The store names its operation ("gc: …"); when that is the verb,
+		// say it once.
+		msg = strings.TrimPrefix(msg, name+": ")
+		if errors.Is(err, txstore.ErrCorrupt) && name != "fsck" {
+			msg += " (bootctl fsck --repair rebuilds it from the trees)"
+		}
 		fmt.Fprintf(stderr, "bootctl %s: %s\n", name, msg)
 	}
 	return code

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/txboot/txboot/bootctl/bls"
 	"github.com/txboot/txboot/txstore"
@@ -24,6 +26,8 @@ type entriesConfig struct {
 	Keep      int    `json:"keep"`
 	OSName    string `json:"os_name,omitempty"`
 	MachineID string `json:"machine_id,omitempty"`
+
+	warnings []string // about the saved settings, shown with the sync's report
 }
 
 const entriesKey = "entries"
@@ -38,11 +42,18 @@ type entryFlags struct {
 func (f *entryFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.esp, "esp", "", "ESP mount point (saved; default: the saved one, else /boot/efi, /efi, /boot)")
 	fs.StringVar(&f.rootArg, "root-arg", "", "root= value for entries, e.g. PARTUUID=… (saved)")
-	fs.Func("options", "extra kernel arguments for entries (saved)", func(s string) error {
+	fs.Func("options", "extra kernel arguments for entries (saved; not root=, initrd= or txboot.*)", func(s string) error {
+		// Checked here so that nothing is saved: the user's arguments come
+		// last and the last occurrence wins, so txboot.tx= would retarget
+		// every entry.
+		if err := bls.CheckOptions(s); err != nil {
+			return err
+		}
 		f.options, f.optionsSet = s, true
 		return nil
 	})
-	fs.IntVar(&f.keep, "keep", 0, "entries for the newest N txs, plus pinned and default (saved; default 5)")
+	// 0 means "not given" (keep the saved value); given, it must be >= 1.
+	fs.Func("keep", "entries for the newest N txs, plus pinned and default (saved; default 5)", rangeFlag(&f.keep, 1, -1, "--keep must be at least 1"))
 	fs.StringVar(&f.osName, "os-name", "", "menu title prefix (saved)")
 }
 
@@ -75,6 +86,12 @@ func loadEntriesConfig(s *txstore.Store, root string, f *entryFlags) (entriesCon
 		if f.osName != "" {
 			c.OSName = f.osName
 		}
+	}
+	if kept, dropped := bls.StripReservedOptions(c.Options); len(dropped) > 0 {
+		// Saved before --options was checked: never used, and the next
+		// `entries sync` saves the options without them.
+		c.warnings = append(c.warnings, fmt.Sprintf("saved --options %q: ignoring %q (root= goes in --root-arg; initrd= and txboot.* are txboot's own)", c.Options, strings.Join(dropped, " ")))
+		c.Options = kept
 	}
 	if c.Keep == 0 {
 		c.Keep = 5
@@ -128,6 +145,7 @@ func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Rep
 		return nil, err
 	}
 	var infos []bls.TxInfo
+	var early []bls.Problem // per tx, before bls.Sync
 	skip := map[uint64]bool{}
 	for _, id := range without {
 		skip[id] = true
@@ -140,7 +158,8 @@ func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Rep
 		initrd := initrdPath(s, t.ID)
 		if !fileExists(initrd) && t.State != txstore.StateBad {
 			if err := buildInitrd(s, t, "", ""); err != nil {
-				return nil, err
+				early = append(early, bls.Problem{TxID: t.ID, Err: err})
+				continue
 			}
 		}
 		if !fileExists(initrd) {
@@ -150,10 +169,23 @@ func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Rep
 			KernelPath: filepath.Join(s.TreeDir(t.ID), "lib/modules", kver, "vmlinuz"), InitrdPath: initrd,
 			Good: t.State == txstore.StateGood, Bad: t.State == txstore.StateBad, TriesLeft: t.TriesLeft, Pinned: t.Pinned})
 	}
+	if !slices.ContainsFunc(infos, func(t bls.TxInfo) bool { return t.ID == def }) {
+		def = 0 // no entry for it (no kernel, or its initrd failed): none sorts first
+	}
 	rep, err := bls.Sync(bls.SyncConfig{ESP: c.ESP, Keep: c.Keep, Default: def, Options: c.Options, Root: c.RootArg,
 		OSName: c.OSName, MachineID: c.MachineID}, infos)
-	if err != nil {
-		return nil, fmt.Errorf("entries on %s: %w", c.ESP, err)
+	if err != nil && len(rep.Problems) == 0 {
+		return nil, fmt.Errorf("entries on %s: %w", c.ESP, err) // nothing could be done
+	}
+	rep.Problems = append(early, rep.Problems...)
+	for _, w := range c.warnings {
+		rep.Skipped = append(rep.Skipped, bls.Problem{Path: "settings", Err: errors.New(w)})
+	}
+	// Prune must not remove a tx whose entry is still on the ESP.
+	for _, id := range without {
+		if err := rep.TxErr(id); err != nil {
+			return &rep, fmt.Errorf("entries on %s: %w", c.ESP, err)
+		}
 	}
 	return &rep, nil
 }
@@ -226,11 +258,28 @@ func printSync(e *env, rep *bls.Report) {
 	for _, r := range rep.RemovedFiles {
 		fmt.Fprintf(e.stdout, "entries: removed %s\n", r)
 	}
+	printSyncWarnings(e, rep)
+}
+
+// printSyncWarnings puts what the sync could not do, and what it left
+// alone, on stderr: one line each, naming the tx and the path.
+func printSyncWarnings(e *env, rep *bls.Report) {
+	if rep == nil {
+		return
+	}
+	for _, p := range rep.Problems {
+		fmt.Fprintf(e.stderr, "bootctl: warning: entries: %v\n", p)
+	}
+	for _, p := range rep.Skipped {
+		fmt.Fprintf(e.stderr, "bootctl: warning: entries: left alone: %v\n", p)
+	}
 }
 
 // resync re-syncs entries when an ESP is configured; a missing ESP is not
-// an error (not every system lets txboot manage its bootloader).
-func resync(e *env, s *txstore.Store, f *entryFlags) error {
+// an error (not every system lets txboot manage its bootloader). What fails
+// for single entries is printed as warnings; each check decides whether
+// the caller's own entry's state is an error.
+func resync(e *env, s *txstore.Store, f *entryFlags, checks ...func(*bls.Report) error) error {
 	c, ok, err := loadEntriesConfig(s, e.root, f)
 	if err != nil || !ok {
 		return err
@@ -244,6 +293,13 @@ func resync(e *env, s *txstore.Store, f *entryFlags) error {
 	}
 	if !e.json {
 		printSync(e, rep)
+	} else {
+		printSyncWarnings(e, rep)
+	}
+	for _, check := range checks {
+		if err := check(rep); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -269,9 +325,7 @@ func init() {
 			if !ok {
 				return usagef("no ESP: pass --esp PATH (the mounted EFI system partition)")
 			}
-			if err := os.MkdirAll(filepath.Join(c.ESP, "loader", "entries"), 0o755); err != nil {
-				return err
-			}
+			// bls.Sync creates loader/entries itself, never through a symlink.
 			rep, err := syncEntries(s, c)
 			if err != nil {
 				return err
@@ -279,10 +333,23 @@ func init() {
 			if err := saveEntriesConfig(s, c); err != nil {
 				return err
 			}
+			// Problems of single entries: the others were synced; say
+			// so, and exit 1.
+			failed := exitError{ExitFail, fmt.Sprintf("%d problem(s) with entries on %s (see the warnings)", len(rep.Problems), c.ESP)}
 			if e.json {
-				return e.printJSON(rep)
+				printSyncWarnings(e, rep)
+				if err := e.printJSON(rep); err != nil {
+					return err
+				}
+				if len(rep.Problems) > 0 {
+					return failed
+				}
+				return nil
 			}
 			printSync(e, rep)
+			if len(rep.Problems) > 0 {
+				return failed
+			}
 			if !rep.Changed() {
 				fmt.Fprintln(e.stdout, "entries: up to date")
 			}

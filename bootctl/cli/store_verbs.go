@@ -19,7 +19,8 @@ func init() {
 		help: "store DIR (the new /usr's contents) as a new transaction",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&summary, "summary", "", "one-line description")
-			fs.IntVar(&tries, "tries", 0, "boot tries before the tx counts as bad (default 3)")
+			tries = 0 // txstore's default (3)
+			fs.Func("tries", "boot tries before the tx counts as bad, 1..99 (default 3)", rangeFlag(&tries, 1, 99, "--tries must be 1..99"))
 			fs.BoolVar(&noDefault, "no-default", false, "do not make the new tx the default")
 			fs.BoolVar(&consume, "consume", false, "take DIR's files into the store by hardlink instead of copying, and remove DIR afterwards")
 			fs.StringVar(&mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
@@ -31,8 +32,8 @@ func init() {
 			if len(args) != 1 {
 				return usagef("commit takes one directory")
 			}
-			if tries < 0 || tries > 99 {
-				return usagef("--tries must be 1..99")
+			if err := checkText("--summary", summary); err != nil {
+				return err
 			}
 			s, err := e.open(true)
 			if err != nil {
@@ -106,7 +107,7 @@ func init() {
 				flags = append(flags, "pinned")
 			}
 			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", t.ID, t.State, t.TriesLeft,
-				t.Created.Local().Format("2006-01-02 15:04"), shortDigest(t.Digest), strings.Join(flags, ","), t.Summary)
+				t.Created.Local().Format("2006-01-02 15:04"), shortDigest(t.Digest), strings.Join(flags, ","), printable(t.Summary))
 		}
 		return tw.Flush()
 	}})
@@ -128,10 +129,10 @@ func init() {
 			return e.printJSON(t)
 		}
 		fmt.Fprintf(e.stdout, "tx %d\n  digest:   %s\n  parent:   %d\n  created:  %s\n  summary:  %s\n  entries:  %d (%s)\n  kernels:  %s\n  state:    %s (tries left %d, spent %d)\n  pinned:   %v\n  tree:     %s\n",
-			t.ID, t.Digest, t.Parent, t.Created.Local().Format(time.RFC3339), t.Summary, t.Entries, human(t.Bytes),
-			strings.Join(t.Kernels, " "), t.State, t.TriesLeft, t.Tries, t.Pinned, s.TreeDir(t.ID))
+			t.ID, t.Digest, t.Parent, t.Created.Local().Format(time.RFC3339), printable(t.Summary), t.Entries, human(t.Bytes),
+			printable(strings.Join(t.Kernels, " ")), t.State, t.TriesLeft, t.Tries, t.Pinned, s.TreeDir(t.ID))
 		if t.LastFailure != "" {
-			fmt.Fprintf(e.stdout, "  failure:  %s\n", t.LastFailure)
+			fmt.Fprintf(e.stdout, "  failure:  %s\n", printable(t.LastFailure))
 		}
 		return nil
 	}})
@@ -208,7 +209,11 @@ func init() {
 					}
 					fmt.Fprintf(e.stdout, "tx %d: %d problem(s)\n", r.ID, len(r.Problems))
 					for _, p := range r.Problems {
-						fmt.Fprintf(e.stdout, "  %s/trees/%d/%s\n", s.Dir, r.ID, p)
+						if p.Path == txstore.ManifestProblem { // not a path in the tree
+							fmt.Fprintf(e.stdout, "  %s: %s\n", manifestName(s, r.ID), printable(p.Reason))
+							continue
+						}
+						fmt.Fprintf(e.stdout, "  %s/trees/%d/%s\n", s.Dir, r.ID, printable(p.String()))
 					}
 				}
 			}
@@ -237,14 +242,16 @@ func init() {
 				return err
 			}
 			defer s.Close()
-			// Entries first: none may point at a tx that is gone.
-			plan, err := s.PrunePlan(keep, booted())
+			// Entries first, under prune's locks: none may point at a tx
+			// that is gone, and the plan cannot change before the removal.
+			c, haveEntries, err := loadEntriesConfig(s, e.root, nil)
 			if err != nil {
 				return err
 			}
-			if c, ok, err := loadEntriesConfig(s, e.root, nil); err != nil {
-				return err
-			} else if ok && c.RootArg != "" {
+			res, err := s.PruneWith(keep, []uint64{booted()}, func(plan []uint64) error {
+				if !haveEntries || c.RootArg == "" {
+					return nil
+				}
 				rep, err := syncEntries(s, c, plan...)
 				if err != nil {
 					return err
@@ -252,23 +259,40 @@ func init() {
 				if !e.json {
 					printSync(e, rep)
 				}
+				return nil
+			})
+			if res == nil {
+				return err // nothing removed
 			}
-			res, err := s.Prune(keep, booted())
-			if err != nil {
-				return err
+			if err != nil { // records removed, some tree left alone (damage)
+				if e.json {
+					e.printJSON(map[string]any{"prune": res, "error": err.Error()})
+				} else {
+					fmt.Fprintf(e.stdout, "removed %d tx(s) %v, kept %v\n", len(res.Removed), res.Removed, res.Kept)
+				}
+				return fmt.Errorf("prune removed tx(s) %v, but not all of their files: %w", res.Removed, err)
+			}
+			if !e.json {
+				fmt.Fprintf(e.stdout, "removed %d tx(s) %v, kept %v\n", len(res.Removed), res.Removed, res.Kept)
 			}
 			var gc *txstore.GCStats
+			var gcErr error
 			if !noGC {
-				if gc, err = s.GC(); err != nil {
-					return err
-				}
+				gc, gcErr = s.GC()
 			}
 			if e.json {
-				return e.printJSON(map[string]any{"prune": res, "gc": gc})
-			}
-			fmt.Fprintf(e.stdout, "removed %d tx(s) %v, kept %v\n", len(res.Removed), res.Removed, res.Kept)
-			if gc != nil {
+				out := map[string]any{"prune": res, "gc": gc}
+				if gcErr != nil {
+					out["gc_error"] = gcErr.Error()
+				}
+				if err := e.printJSON(out); err != nil {
+					return err
+				}
+			} else if gc != nil {
 				fmt.Fprintf(e.stdout, "gc: removed %d objects, freed %s\n", gc.Removed, human(gc.FreedBytes))
+			}
+			if gcErr != nil {
+				return fmt.Errorf("gc: %w (prune itself succeeded: removed %d tx(s) %v; only gc failed)", gcErr, len(res.Removed), res.Removed)
 			}
 			return nil
 		}})
@@ -284,6 +308,9 @@ func init() {
 		defer s.Close()
 		gc, err := s.GC()
 		if err != nil {
+			if gc != nil && !e.json { // what it did before it found the damage
+				fmt.Fprintf(e.stdout, "gc: %d objects referenced, removed %d, freed %s\n", gc.Referenced, gc.Removed, human(gc.FreedBytes))
+			}
 			return err
 		}
 		if e.json {
@@ -315,6 +342,14 @@ func init() {
 			return nil
 		}})
 	}
+}
+
+// manifestName names tx id's manifest object for a problem report.
+func manifestName(s *txstore.Store, id uint64) string {
+	if t, err := s.Get(id); err == nil {
+		return fmt.Sprintf("manifest object sha256:%s of tx %d", t.Manifest, id)
+	}
+	return fmt.Sprintf("manifest of tx %d", id)
 }
 
 func shortDigest(d string) string {

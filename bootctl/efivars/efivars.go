@@ -117,7 +117,7 @@ func (v *Vars) Read(name, guid string) (Attributes, []byte, error) {
 	defer f.Close()
 	buf, err := io.ReadAll(io.LimitReader(f, MaxVarSize+1))
 	if err != nil {
-		return 0, nil, fmt.Errorf("read %s: %w", p, err)
+		return 0, nil, err // *fs.PathError: already "read <p>: …"
 	}
 	if len(buf) > MaxVarSize {
 		return 0, nil, fmt.Errorf("%s: %w: larger than %d bytes", p, ErrMalformed, MaxVarSize)

@@ -53,6 +53,9 @@ type Result struct {
 	OnTrial   bool          `json:"on_trial"`
 	Verify    time.Duration `json:"verify_ns"`
 	Assemble  time.Duration `json:"assemble_ns"`
+	// NoDatabase: store.db could not be read or written, so the tx was
+	// booted without recording a try (boot counting off); why.
+	NoDatabase string `json:"no_database,omitempty"`
 }
 
 // Logf logs one line at a syslog level (3 error, 4 warning, 5 notice, 6 info, 7 debug).
@@ -78,12 +81,18 @@ func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, e
 	res := &Result{Requested: req.Tx}
 	if res.Requested == 0 {
 		def, err := s.Default()
+		if errors.Is(err, txstore.ErrCorrupt) {
+			return chooseWithoutDB(s, req, asm, logf, err)
+		}
 		if err != nil {
 			return res, fmt.Errorf("read default tx: %w", err)
 		}
 		res.Requested = def
 	}
 	all, err := s.List()
+	if errors.Is(err, txstore.ErrCorrupt) {
+		return chooseWithoutDB(s, req, asm, logf, err)
+	}
 	if err != nil {
 		return res, fmt.Errorf("list transactions: %w", err)
 	}
@@ -229,6 +238,14 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 		onTrial = x.State != txstore.StateGood
 		return nil
 	})
+	if errors.Is(err, txstore.ErrCorrupt) {
+		// The database reads but cannot be written: boot what was just
+		// verified, uncounted, rather than nothing at all.
+		logf(2, "tx %d: the boot attempt cannot be recorded: %v; %s", t.ID, err, noCounting)
+		res.NoDatabase = err.Error()
+		res.Tx, res.Init, res.OnTrial = t, init, false
+		return "", false
+	}
 	if err != nil {
 		asm.Unmount()
 		return "could not record the boot attempt: " + err.Error(), false

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +33,8 @@ type Info struct {
 	OnTrial   bool             `json:"on_trial"`
 	Watchdog  int              `json:"watchdog_seconds,omitempty"`
 	PhasesMS  map[string]int64 `json:"phases_ms"`
+	// NoDatabase: booted without store.db (damaged): boot counting off; why.
+	NoDatabase string `json:"no_database,omitempty"`
 }
 
 type phases struct {
@@ -138,7 +139,10 @@ func Main() {
 	if res.OnTrial {
 		wd = armWatchdog(log, cfg)
 	}
-	info := Info{Booted: res.Tx.ID, Requested: res.Requested, Failures: res.Failures, OnTrial: res.OnTrial, Watchdog: wd, PhasesMS: ph.ms}
+	if res.NoDatabase != "" { // on the console even with quiet
+		log.console("\ntxboot: WARNING: the store's database is damaged: %s\ntxboot: booting tx %d %s; %s\n\n", res.NoDatabase, res.Tx.ID, res.Tx.Digest, noCounting)
+	}
+	info := Info{Booted: res.Tx.ID, Requested: res.Requested, Failures: res.Failures, OnTrial: res.OnTrial, Watchdog: wd, PhasesMS: ph.ms, NoDatabase: res.NoDatabase}
 	writeInfo(log, &info)
 	if cfg.ReadOnly {
 		if err := unix.Mount("", Sysroot, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
@@ -146,7 +150,9 @@ func Main() {
 		}
 	}
 	state := "good"
-	if res.OnTrial {
+	if res.NoDatabase != "" {
+		state = "no database, boot counting off"
+	} else if res.OnTrial {
 		state = fmt.Sprintf("on trial, %d tries left", res.Tx.TriesLeft)
 	}
 	log.logf(5, "booting tx %d (%s) %s; phases: %s", res.Tx.ID, state, res.Tx.Digest, ph)
@@ -285,17 +291,7 @@ func loaderCounter(log *klog, req *Request) {
 // spent try counts. The fd is closed without the magic 'V', which keeps
 // the watchdog running across exec.
 func armWatchdog(log *klog, cfg cmdline.Config) int {
-	timeout := 120
-	for _, p := range cfg.Unknown {
-		if p.Key == "txboot.watchdog" {
-			n, err := strconv.Atoi(p.Value)
-			if err != nil || n < 0 || n > 3600 {
-				log.logf(4, "txboot.watchdog=%q: want seconds 0..3600; using %d", p.Value, timeout)
-				continue
-			}
-			timeout = n
-		}
-	}
+	timeout := int(cfg.Watchdog / time.Second) // txboot.watchdog=, range-checked by cmdline
 	if timeout == 0 {
 		return 0
 	}

@@ -34,6 +34,12 @@ const (
 	MaxRootDelay = 600 * time.Second
 )
 
+// Defaults and limits for txboot.watchdog= (0 = don't arm).
+const (
+	DefaultWatchdog = 120 * time.Second
+	MaxWatchdog     = 3600 * time.Second
+)
+
 // RootKind says how root= names the device.
 type RootKind int
 
@@ -147,12 +153,15 @@ type Config struct {
 	// forever, even so: it waits at most RootTimeout, then falls back or
 	// opens the rescue shell, which is more useful in PID 1 than hanging.
 	RootWait bool
-	// RootDelay is rootdelay= (seconds, 0..MaxRootDelay): a pause before the
-	// first look for the root device.
+	// RootDelay is rootdelay= (seconds, 0..MaxRootDelay, default 0): a
+	// pause before the first look for the root device.
 	RootDelay time.Duration
 	// RootTimeout is txboot.timeout= (seconds), the longest wait for the
-	// root device: default 30 s, clamped to 1..600 s.
+	// root device: 1..600 s, default 30 s.
 	RootTimeout time.Duration
+	// Watchdog is txboot.watchdog= (seconds, 0..MaxWatchdog): the hardware
+	// watchdog timeout for a tx on trial; 0 means don't arm it.
+	Watchdog time.Duration
 
 	// Tx is txboot.tx= (>0), or 0 for the store's default.
 	Tx uint64
@@ -184,6 +193,7 @@ func defaults() Config {
 		ReadOnly:    true,
 		LogLevel:    -1,
 		RootTimeout: DefaultRootTimeout,
+		Watchdog:    DefaultWatchdog,
 		Verify:      VerifyFast,
 	}
 }
@@ -242,32 +252,11 @@ func Parse(s string) (Config, []Warning) {
 			// rootwait=N (Linux 6.5+) is a bounded wait; see RootWait.
 			c.RootWait = true
 		case "rootdelay":
-			c.RootDelay = 0
-			n, err := strconv.Atoi(p.Value)
-			switch {
-			case err != nil || n < 0:
-				warn(p, "want a number of seconds; ignored")
-			case time.Duration(n)*time.Second > MaxRootDelay:
-				warn(p, "longer than %v; clamped", MaxRootDelay)
-				c.RootDelay = MaxRootDelay
-			default:
-				c.RootDelay = time.Duration(n) * time.Second
-			}
+			c.RootDelay = seconds(p, 0, MaxRootDelay, 0, warn)
 		case "txboot.timeout":
-			c.RootTimeout = DefaultRootTimeout
-			n, err := strconv.ParseInt(p.Value, 10, 64)
-			switch {
-			case err != nil && !isRangeErr(err):
-				warn(p, "want a number of seconds; using %v", DefaultRootTimeout)
-			case n < int64(MinRootTimeout/time.Second):
-				warn(p, "shorter than %v; clamped", MinRootTimeout)
-				c.RootTimeout = MinRootTimeout
-			case err != nil || n > int64(MaxRootTimeout/time.Second):
-				warn(p, "longer than %v; clamped", MaxRootTimeout)
-				c.RootTimeout = MaxRootTimeout
-			default:
-				c.RootTimeout = time.Duration(n) * time.Second
-			}
+			c.RootTimeout = seconds(p, MinRootTimeout, MaxRootTimeout, DefaultRootTimeout, warn)
+		case "txboot.watchdog":
+			c.Watchdog = seconds(p, 0, MaxWatchdog, DefaultWatchdog, warn)
 		case "txboot.tx":
 			c.Tx = 0
 			n, err := strconv.ParseUint(p.Value, 10, 64)
@@ -307,9 +296,27 @@ func Parse(s string) (Config, []Warning) {
 	return c, ws
 }
 
-func isRangeErr(err error) bool {
-	ne, ok := err.(*strconv.NumError)
-	return ok && ne.Err == strconv.ErrRange && ne.Num != "" && ne.Num[0] != '-'
+// seconds parses a whole number of seconds in lo..hi. The range is checked
+// on the number itself, before it becomes a Duration: n*time.Second
+// overflows int64 for n > 9223372036 and would turn a huge value into a
+// negative or tiny wait. Anything else (sign, fraction, unit, out of range)
+// is a bad value and gives def, like every other key.
+func seconds(p Param, lo, hi, def time.Duration, warn func(Param, string, ...any)) time.Duration {
+	n, err := strconv.ParseUint(p.Value, 10, 64)
+	if err != nil || !isDigits(p.Value) || n < uint64(lo/time.Second) || n > uint64(hi/time.Second) {
+		warn(p, "want whole seconds %d..%d; using %d", lo/time.Second, hi/time.Second, def/time.Second)
+		return def
+	}
+	return time.Duration(n) * time.Second
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // parseBool accepts a bare key as true, and 1/0, true/false, yes/no, on/off.

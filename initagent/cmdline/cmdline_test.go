@@ -126,14 +126,41 @@ func TestParse(t *testing.T) {
 		{"rootdelay", "rootdelay=3", mod(func(c *Config) { c.RootDelay = 3 * time.Second }), nil},
 		{"rootdelay bad", "rootdelay=x", mod(nil), []string{"rootdelay"}},
 		{"rootdelay neg", "rootdelay=-3", mod(nil), []string{"rootdelay"}},
-		{"rootdelay huge", "rootdelay=100000", mod(func(c *Config) { c.RootDelay = MaxRootDelay }), []string{"rootdelay"}},
+		{"rootdelay max", "rootdelay=600", mod(func(c *Config) { c.RootDelay = MaxRootDelay }), nil},
+		{"rootdelay over max", "rootdelay=601", mod(nil), []string{"rootdelay"}},
+		{"rootdelay huge", "rootdelay=100000", mod(nil), []string{"rootdelay"}},
+		// n*time.Second would overflow int64 (negative) or wrap (290 ms).
+		{"rootdelay overflows negative", "rootdelay=9300000000", mod(nil), []string{"rootdelay"}},
+		{"rootdelay wraps", "rootdelay=18446744074", mod(nil), []string{"rootdelay"}},
+		{"rootdelay past uint64", "rootdelay=99999999999999999999999", mod(nil), []string{"rootdelay"}},
+		{"rootdelay bad last clears good", "rootdelay=3 rootdelay=9300000000", mod(nil), []string{"rootdelay"}},
 		{"timeout", "txboot.timeout=90", mod(func(c *Config) { c.RootTimeout = 90 * time.Second }), nil},
-		{"timeout zero", "txboot.timeout=0", mod(func(c *Config) { c.RootTimeout = MinRootTimeout }), []string{"txboot.timeout"}},
-		{"timeout neg", "txboot.timeout=-4", mod(func(c *Config) { c.RootTimeout = MinRootTimeout }), []string{"txboot.timeout"}},
-		{"timeout big", "txboot.timeout=601", mod(func(c *Config) { c.RootTimeout = MaxRootTimeout }), []string{"txboot.timeout"}},
-		{"timeout overflow", "txboot.timeout=99999999999999999999999", mod(func(c *Config) { c.RootTimeout = MaxRootTimeout }), []string{"txboot.timeout"}},
+		{"timeout min", "txboot.timeout=1", mod(func(c *Config) { c.RootTimeout = MinRootTimeout }), nil},
+		{"timeout max", "txboot.timeout=600", mod(func(c *Config) { c.RootTimeout = MaxRootTimeout }), nil},
+		{"timeout zero", "txboot.timeout=0", mod(nil), []string{"txboot.timeout"}},
+		{"timeout neg", "txboot.timeout=-4", mod(nil), []string{"txboot.timeout"}},
+		{"timeout big", "txboot.timeout=601", mod(nil), []string{"txboot.timeout"}},
+		{"timeout overflows negative", "txboot.timeout=9300000000", mod(nil), []string{"txboot.timeout"}},
+		{"timeout wraps", "txboot.timeout=18446744074", mod(nil), []string{"txboot.timeout"}},
+		{"timeout overflow", "txboot.timeout=99999999999999999999999", mod(nil), []string{"txboot.timeout"}},
+		{"timeout plus", "txboot.timeout=+5", mod(nil), []string{"txboot.timeout"}},
 		{"timeout word", "txboot.timeout=soon", mod(nil), []string{"txboot.timeout"}},
 		{"timeout bare", "txboot.timeout", mod(nil), []string{"txboot.timeout"}},
+
+		// txboot.watchdog (0 = don't arm)
+		{"watchdog default is 120 s", "", mod(func(c *Config) { c.Watchdog = 120 * time.Second }), nil},
+		{"watchdog", "txboot.watchdog=10", mod(func(c *Config) { c.Watchdog = 10 * time.Second }), nil},
+		{"watchdog off", "txboot.watchdog=0", mod(func(c *Config) { c.Watchdog = 0 }), nil},
+		{"watchdog max", "txboot.watchdog=3600", mod(func(c *Config) { c.Watchdog = MaxWatchdog }), nil},
+		{"watchdog over max", "txboot.watchdog=3601", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog neg", "txboot.watchdog=-1", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog word", "txboot.watchdog=off", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog empty", "txboot.watchdog=", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog bare", "txboot.watchdog", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog overflows", "txboot.watchdog=9300000000", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog wraps", "txboot.watchdog=18446744074", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog bad last clears good", "txboot.watchdog=10 txboot.watchdog=x", mod(nil), []string{"txboot.watchdog"}},
+		{"watchdog good last wins", "txboot.watchdog=x txboot.watchdog=0", mod(func(c *Config) { c.Watchdog = 0 }), []string{"txboot.watchdog"}},
 
 		// txboot.tx
 		{"tx", "txboot.tx=42", mod(func(c *Config) { c.Tx = 42 }), nil},
@@ -282,7 +309,7 @@ func TestParseFixtures(t *testing.T) {
 		}},
 		{"txboot.cmdline", func(t *testing.T, c Config, ws []Warning) {
 			if c.Tx != 42 || c.Digest == "" || c.Verify != VerifyFull || !c.Shell ||
-				c.RootSpec.Kind != RootPartLabel || c.RootTimeout != 60*time.Second ||
+				c.RootSpec.Kind != RootPartLabel || c.RootTimeout != 60*time.Second || c.Watchdog != 30*time.Second ||
 				len(c.Console) != 2 || len(ws) != 0 {
 				t.Errorf("got %+v %v", c, ws)
 			}
@@ -323,6 +350,15 @@ func checkInvariants(t *testing.T, in string, c Config, ws []Warning) {
 	}
 	if c.RootDelay < 0 || c.RootDelay > MaxRootDelay {
 		t.Errorf("RootDelay = %v", c.RootDelay)
+	}
+	if c.Watchdog < 0 || c.Watchdog > MaxWatchdog || c.Watchdog%time.Second != 0 {
+		t.Errorf("Watchdog = %v", c.Watchdog)
+	}
+	for _, p := range c.Unknown {
+		switch p.Key {
+		case "txboot.watchdog", "txboot.timeout", "rootdelay":
+			t.Errorf("%s passed through as unknown", p.Key)
+		}
 	}
 	if c.LogLevel < -1 || c.LogLevel > 7 {
 		t.Errorf("LogLevel = %d", c.LogLevel)
@@ -369,6 +405,8 @@ func FuzzParse(f *testing.F) {
 		"txboot.tx=1 txboot.digest=sha256:" + hex64 + " txboot.verify=full txboot.force",
 		"txboot.timeout=0 rootdelay=9999 loglevel=9 init=sh", `"a="b c"" =x= "`,
 		"root=UUID=" + uuid + " rd.txboot.shell=1 rd.txboot.debug", "\x00\xff\"--\" --",
+		"rootdelay=9300000000 txboot.timeout=18446744074 txboot.watchdog=9300000000",
+		"rootdelay=18446744074 txboot.watchdog=0 txboot.watchdog", "txboot.watchdog=3600 txboot.timeout=600 rootdelay=600",
 	} {
 		f.Add(s)
 	}

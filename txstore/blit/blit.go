@@ -209,7 +209,7 @@ func (b *blitter) place(d *walk.Dir, i int32, e *manifest.Entry, st *Stats) erro
 			st.Empty++
 			return nil
 		}
-		err := b.objs.Link(k, d.FD, nm)
+		err := b.objs.LinkObject(k, e.Size, d.FD, nm)
 		if err == nil {
 			st.Links++
 			return nil

@@ -63,6 +63,14 @@ const maxLinks = 65000
 // good, when not nil, skips re-hashing objects it holds and learns the ones
 // this call finds clean.
 func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, workers int, good *Hashed) ([]Problem, error) {
+	return VerifyAt(m, objs, unix.AT_FDCWD, dir, full, workers, good)
+}
+
+// VerifyAt is Verify of directory name in dirfd. Like every directory of
+// the tree, name is not followed if it is a symlink: that is reported as
+// a problem (the store's trees/<id> is opened the same way by the caller).
+func VerifyAt(m *manifest.Manifest, objs *cas.Store, dirfd int, name string, full bool, workers int, good *Hashed) ([]Problem, error) {
+	dir := name
 	if workers <= 0 {
 		workers = 2 * runtime.GOMAXPROCS(0)
 	}
@@ -72,14 +80,14 @@ func Verify(m *manifest.Manifest, objs *cas.Store, dir string, full bool, worker
 	}
 	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: walk.NewSched[job](), per: make([]verifyWorker, workers)}
 	var root unix.Stat_t
-	if err := unix.Lstat(dir, &root); err != nil {
+	if err := unix.Fstatat(dirfd, name, &root, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return []Problem{{Path: ".", Reason: fmt.Sprintf("tree missing: %v", err)}}, nil
 	}
 	v.treeDev = root.Dev
 	w0 := &v.per[0]
 	w0.checkDirAttrs(".", &m.Entries[0], &root)
 	if root.Mode&unix.S_IFMT == unix.S_IFDIR {
-		fd, err := walk.OpenDirAt(unix.AT_FDCWD, dir)
+		fd, err := walk.OpenDirAt(dirfd, name)
 		if err != nil {
 			w0.add(".", "cannot read directory: %v", err)
 		} else {
@@ -136,6 +144,10 @@ func (w *verifyWorker) addStore(p, format string, a ...any) {
 }
 
 func (w *verifyWorker) checkDirAttrs(rel string, e *manifest.Entry, st *unix.Stat_t) {
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		w.add(rel, "is a symlink, not a directory (not followed)")
+		return
+	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		w.add(rel, "is not a directory")
 		return
@@ -259,8 +271,8 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 		k := e.Key()
 		var ost unix.Stat_t
 		if err := v.objs.Stat(k, &ost); err == nil && ost.Ino == ino && ost.Dev == v.treeDev {
-			if ost.Mode&unix.S_IFMT != unix.S_IFREG {
-				w.add(e.Path, "is not a regular file")
+			if ost.Mode&unix.S_IFMT != unix.S_IFREG { // the object itself: a re-blit would link it again
+				w.addStore(e.Path, "is not a regular file (nor is its object %s)", k.RelPath())
 				return
 			}
 			w.checkFile(v, e, k, &ost, &ost, d, "")

@@ -153,3 +153,56 @@ func FallbackOrder(requested uint64, all []Candidate) []uint64 {
 	}
 	return out
 }
+
+// KeepCandidate is what Keep needs to know of a tx.
+type KeepCandidate struct {
+	ID     uint64
+	State  State
+	Pinned bool
+}
+
+// Keep is the one rule for which txs survive a prune and which get
+// bootloader entries, so the two never disagree. Kept are:
+//
+//  1. the newest good tx (highest ID in state Good): the fallback of last
+//     resort, and what rollback needs;
+//  2. every id in protect that is among all (the default, the booted tx;
+//     0 is ignored);
+//  3. the pinned txs;
+//  4. the first newest txs of this order: the txs that are not bad, newest
+//     (highest ID) first, then the bad ones, newest first. So a bad tx
+//     only takes one of the newest slots when there are fewer than newest
+//     txs that are not bad: it is never kept in preference to a good,
+//     pending or trying one. The slots overlap 1–3: a default that is
+//     also the newest takes one.
+//
+// newest < 1 counts as 1.
+func Keep(all []KeepCandidate, newest int, protect ...uint64) map[uint64]bool {
+	if newest < 1 {
+		newest = 1
+	}
+	c := append([]KeepCandidate(nil), all...)
+	sort.Slice(c, func(i, j int) bool { return c[i].ID > c[j].ID })
+	keep := map[uint64]bool{}
+	prot := map[uint64]bool{}
+	for _, id := range protect {
+		prot[id] = true
+	}
+	newestGood := false
+	for _, x := range c {
+		if (x.State == Good && !newestGood) || prot[x.ID] || x.Pinned {
+			keep[x.ID] = true
+		}
+		newestGood = newestGood || x.State == Good
+	}
+	n := 0
+	for _, bad := range []bool{false, true} {
+		for _, x := range c {
+			if (x.State == Bad) == bad && n < newest {
+				keep[x.ID] = true
+				n++
+			}
+		}
+	}
+	return keep
+}

@@ -2,7 +2,9 @@ package bootstate
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
+	"sort"
 	"testing"
 )
 
@@ -71,5 +73,47 @@ func TestFallbackOrder(t *testing.T) {
 		if got := FallbackOrder(c.req, all); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("req %d: got %v want %v", c.req, got, c.want)
 		}
+	}
+}
+
+func TestKeep(t *testing.T) {
+	g, p, b, tr := Good, Pending, Bad, Trying
+	type tx struct {
+		id     uint64
+		st     State
+		pinned bool
+	}
+	cases := []struct {
+		name    string
+		txs     []tx
+		newest  int
+		protect []uint64
+		want    []uint64
+	}{
+		{"issue 9: 1 good, 2, 3 bad, 4 default", []tx{{1, g, false}, {2, p, false}, {3, b, false}, {4, p, false}}, 2, []uint64{4}, []uint64{1, 2, 4}},
+		{"newest N by id when none is bad", []tx{{1, p, false}, {2, p, false}, {3, p, false}}, 2, nil, []uint64{2, 3}},
+		{"newest good kept outside N", []tx{{1, g, false}, {2, g, false}, {3, tr, false}, {4, p, false}}, 1, nil, []uint64{2, 4}},
+		{"bad only fills slots nothing else takes", []tx{{1, b, false}, {2, g, false}, {3, b, false}}, 2, nil, []uint64{2, 3}},
+		{"all bad: newest bad ones", []tx{{1, b, false}, {2, b, false}, {3, b, false}}, 2, nil, []uint64{2, 3}},
+		{"pinned, default, booted", []tx{{1, p, true}, {2, b, false}, {3, p, false}, {4, p, false}, {5, p, false}}, 1, []uint64{2, 3, 0, 99}, []uint64{1, 2, 3, 5}},
+		{"newest < 1 counts as 1", []tx{{1, p, false}, {2, p, false}}, 0, nil, []uint64{2}},
+		{"empty", nil, 3, []uint64{1}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var in []KeepCandidate
+			for _, x := range c.txs {
+				in = append(in, KeepCandidate{ID: x.id, State: x.st, Pinned: x.pinned})
+			}
+			got := Keep(in, c.newest, c.protect...)
+			var ids []uint64
+			for id := range got {
+				ids = append(ids, id)
+			}
+			sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+			if fmt.Sprint(ids) != fmt.Sprint(c.want) {
+				t.Fatalf("Keep = %v, want %v", ids, c.want)
+			}
+		})
 	}
 }

@@ -163,8 +163,50 @@ func (s *Store) Has(k Key) (bool, error) {
 		}
 	}
 	var buf [96]byte
-	_, ok := f.names[string(k.AppendName(buf[:0]))]
-	return ok, nil
+	name := string(k.AppendName(buf[:0]))
+	if _, ok := f.names[name]; !ok {
+		return false, nil
+	}
+	// Present by name is not enough to reuse it: an object replaced by a
+	// symlink or re-moded would be linked into the new tree as it is.
+	fd, err := d.fanFD(f, k.Hash[0], false)
+	if err != nil || fd < 0 {
+		return false, fmt.Errorf("stat object %s: %w", k.RelPath(), err)
+	}
+	var st unix.Stat_t
+	if err := fstatat(fd, name, &st); err != nil {
+		if err == unix.ENOENT { // removed by hand since the listing
+			delete(f.names, name)
+			return false, nil
+		}
+		return false, fmt.Errorf("stat object %s: %w", k.RelPath(), err)
+	}
+	if err := checkObject(k, -1, &st); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// checkObject reports ErrDamaged unless st is a regular file with k's mode,
+// owner (only checked when we are root: an unprivileged commit keeps its
+// own uid) and, when size >= 0, that size.
+func checkObject(k Key, size int64, st *unix.Stat_t) error {
+	why := ""
+	switch {
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		why = "is a symlink, not a regular file"
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		why = "is not a regular file"
+	case st.Mode&07777 != k.Mode:
+		why = fmt.Sprintf("has mode %04o, want %04o", st.Mode&07777, k.Mode)
+	case euid == 0 && (st.Uid != k.UID || st.Gid != k.GID):
+		why = fmt.Sprintf("has owner %d:%d, want %d:%d", st.Uid, st.Gid, k.UID, k.GID)
+	case size >= 0 && st.Size != size:
+		why = fmt.Sprintf("has size %d, want %d", st.Size, size)
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: object objects/%s %s: not reused (run bootctl verify; remove the object to let a commit store it again)", ErrDamaged, k.RelPath(), why)
 }
 
 // objectAt returns the open fan-out directory fd holding object k, and
@@ -204,19 +246,41 @@ func (s *Store) Open(k Key) (int, error) {
 
 // Link makes name in directory dirfd a hardlink of object k (linkat(2)
 // relative to the fan-out directory's fd). Errors are the bare errno, so
-// callers can test for EMLINK, EXDEV and ENOENT.
+// callers can test for EMLINK, EXDEV and ENOENT, or ErrDamaged (see
+// LinkObject).
 func (s *Store) Link(k Key, dirfd int, name string) error {
+	return s.LinkObject(k, -1, dirfd, name)
+}
+
+// LinkObject is Link checking what was linked: unless the new name is a
+// regular file with k's mode and owner and, when size >= 0, that size, it
+// is removed again and the error wraps ErrDamaged (an object replaced by a
+// symlink must not turn into a symlink in a new tree). The check is on the
+// new link itself, so an object swapped after a check cannot slip through.
+func (s *Store) LinkObject(k Key, size int64, dirfd int, name string) error {
 	var buf [96]byte
 	fd, oname, err := s.objectAt(k, buf[:])
 	if err != nil {
 		return err
 	}
 	for {
-		err := unix.Linkat(fd, oname, dirfd, name, 0)
+		err = unix.Linkat(fd, oname, dirfd, name, 0)
 		if err != unix.EINTR {
-			return err
+			break
 		}
 	}
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err = fstatat(dirfd, name, &st); err == nil {
+		err = checkObject(k, size, &st)
+	}
+	if err != nil {
+		unix.Unlinkat(dirfd, name, 0)
+		return err
+	}
+	return nil
 }
 
 func fstatat(dirfd int, name string, st *unix.Stat_t) error {

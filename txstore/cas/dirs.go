@@ -223,9 +223,11 @@ func (f *fan) list(fd int) error {
 	return readDirNames(fd, func(name string, _ uint64, _ uint8) { f.names[name] = struct{}{} })
 }
 
+// openDir opens a directory of the store; a symlink in its place (say
+// objects/ab or staging/ab pointing elsewhere) is refused, never followed.
 func openDir(dirfd int, name string) (int, error) {
 	for {
-		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err == unix.EINTR {
 			continue
 		}

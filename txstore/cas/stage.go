@@ -82,7 +82,11 @@ func (s *Store) Stage(src string, k Key, want *unix.Stat_t) (string, error) {
 		return "", err
 	}
 	mode, chmod := CreateMode(k.Mode)
-	direct := want != nil && want.Size >= directMin && directOK.Load()
+	// A file with fewer blocks than its size has holes: copied by data
+	// segment, it keeps them (a 512 MiB image with 4 KiB of data must not
+	// become a 512 MiB object). Buffered: direct I/O would gain nothing.
+	sparse := want != nil && want.Size > 0 && want.Blocks*512 < want.Size
+	direct := !sparse && want != nil && want.Size >= directMin && directOK.Load()
 	flags := 0
 	if direct {
 		flags = unix.O_DIRECT
@@ -107,7 +111,9 @@ func (s *Store) Stage(src string, k Key, want *unix.Stat_t) (string, error) {
 		limit = want.Size
 	}
 	var off int64
-	if direct {
+	if sparse {
+		off, err = copySparse(in, out, limit)
+	} else if direct {
 		off, err = copyDirect(in, out, limit)
 		if err == errNoDirect {
 			directOK.Store(false)
@@ -190,6 +196,100 @@ func copyRange(in, out int, limit int64) (int64, error) {
 		}
 	}
 	return off, nil
+}
+
+// copySparse copies the data segments of in's first limit bytes
+// (SEEK_DATA/SEEK_HOLE) to the same offsets of the empty file out and then
+// sets out's size to limit, so holes stay holes. It returns limit once done
+// (the caller's fstat comparison catches a file that changed meanwhile).
+// Without SEEK_DATA it copies everything. It moves in's file position,
+// which the scanner that lent in no longer uses (it has hashed the file).
+func copySparse(in, out int, limit int64) (int64, error) {
+	for off := int64(0); off < limit; {
+		data, err := unix.Seek(in, off, unix.SEEK_DATA)
+		if err == unix.ENXIO { // only a hole up to EOF
+			break
+		}
+		if err == unix.EINVAL && off == 0 { // no SEEK_DATA here
+			return copyRange(in, out, limit)
+		}
+		if err != nil {
+			return off, err
+		}
+		if data >= limit {
+			break
+		}
+		hole, err := unix.Seek(in, data, unix.SEEK_HOLE)
+		if err != nil {
+			return off, err
+		}
+		if hole > limit {
+			hole = limit
+		}
+		if err := copySegment(in, out, data, hole); err != nil {
+			return off, err
+		}
+		off = hole
+	}
+	if err := unix.Ftruncate(out, limit); err != nil {
+		return 0, err
+	}
+	return limit, nil
+}
+
+// copySegment copies bytes [start, end) of in to the same offsets of out:
+// copy_file_range, falling back to pread/pwrite.
+func copySegment(in, out int, start, end int64) error {
+	offIn, offOut := start, start
+	for offIn < end {
+		n := end - offIn
+		if n > 1<<30 {
+			n = 1 << 30
+		}
+		c, err := unix.CopyFileRange(in, &offIn, out, &offOut, int(n), 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		if c == 0 {
+			return nil // shrank: the caller's fstat comparison says so
+		}
+	}
+	if offIn >= end {
+		return nil
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for offIn < end {
+		b := *bp
+		if end-offIn < int64(len(b)) {
+			b = b[:end-offIn]
+		}
+		n, err := unix.Pread(in, b, offIn)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		for w := 0; w < n; {
+			m, err := unix.Pwrite(out, b[w:n], offIn+int64(w))
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			w += m
+		}
+		offIn += int64(n)
+	}
+	return nil
 }
 
 // finishAttrs gives a staged object its final owner and mode, with as few
@@ -349,7 +449,8 @@ func (s *Store) Publish(tmp string, k Key) error {
 }
 
 // ErrNoLink means StageLink cannot take the source file by hardlink (another
-// filesystem, link limit, or the file has other links); copy it instead.
+// filesystem, link limit, the file has other links, or another process has
+// it open); copy it instead.
 var ErrNoLink = errors.New("source cannot be taken into the store by hardlink")
 
 // StageLink stages src by hardlinking it into TmpDir instead of copying:
@@ -357,11 +458,41 @@ var ErrNoLink = errors.New("source cannot be taken into the store by hardlink")
 // becomes the object, so it gets the key's mode and owner (src sees the
 // same, being the same inode). Only a file with no other links is taken
 // (an inode shared with a live tree, say one made by cp -al from /usr, must
-// not become an object), and only when it is still the file want describes.
-// Durability is the caller's syncfs, as for Stage.
+// not become an object), only when no other process has it open (one that
+// is writing it could change the object later), and only when it is still
+// the file want describes. Durability is the caller's syncfs, as for Stage.
+//
+// "No other process has it open" is a write lease (F_SETLEASE F_WRLCK),
+// which the kernel grants only while the caller's descriptor is the file's
+// only open one (a running executable counts as open for writing), and
+// which makes any other open wait until it is released, after the link and
+// chmod. The file is never opened again while the lease is held: that would
+// break the lease. Without leases (not the owner and no CAP_LEASE, leases
+// disabled, a filesystem without them) the file is copied.
 func (s *Store) StageLink(src string, k Key, want *unix.Stat_t) (string, error) {
 	if want == nil || want.Nlink != 1 {
 		return "", ErrNoLink
+	}
+	fd, giveBack, borrowed := borrow(want, src)
+	if borrowed {
+		defer giveBack()
+	} else {
+		var err error
+		if fd, err = OpenFileAt(unix.AT_FDCWD, src); err != nil {
+			return "", fmt.Errorf("open %s: %w", src, err)
+		}
+		defer unix.Close(fd)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
+		return "", ErrNoLink // EAGAIN: open elsewhere; EACCES, EINVAL: no lease here
+	}
+	defer unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "", fmt.Errorf("fstat %s: %w", src, err)
+	}
+	if st.Ino != want.Ino || st.Dev != want.Dev || st.Size != want.Size || st.Mtim != want.Mtim || st.Nlink != 1 {
+		return "", fmt.Errorf("%s changed while it was being committed", src)
 	}
 	d, tfd, err := s.tmpFan(k)
 	if err != nil {
@@ -379,16 +510,13 @@ func (s *Store) StageLink(src string, k Key, want *unix.Stat_t) (string, error) 
 		unix.Unlinkat(tfd, name, 0)
 		return "", err
 	}
-	fd, err := OpenFileAt(tfd, name)
-	if err != nil {
-		return fail(fmt.Errorf("open %s: %w", src, err))
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	// The path was linked, not the descriptor: it must have been the same
+	// inode, and still the only other link.
+	var lst unix.Stat_t
+	if err := unix.Fstatat(tfd, name, &lst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fail(fmt.Errorf("fstat %s: %w", src, err))
 	}
-	if st.Ino != want.Ino || st.Dev != want.Dev || st.Size != want.Size || st.Mtim != want.Mtim || st.Nlink != 2 {
+	if lst.Ino != st.Ino || lst.Dev != st.Dev || lst.Nlink != 2 {
 		return fail(fmt.Errorf("%s changed while it was being committed", src))
 	}
 	if euid == 0 && (st.Uid != k.UID || st.Gid != k.GID) {

@@ -1,0 +1,76 @@
+package boot
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/txboot/txboot/txstore"
+)
+
+// noCounting is said on the console whenever a tx boots without its try
+// being recorded.
+const noCounting = "BOOT COUNTING IS OFF for this boot (no try recorded, no watchdog); run 'bootctl fsck --repair'"
+
+// chooseWithoutDB boots when store.db cannot be read. The database is an
+// index: the bootloader entry pins the tx's digest (txboot.tx=ID
+// txboot.digest=sha256:…), its manifest is a CAS object, and trees/<id> can
+// be verified against it, so the named tx is still trustworthy. Nothing else
+// is: without a pin there is no content to check against, and without
+// records there is no fallback order, so any failure ends in the normal
+// nothing-bootable path. No try is recorded and nothing is written.
+func chooseWithoutDB(s *txstore.Store, req Request, asm Assembler, logf Logf, dbErr error) (*Result, error) {
+	res := &Result{Requested: req.Tx, NoDatabase: dbErr.Error()}
+	logf(2, "the store's database cannot be read: %v", dbErr)
+	fail := func(reason string) (*Result, error) {
+		res.Failures = append(res.Failures, Failure{req.Tx, reason})
+		logf(3, "tx %d cannot be booted without the database: %s", req.Tx, reason)
+		return res, fmt.Errorf("%w: store.db is damaged and %s", ErrNothingBootable, reason)
+	}
+	switch {
+	case req.Tx == 0:
+		return fail("the command line names no tx (txboot.tx=), so there is nothing to boot without the database")
+	case req.DigestInvalid:
+		return fail("txboot.digest= on the command line is malformed, so the tx's content cannot be checked")
+	case req.Digest == "":
+		return fail("no txboot.digest= pins the tx's content, so it cannot be trusted without the database")
+	}
+	logf(2, "booting tx %d by its pinned digest %s without the database; %s", req.Tx, req.Digest, noCounting)
+
+	vstart := time.Now()
+	m, key, err := s.FindManifest(req.Digest, req.Tx)
+	if err != nil {
+		res.Verify = time.Since(vstart)
+		return fail(err.Error())
+	}
+	tree := s.TreeDir(req.Tx)
+	if req.Verify != txstore.VerifyOff {
+		probs, err := s.VerifyManifest(req.Tx, m, req.Verify)
+		res.Verify = time.Since(vstart)
+		if err != nil {
+			return fail("verify: " + err.Error())
+		}
+		if len(probs) > 0 { // no re-blit: that would write to the store on a guess
+			return fail(describe(probs))
+		}
+	} else if _, err := os.Lstat(tree); err != nil {
+		return fail(fmt.Sprintf("tree missing (%v), and no re-blit without the database", err))
+	}
+	res.Verify = time.Since(vstart)
+
+	astart := time.Now()
+	if err := asm.Mount(tree); err != nil {
+		res.Assemble = time.Since(astart)
+		return fail("assemble /usr: " + err.Error())
+	}
+	init, err := asm.FindInit(InitCandidates(req.Init))
+	res.Assemble = time.Since(astart)
+	if err != nil {
+		asm.Unmount()
+		return fail("no init: " + err.Error())
+	}
+	entries, size := m.Stats()
+	res.Tx = &txstore.Tx{ID: req.Tx, Digest: req.Digest, Manifest: key.Hash.String(), Kernels: m.Kernels(), Entries: entries, Bytes: size}
+	res.Init = init
+	return res, nil
+}

@@ -1,0 +1,736 @@
+package txstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/txboot/txboot/txstore/blit"
+	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/manifest"
+	"go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// store.db is an index, not the only truth: every tx is also a tree under
+// trees/<id> and a manifest object in the CAS whose digest the bootloader
+// entry pins. This file reads the store without the database (FindManifest,
+// VerifyManifest: initagent's boot when store.db is damaged), checks the
+// database (Fsck) and rebuilds it from trees and manifests (Rebuild).
+
+// ErrNoManifest: no manifest object in the CAS has the digest asked for.
+var ErrNoManifest = errors.New("no manifest object with that digest")
+
+// maxProblems bounds what Fsck lists; the rest are counted.
+const maxProblems = 50
+
+// FsckReport is what Fsck found.
+type FsckReport struct {
+	DB       string   `json:"db"`
+	Records  int      `json:"records"` // readable tx records
+	Problems []string `json:"problems,omitempty"`
+}
+
+func (r *FsckReport) add(format string, a ...any) {
+	if len(r.Problems) < maxProblems {
+		r.Problems = append(r.Problems, oneLine(fmt.Sprintf(format, a...)))
+	} else if len(r.Problems) == maxProblems {
+		r.Problems = append(r.Problems, "more problems not listed")
+	}
+}
+
+// Fsck checks store.db: both meta pages, bbolt's own consistency check
+// (tx.Check), the buckets, every record and event, the id counter and the
+// default, and that every tree has a record (a writer's cleanup removes a
+// tree without one). Damage is reported in Problems, not as an error; the
+// error is for failing to check at all.
+func (s *Store) Fsck() (*FsckReport, error) {
+	p := filepath.Join(s.Dir, "store.db")
+	rep := &FsckReport{DB: p}
+	for _, m := range metaProblems(p) {
+		rep.add("%s: %s", p, m)
+	}
+	ids := map[uint64]bool{}
+	err := s.view(func(tx *bbolt.Tx) error {
+		for err := range tx.Check() { // drained fully: Check's goroutine blocks on every send
+			rep.add("%s: %v", p, err)
+		}
+		txs, meta, events, err := buckets(tx)
+		if err != nil {
+			rep.add("%s: %v", p, err)
+			return nil
+		}
+		var maxID uint64
+		txs.ForEach(func(k, v []byte) error {
+			t, err := decodeTx(k, v)
+			if err != nil {
+				rep.add("%s: %v", p, err)
+				return nil
+			}
+			rep.Records++
+			ids[t.ID] = true
+			maxID = max(maxID, t.ID)
+			return nil
+		})
+		events.ForEach(func(k, v []byte) error {
+			var ev Event
+			if json.Unmarshal(v, &ev) != nil {
+				rep.add("%s: event %x unreadable", p, k)
+			}
+			return nil
+		})
+		if next := getU64(meta, keyNext); next <= maxID {
+			rep.add("%s: next id %d is not above the newest record %d", p, next, maxID)
+		}
+		if def := getU64(meta, keyDefault); def != 0 && !ids[def] {
+			rep.add("%s: default tx %d has no record", p, def)
+		}
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, ErrCorrupt) {
+			return nil, err
+		}
+		rep.add("%v", err)
+		return rep, nil
+	}
+	trees, err := s.treeNames()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range trees {
+		if id, ok := treeID(name); !ok || !ids[id] {
+			rep.add("%s has no record: a writer's cleanup would remove it (fsck --repair records it if a manifest matches)", filepath.Join(s.Dir, "trees", name))
+		}
+	}
+	return rep, nil
+}
+
+// metaProblems checks bbolt's two meta pages by hand: with one of them
+// damaged bbolt silently uses the other, older one, which can drop the last
+// write (say, the record of the newest commit).
+func metaProblems(p string) []string {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil // the database open reports it
+	}
+	defer f.Close()
+	page := func(off int64) ([]byte, bool) {
+		b := make([]byte, 16+64)
+		if _, err := f.ReadAt(b, off); err != nil {
+			return nil, false
+		}
+		m := b[16:] // after the page header
+		h := fnv.New64a()
+		h.Write(m[:56])
+		ok := binary.LittleEndian.Uint32(m[0:]) == 0xED0CDAED && binary.LittleEndian.Uint32(m[4:]) == 2 &&
+			binary.LittleEndian.Uint64(m[56:]) == h.Sum64()
+		return m, ok
+	}
+	m0, ok0 := page(0)
+	size := int64(os.Getpagesize())
+	if ok0 {
+		size = int64(binary.LittleEndian.Uint32(m0[8:]))
+	}
+	_, ok1 := page(size)
+	switch {
+	case ok0 && ok1:
+		return nil
+	case ok0 || ok1:
+		bad, good := 0, 1
+		if ok0 {
+			bad, good = 1, 0
+		}
+		return []string{fmt.Sprintf("meta page %d is damaged; bbolt uses meta page %d, which may be one write older", bad, good)}
+	}
+	return nil // both bad: the open fails and says so
+}
+
+// treeNames lists trees/ (names only; nothing is followed).
+func (s *Store) treeNames() ([]string, error) {
+	dir := filepath.Join(s.Dir, "trees")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return names, nil
+}
+
+// treeID parses a canonical tree directory name.
+func treeID(name string) (uint64, bool) {
+	id, err := strconv.ParseUint(name, 10, 64)
+	return id, err == nil && id > 0 && strconv.FormatUint(id, 10) == name
+}
+
+// Manifest objects are named by the hash of their zstd bytes (see
+// manifestKey), not by the tx digest, and share the key form 0444 root:root
+// with ordinary files; so finding one by digest without the database means
+// looking at those objects' first bytes for a zstd frame, and decoding only
+// those.
+var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+
+type foundManifest struct {
+	key cas.Key
+	m   *manifest.Manifest
+	raw string // digest
+}
+
+// scanManifests calls fn with every manifest object in the CAS (with want,
+// only the one with that digest) until fn returns false. Objects are read
+// on s.opts.Workers goroutines, one fan-out directory at a time each.
+func (s *Store) scanManifests(want string, fn func(f foundManifest) bool) error {
+	ofd, err := unix.Open(s.objects.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", s.objects.Dir, err)
+	}
+	defer unix.Close(ofd)
+	var (
+		mu   sync.Mutex
+		stop bool
+		wg   sync.WaitGroup
+		errs []error
+	)
+	fans := make(chan int)
+	worker := func() {
+		defer wg.Done()
+		for b := range fans {
+			name := fmt.Sprintf("%02x", b)
+			fd, err := unix.Openat(ofd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err == unix.ENOENT {
+				continue
+			}
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("open %s/%s: %w", s.objects.Dir, name, err))
+				mu.Unlock()
+				continue
+			}
+			var keys []cas.Key
+			err = cas.ReadDir(fd, func(n string, _ uint64, typ uint8) {
+				if len(n) != 64+5 || !strings.HasSuffix(n, ".0444") || (typ != unix.DT_REG && typ != unix.DT_UNKNOWN) {
+					return
+				}
+				if k, err := cas.ParseName(n); err == nil {
+					keys = append(keys, k)
+				}
+			})
+			unix.Close(fd)
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("list %s/%s: %w", s.objects.Dir, name, err))
+				mu.Unlock()
+				continue
+			}
+			for _, k := range keys {
+				mu.Lock()
+				done := stop
+				mu.Unlock()
+				if done {
+					break
+				}
+				f, ok := s.readManifest(k, want)
+				if !ok {
+					continue
+				}
+				mu.Lock()
+				if !stop && !fn(f) {
+					stop = true
+				}
+				mu.Unlock()
+			}
+		}
+	}
+	for i := 0; i < s.opts.Workers; i++ {
+		wg.Add(1)
+		go worker()
+	}
+	for b := 0; b < 256; b++ {
+		fans <- b
+	}
+	close(fans)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// readManifest returns object k as a manifest if it is one (and, with want,
+// has that digest). Anything else — not zstd, unreadable, a hash that does
+// not match the name, not a canonical manifest — is simply not a manifest.
+func (s *Store) readManifest(k cas.Key, want string) (foundManifest, bool) {
+	fd, err := s.objects.Open(k)
+	if err != nil {
+		return foundManifest{}, false
+	}
+	var head [4]byte
+	n, _ := unix.Pread(fd, head[:], 0)
+	unix.Close(fd)
+	if n != 4 || !bytes.Equal(head[:], zstdMagic) {
+		return foundManifest{}, false
+	}
+	z, err := s.objects.ReadAll(k, manifest.MaxSize)
+	if err != nil {
+		return foundManifest{}, false
+	}
+	raw, err := decoder().DecodeAll(z, nil)
+	if err != nil || !bytes.HasPrefix(raw, []byte(manifest.Header+"\n")) {
+		return foundManifest{}, false
+	}
+	d := manifest.Digest(raw)
+	if want != "" && d != want {
+		return foundManifest{}, false
+	}
+	m, err := manifest.DecodeOwned(raw)
+	if err != nil {
+		return foundManifest{}, false
+	}
+	return foundManifest{key: k, m: m, raw: d}, true
+}
+
+// FindManifest returns the manifest with digest ("sha256:HEX") and the key
+// of its CAS object, without trusting the database: if tx hint's record is
+// still readable and has that digest its manifest object is tried first,
+// else the CAS is scanned. The digest is checked either way.
+func (s *Store) FindManifest(digest string, hint uint64) (*manifest.Manifest, cas.Key, error) {
+	hex, ok := strings.CutPrefix(digest, "sha256:")
+	if _, err := cas.ParseHash(hex); !ok || err != nil {
+		return nil, cas.Key{}, fmt.Errorf("%w: digest %q is not sha256:<64 hex digits>", ErrInvalid, digest)
+	}
+	if hint != 0 {
+		if t, err := s.Get(hint); err == nil && t.Digest == digest {
+			if m, err := s.Manifest(t); err == nil {
+				k, _ := manifestKey(t.Manifest)
+				return m, k, nil
+			}
+		}
+	}
+	var found *foundManifest
+	err := s.scanManifests(digest, func(f foundManifest) bool { found = &f; return false })
+	if found != nil {
+		return found.m, found.key, nil
+	}
+	if err != nil {
+		return nil, cas.Key{}, fmt.Errorf("find manifest %s: %w", digest, err)
+	}
+	return nil, cas.Key{}, fmt.Errorf("%w: %s in %s", ErrNoManifest, digest, s.objects.Dir)
+}
+
+// VerifyManifest is Verify of tx id's tree against a manifest the caller
+// found (FindManifest) rather than the one its record names.
+func (s *Store) VerifyManifest(id uint64, m *manifest.Manifest, mode VerifyMode) ([]Problem, error) {
+	if mode == VerifyOff {
+		return nil, nil
+	}
+	unlock, err := s.gcLock(unix.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
+	for i := range probs {
+		if probs[i].Path == "." {
+			probs[i].Path = "usr"
+		} else {
+			probs[i].Path = "usr/" + probs[i].Path
+		}
+	}
+	return probs, err
+}
+
+// salvage is what the old database still tells, read best-effort: each
+// bucket in its own call, so damage in one loses only that one.
+type salvage struct {
+	txs       map[uint64]*Tx
+	def, next uint64
+	cfg       map[string][]byte
+	events    []Event
+}
+
+func (s *Store) salvage() *salvage {
+	sv := &salvage{txs: map[uint64]*Tx{}, cfg: map[string][]byte{}}
+	s.view(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(bucketTx); b != nil {
+			b.ForEach(func(k, v []byte) error {
+				if t, err := decodeTx(k, v); err == nil {
+					sv.txs[t.ID] = t
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	s.view(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(bucketMeta); b != nil {
+			sv.def, sv.next = getU64(b, keyDefault), getU64(b, keyNext)
+			b.ForEach(func(k, v []byte) error {
+				if bytes.HasPrefix(k, []byte("cfg/")) && v != nil {
+					sv.cfg[string(k)] = bytes.Clone(v)
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	s.view(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(bucketEvents); b != nil {
+			b.ForEach(func(k, v []byte) error {
+				var ev Event
+				if json.Unmarshal(v, &ev) == nil {
+					sv.events = append(sv.events, ev)
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	return sv
+}
+
+// RebuildReport says what Rebuild did.
+type RebuildReport struct {
+	DB       string `json:"db"`
+	Saved    string `json:"saved,omitempty"` // the previous store.db, kept byte for byte
+	Txs      []*Tx  `json:"transactions"`
+	Salvaged int    `json:"salvaged"` // records taken over from the previous database
+	Default  uint64 `json:"default"`
+	// SetAside: entries of trees/ that no manifest describes, moved to
+	// lost+found/ (a writer's cleanup would otherwise delete them).
+	SetAside []string `json:"set_aside,omitempty"`
+}
+
+// Rebuild writes a new store.db from the trees and manifest objects: each
+// trees/<id> whose content a manifest object describes (fast verify) becomes
+// a record with that digest. What the old database still tells is kept
+// where it agrees with the tree (state, tries, summary, pin, parent, created;
+// settings; the event log); otherwise a tx is pending with fresh tries and
+// its parent is the previous id. A salvaged record whose tree is gone but
+// whose manifest is present is kept too (initagent re-blits the tree).
+// Order, for crash safety: unmatched trees are moved to lost+found/, the new
+// database is built and fsynced in staging/, the old one is hard-linked to
+// store.db.corrupt-<time>, and the new one renamed over store.db.
+func (s *Store) Rebuild() (*RebuildReport, error) {
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	unlock, err := s.gcLock(unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	p := filepath.Join(s.Dir, "store.db")
+	rep := &RebuildReport{DB: p}
+	sv := s.salvage()
+
+	byDigest := map[string]foundManifest{}
+	if err := s.scanManifests("", func(f foundManifest) bool { byDigest[f.raw] = f; return true }); err != nil {
+		return nil, fmt.Errorf("rebuild %s: %w", p, err)
+	}
+	digests := make([]string, 0, len(byDigest))
+	for d := range byDigest {
+		digests = append(digests, d)
+	}
+	sort.Strings(digests)
+
+	names, err := s.treeNames()
+	if err != nil {
+		return nil, err
+	}
+	matched := map[uint64]foundManifest{}
+	var aside []string
+	for _, name := range names {
+		id, ok := treeID(name)
+		if fi, err := os.Lstat(filepath.Join(s.Dir, "trees", name)); err != nil || !fi.IsDir() {
+			ok = false
+		}
+		if ok {
+			f, found := s.matchTree(id, sv.txs[id], byDigest, digests)
+			if found {
+				matched[id] = f
+				continue
+			}
+		}
+		aside = append(aside, name)
+	}
+	// Salvaged records without a matching tree, whose manifest is still there.
+	for id, t := range sv.txs {
+		if _, ok := matched[id]; ok {
+			continue
+		}
+		// Its tree, if any, matched nothing and is set aside; initagent or
+		// verify re-blits a fresh one from the manifest.
+		if f, ok := byDigest[t.Digest]; ok {
+			matched[id] = f
+		}
+	}
+
+	ids := make([]uint64, 0, len(matched))
+	for id := range matched {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	now := time.Now().UTC()
+	var prev, maxID uint64
+	for _, id := range ids {
+		f := matched[id]
+		entries, size := f.m.Stats()
+		t := &Tx{}
+		if old := sv.txs[id]; old != nil && old.Digest == f.raw {
+			*t = *old
+			rep.Salvaged++
+		} else {
+			t = &Tx{ID: id, Parent: prev, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
+		}
+		t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.raw, f.key.Hash.String(), f.m.Kernels(), entries, size, now
+		rep.Txs = append(rep.Txs, t)
+		prev, maxID = id, id
+	}
+	rep.Default = pickDefault(rep.Txs, sv.def)
+
+	// Set aside first: once the new database is in place, a writer's
+	// cleanup would delete every tree it has no record for.
+	if len(aside) > 0 {
+		lf := filepath.Join(s.Dir, "lost+found")
+		if err := os.MkdirAll(lf, 0o700); err != nil {
+			return nil, fmt.Errorf("rebuild: %w", err)
+		}
+		stamp := now.Format("20060102T150405Z")
+		for _, name := range aside {
+			dst := filepath.Join(lf, "tree-"+name+"-"+stamp)
+			if err := os.Rename(filepath.Join(s.Dir, "trees", name), dst); err != nil {
+				return nil, fmt.Errorf("rebuild: set aside: %w", err)
+			}
+			rep.SetAside = append(rep.SetAside, dst)
+		}
+		for _, d := range []string{lf, filepath.Join(s.Dir, "trees"), s.Dir} {
+			if err := cas.FsyncDir(d); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	tmp := filepath.Join(s.Dir, "staging", "store.db.rebuild")
+	os.Remove(tmp)
+	ev := Event{Kind: "fsck-rebuild", Time: now, Detail: fmt.Sprintf("%d txs from trees and manifests (%d records kept from the previous database); %d trees set aside", len(rep.Txs), rep.Salvaged, len(aside))}
+	if err := writeDB(tmp, s.opts.Timeout, rep.Txs, rep.Default, max(sv.next, maxID+1), sv.cfg, append(sv.events, ev)); err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
+	if rep.Saved, err = keepOld(p, now); err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return nil, fmt.Errorf("rebuild: install %s: %w", p, err)
+	}
+	for _, d := range []string{filepath.Join(s.Dir, "staging"), s.Dir} {
+		if err := cas.FsyncDir(d); err != nil {
+			return nil, err
+		}
+	}
+	return rep, nil
+}
+
+// matchTree finds the manifest tx id's tree holds: the digest its old
+// record names first, then every other manifest whose sizes agree on a
+// sample of files, each confirmed by a fast verify with no problem.
+func (s *Store) matchTree(id uint64, old *Tx, byDigest map[string]foundManifest, digests []string) (foundManifest, bool) {
+	tree := s.TreeDir(id)
+	try := func(f foundManifest) bool {
+		probs, err := blit.Verify(f.m, s.objects, tree, false, s.opts.Workers, nil)
+		return err == nil && len(probs) == 0
+	}
+	if old != nil {
+		if f, ok := byDigest[old.Digest]; ok && try(f) {
+			return f, true
+		}
+	}
+	for _, d := range digests {
+		f := byDigest[d]
+		if (old == nil || d != old.Digest) && sizesAgree(f.m, tree) && try(f) {
+			return f, true
+		}
+	}
+	return foundManifest{}, false
+}
+
+// sizesAgree is a cheap filter before a verify: up to 32 regular files of m,
+// spread over it, exist in tree with m's sizes.
+func sizesAgree(m *manifest.Manifest, tree string) bool {
+	var files []*manifest.Entry
+	for i := range m.Entries {
+		if m.Entries[i].Type == manifest.File {
+			files = append(files, &m.Entries[i])
+		}
+	}
+	step := max(1, len(files)/32)
+	for i := 0; i < len(files); i += step {
+		var st unix.Stat_t
+		if unix.Lstat(filepath.Join(tree, files[i].Path), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != files[i].Size {
+			return false
+		}
+	}
+	return true
+}
+
+// treeTime is when tx id's tree was placed (its directory's mtime).
+func (s *Store) treeTime(id uint64, fallback time.Time) time.Time {
+	if fi, err := os.Lstat(filepath.Dir(s.TreeDir(id))); err == nil {
+		return fi.ModTime().UTC()
+	}
+	return fallback
+}
+
+// pickDefault keeps the old default if it survived, else the newest good
+// tx, else the newest.
+func pickDefault(txs []*Tx, old uint64) uint64 {
+	for _, t := range txs {
+		if t.ID == old {
+			return old
+		}
+	}
+	for i := len(txs) - 1; i >= 0; i-- {
+		if txs[i].State == StateGood {
+			return txs[i].ID
+		}
+	}
+	if len(txs) > 0 {
+		return txs[len(txs)-1].ID
+	}
+	return 0
+}
+
+// writeDB builds a complete database at path and fsyncs it.
+func writeDB(path string, timeout time.Duration, txs []*Tx, def, next uint64, cfg map[string][]byte, events []Event) error {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
+	if err != nil {
+		return fmt.Errorf("rebuild: create %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketTx, bucketMeta, bucketEvents} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		txb, meta, evb := tx.Bucket(bucketTx), tx.Bucket(bucketMeta), tx.Bucket(bucketEvents)
+		for _, t := range txs {
+			if err := putTx(txb, t); err != nil {
+				return err
+			}
+		}
+		if err := meta.Put(keyVersion, []byte("1")); err != nil {
+			return err
+		}
+		if err := meta.Put(keyNext, u64(next)); err != nil {
+			return err
+		}
+		if def != 0 {
+			if err := meta.Put(keyDefault, u64(def)); err != nil {
+				return err
+			}
+		}
+		for k, v := range cfg {
+			if err := meta.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		if len(events) > maxEvents {
+			events = events[len(events)-maxEvents:]
+		}
+		for _, ev := range events {
+			if err := appendEvent(evb, ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("rebuild: write %s: %w", path, err)
+	}
+	return fsyncFile(path)
+}
+
+// keepOld preserves the current store.db as store.db.corrupt-<time> before
+// it is replaced: a hard link (the name appears, nothing is copied; the
+// database stays in place until the rename over it), else a durable copy.
+// A store.db that is not a regular file (a directory, say) is renamed away.
+// Returns "" when there is no store.db.
+func keepOld(p string, now time.Time) (string, error) {
+	fi, err := os.Lstat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("rebuild: %w", err)
+	}
+	base := p + ".corrupt-" + now.Format("20060102T150405Z")
+	saved := base
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(saved); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		saved = fmt.Sprintf("%s.%d", base, i)
+	}
+	switch {
+	case !fi.Mode().IsRegular():
+		err = os.Rename(p, saved)
+	default:
+		if err = os.Link(p, saved); err != nil {
+			err = copyDurable(p, saved)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("rebuild: keep the old database as %s: %w", saved, err)
+	}
+	if err := cas.FsyncDir(filepath.Dir(p)); err != nil {
+		return "", err
+	}
+	return saved, nil
+}
+
+// copyDurable copies src to dst via a temp file, fsynced, then renamed.
+func copyDurable(src, dst string) error {
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
