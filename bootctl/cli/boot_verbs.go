@@ -149,6 +149,15 @@ func ownEntry(rep *bls.Report, id uint64, what string, ok func(bls.Name) bool) e
 	return fmt.Errorf("tx %d: boot entry not %s: %w", id, what, errors.Join(errs...))
 }
 
+// entryWritten fails when tx id had a problem and has no entry at all: the
+// store would name it (the default, the new tx) while the loader cannot
+// boot it.
+func entryWritten(id uint64) func(*bls.Report) error {
+	return func(rep *bls.Report) error {
+		return ownEntry(rep, id, "written", func(bls.Name) bool { return true })
+	}
+}
+
 func markBad(e *env, s *txstore.Store, id uint64, reason string, ef *entryFlags) error {
 	if _, err := s.Update(id, txstore.Event{Kind: "mark-bad", Detail: reason}, func(t *txstore.Tx) error {
 		t.MarkBad(reason)
@@ -310,10 +319,10 @@ func init() {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "tx %d is the default\n", id)
-			if err := resync(e, s, &ef); err != nil {
-				return err
-			}
-			return clearMenuDefault(e, s, efiDir, id)
+			// The menu default is cleared even when the entry failed: it
+			// would otherwise keep overriding the store's choice.
+			rerr := resync(e, s, &ef, entryWritten(id))
+			return errors.Join(rerr, clearMenuDefault(e, s, efiDir, id))
 		}})
 
 	register(&verb{name: "rollback", help: "make the previous good tx the default (clears a default chosen in the boot menu)",
@@ -346,10 +355,8 @@ func init() {
 					}
 					s.Log(txstore.Event{Kind: "rollback", TxID: t.ID, Detail: fmt.Sprintf("from tx %d", def)})
 					fmt.Fprintf(e.stdout, "rolled back: tx %d is the default (was %d)\n", t.ID, def)
-					if err := resync(e, s, &ef); err != nil {
-						return err
-					}
-					return clearMenuDefault(e, s, efiDir, t.ID)
+					rerr := resync(e, s, &ef, entryWritten(t.ID))
+					return errors.Join(rerr, clearMenuDefault(e, s, efiDir, t.ID))
 				}
 			}
 			return exitError{ExitNotFound, fmt.Sprintf("no good tx older than %d to roll back to", from)}

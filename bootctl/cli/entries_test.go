@@ -198,3 +198,25 @@ func TestHealthBlessesDespiteOtherEntries(t *testing.T) {
 		})
 	}
 }
+
+// A verb whose own tx ends up with no boot entry must not exit 0: the
+// store would say the tx is the default while the loader cannot boot it.
+func TestOwnEntryMissingFails(t *testing.T) {
+	td := tools(t)
+	root, esp := t.TempDir(), t.TempDir()
+	if code, out := commitKernel(t, root, td, "6.1.0-test", "kernel-A", "--esp", esp, "--root-arg", "PARTUUID=1234"); code != 0 {
+		t.Fatalf("commit: %s", out)
+	}
+	code, out := commitKernel(t, root, td, "9.9 evil", "kernel-B")
+	if code != ExitFail || !strings.Contains(out, "tx 2: boot entry not written") {
+		t.Fatalf("commit of a tx whose entry cannot be written: exit %d\n%s", code, out)
+	}
+	// The other entry is still there, and set-default back to it works.
+	if code, out, errs := run(t, "--root", root, "set-default", "1"); code != 0 {
+		t.Fatalf("set-default 1: exit %d\n%s%s", code, out, errs)
+	}
+	code, out2, errs := run(t, "--root", root, "set-default", "2")
+	if code != ExitFail || !strings.Contains(errs, "tx 2: boot entry not written") {
+		t.Fatalf("set-default 2: exit %d\n%s%s", code, out2, errs)
+	}
+}

@@ -82,6 +82,9 @@ func init() {
 				return err
 			}
 			printSync(e, rep)
+			if len(tx.Kernels) > 0 {
+				return entryWritten(tx.ID)(rep)
+			}
 			return nil
 		}})
 
