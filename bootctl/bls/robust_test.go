@@ -372,6 +372,11 @@ func TestCheckOptions(t *testing.T) {
 		{"quiet txboot.tx=3", `"txboot.tx=3"`, "quiet"},
 		{"txboot.digest=sha256:00 quiet", "txboot.digest", "quiet"},
 		{"txboot.force=1", "txboot.force", ""},
+		// Policy settings initagent reads are the user's to choose for
+		// every entry; they do not name or pin a tx.
+		{"txboot.verify=full txboot.watchdog=10 txboot.timeout=60", "", "txboot.verify=full txboot.watchdog=10 txboot.timeout=60"},
+		{"txboot.verfy=full", "unknown", ""},
+		{"txboot", "unknown", ""},
 		{"root=/dev/sdz ro", "--root-arg", "ro"},
 		{"initrd=/evil.img", "initrd", ""},
 		{`"txboot.tx=3" a`, "txboot.tx", "a"},

@@ -42,7 +42,7 @@ type entryFlags struct {
 func (f *entryFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.esp, "esp", "", "ESP mount point (saved; default: the saved one, else /boot/efi, /efi, /boot)")
 	fs.StringVar(&f.rootArg, "root-arg", "", "root= value for entries, e.g. PARTUUID=… (saved)")
-	fs.Func("options", "extra kernel arguments for entries (saved; not root=, initrd= or txboot.*)", func(s string) error {
+	fs.Func("options", "extra kernel arguments for entries (saved; not root=, initrd=, txboot.tx/digest/force)", func(s string) error {
 		// Checked here so that nothing is saved: the user's arguments come
 		// last and the last occurrence wins, so txboot.tx= would retarget
 		// every entry.
@@ -90,7 +90,7 @@ func loadEntriesConfig(s *txstore.Store, root string, f *entryFlags) (entriesCon
 	if kept, dropped := bls.StripReservedOptions(c.Options); len(dropped) > 0 {
 		// Saved before --options was checked: never used, and the next
 		// `entries sync` saves the options without them.
-		c.warnings = append(c.warnings, fmt.Sprintf("saved --options %q: ignoring %q (root= goes in --root-arg; initrd= and txboot.* are txboot's own)", c.Options, strings.Join(dropped, " ")))
+		c.warnings = append(c.warnings, fmt.Sprintf("saved --options %q: ignoring %q (root= goes in --root-arg; initrd=, txboot.tx, txboot.digest and txboot.force are txboot's own)", c.Options, strings.Join(dropped, " ")))
 		c.Options = kept
 	}
 	if c.Keep == 0 {

@@ -66,7 +66,8 @@ func TestEntriesOptionsReserved(t *testing.T) {
 		options string
 		want    []string // in the error
 	}{
-		{"txboot.tx=3", []string{`"txboot.tx=3"`, "txboot.*"}},
+		{"txboot.tx=3", []string{`"txboot.tx=3"`, "for each entry"}},
+		{"txboot.force=1", []string{"txboot.force", "out of tries"}},
 		{"quiet txboot.digest=sha256:00", []string{"txboot.digest"}},
 		{"root=/dev/sdz", []string{`"root=/dev/sdz"`, "--root-arg"}},
 		{"initrd=/x.img", []string{"initrd"}},
@@ -94,9 +95,9 @@ func TestEntriesOptionsReserved(t *testing.T) {
 			t.Fatalf("--options %q written:\n%s", tt.options, data)
 		}
 	}
-	// Allowed: the user's own debug switches.
-	mustRun(t, "--root", root, "entries", "sync", "--esp", esp, "--root-arg", "PARTUUID=1", "--options", "rd.txboot.debug=1 console=ttyS0")
-	if raw := savedEntriesConfig(t, root); !strings.Contains(string(raw), "rd.txboot.debug=1 console=ttyS0") {
+	// Allowed: the user's own debug switches and boot policy.
+	mustRun(t, "--root", root, "entries", "sync", "--esp", esp, "--root-arg", "PARTUUID=1", "--options", "rd.txboot.debug=1 console=ttyS0 txboot.verify=full")
+	if raw := savedEntriesConfig(t, root); !strings.Contains(string(raw), "rd.txboot.debug=1 console=ttyS0 txboot.verify=full") {
 		t.Fatalf("settings: %s", raw)
 	}
 }
