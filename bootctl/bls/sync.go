@@ -52,6 +52,7 @@ type TxInfo struct {
 	TriesLeft  int // from the store; <= 0 on a tx neither good nor bad means "not set": SyncConfig.Tries
 	Pinned     bool
 	Title      string // replaces the generated menu title when set
+	OSName     string // the tx's own OS name (OSName of its tree), used when SyncConfig.OSName is ""
 }
 
 // SyncConfig says where the ESP is and how entries look.
@@ -63,7 +64,7 @@ type SyncConfig struct {
 	Options     string // user's extra kernel arguments
 	Root        string // root= value
 	Tries       int    // boot counter for new trial entries when TriesLeft is unset; default 3
-	OSName      string // menu title prefix; default "Linux"
+	OSName      string // menu title prefix; default: each tx's OSName, else "Linux"
 	MachineID   string // written as machine-id when set
 }
 
@@ -105,9 +106,6 @@ func (c SyncConfig) withDefaults() (SyncConfig, error) {
 	}
 	if c.Tries <= 0 {
 		c.Tries = DefaultTries
-	}
-	if c.OSName == "" {
-		c.OSName = DefaultOSName
 	}
 	if c.ESP == "" {
 		return c, fmt.Errorf("%w: no ESP", ErrConfig)
@@ -199,6 +197,9 @@ func checkTx(t TxInfo) error {
 	if strings.ContainsAny(t.Title, "\r\n\x00") {
 		return fmt.Errorf("%w: tx %d: title spans lines", ErrTx, t.ID)
 	}
+	if strings.ContainsAny(t.OSName, "\r\n\x00") {
+		return fmt.Errorf("%w: tx %d: OS name spans lines", ErrTx, t.ID)
+	}
 	return nil
 }
 
@@ -240,7 +241,15 @@ func sortKey(prefix string, t TxInfo, isDefault bool) string {
 func entryFor(cfg SyncConfig, t TxInfo, kernelHex, initrdHex string) *Entry {
 	title := t.Title
 	if title == "" {
-		title = fmt.Sprintf("%s (tx %d)", cfg.OSName, t.ID)
+		// The user's --os-name, else what the tx says it is (os-release).
+		name := cfg.OSName
+		if name == "" {
+			name = t.OSName
+		}
+		if name == "" {
+			name = DefaultOSName
+		}
+		title = fmt.Sprintf("%s (tx %d)", name, t.ID)
 	}
 	version := strconv.FormatUint(t.ID, 10)
 	if t.Kernel != "" {

@@ -30,6 +30,8 @@ type bootInfo struct {
 	} `json:"failures"`
 	OnTrial  bool `json:"on_trial"`
 	Watchdog int  `json:"watchdog_seconds"`
+	// NoDatabase: store.db was damaged at boot; counting was off.
+	NoDatabase string `json:"no_database,omitempty"`
 }
 
 // bootInfoPath may be overridden in tests.
@@ -68,10 +70,13 @@ func targetID(args []string) (uint64, error) {
 	return 0, usagef("expected at most one transaction id")
 }
 
+// watchdogPath may be overridden in tests (never the host's device).
+var watchdogPath = "/dev/watchdog"
+
 // disarmWatchdog stops the watchdog initagent armed for a boot on trial:
 // the magic close ('V') tells the driver the stop is intended.
 func disarmWatchdog() bool {
-	fd, err := unix.Open("/dev/watchdog", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(watchdogPath, unix.O_WRONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
@@ -123,10 +128,24 @@ func markGood(e *env, s *txstore.Store, id uint64, why string, ef *entryFlags) e
 		fmt.Fprintf(e.stdout, "default was bad; tx %d is the default now\n", nd)
 	}
 	// Other entries' problems are warnings; only an entry of this tx that
-	// could not be blessed (renamed without its counter) fails the verb.
-	return resync(e, s, ef, func(rep *bls.Report) error {
+	// could not be blessed (renamed without its counter) fails the verb,
+	// and so does an ESP that cannot be found when entries are managed:
+	// the loader would count a healthy tx down to bad (RAUC's "mark-good
+	// succeeded while the write failed").
+	err := resync(e, s, ef, func(rep *bls.Report) error {
 		return ownEntry(rep, id, "blessed", func(n bls.Name) bool { return !n.Counting })
 	})
+	if err == nil {
+		var c entriesConfig
+		var found bool
+		if c, found, err = loadEntriesConfig(s, e.root, ef); err == nil {
+			err = requireBlessable(e, c, found, id)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("tx %d is marked good in the store, but the boot loader will keep counting it down: %w", id, err)
+	}
+	return nil
 }
 
 // ownEntry fails when tx id had a problem and its entry (if it has one)
@@ -176,9 +195,37 @@ func markBad(e *env, s *txstore.Store, id uint64, reason string, ef *entryFlags)
 	})
 }
 
+// healthNotOnTrial: the unit runs on every boot, and a boot not on trial
+// (initagent found the tx good) has nothing to prove, so it stays cheap:
+// no checks, no store write, no ESP. Only when systemd-boot still counted
+// this boot (an earlier blessing did not reach the ESP) is the entry
+// blessed, without running the checks again.
+func healthNotOnTrial(e *env, id uint64, ef *entryFlags) error {
+	if _, _, counted := loaderCounted(e, id); !counted {
+		fmt.Fprintf(e.stdout, "health: tx %d is not on trial: nothing to check\n", id)
+		return nil
+	}
+	s, err := e.openExisting(true)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	t, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	if t.State != txstore.StateGood {
+		fmt.Fprintf(e.stdout, "health: tx %d is not on trial (%s, booted by force): nothing to check; its entry is left as it is\n", id, t.State)
+		return nil
+	}
+	fmt.Fprintf(e.stdout, "health: tx %d is good but the boot loader still counts its entry: blessing it\n", id)
+	return markGood(e, s, id, "health: bless the entry the boot loader still counted", ef)
+}
+
 // reboot asks systemd when it runs, else syncs and reboots directly.
 func reboot(e *env) error {
 	fmt.Fprintln(e.stdout, "rebooting")
+	releaseESPs() // a privately mounted ESP is unmounted cleanly first
 	if isDir("/run/systemd/system") {
 		if p, err := exec.LookPath("systemctl"); err == nil {
 			return exec.Command(p, "reboot").Run()
@@ -249,6 +296,9 @@ func init() {
 			id, err := targetID(nil)
 			if err != nil {
 				return err
+			}
+			if bi, err := readBootInfo(); err == nil && bi.Booted == id && !bi.OnTrial && bi.NoDatabase == "" {
+				return healthNotOnTrial(e, id, &ef)
 			}
 			res := runHealth(e, checkTimeout)
 			s, err := e.openExisting(true)
@@ -574,7 +624,7 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 		out.LoaderCounter, _ = v.BootCountPath()
 		out.MenuDefault, _ = v.EntryDefault()
 		if c, ok, _ := loadEntriesConfig(s, e.root, nil); ok {
-			out.ESP = c.ESP
+			out.ESP = c.espName()
 			if files, err := bls.List(c.ESP, bls.DefaultPrefix); err == nil {
 				for _, f := range files {
 					out.Entries = append(out.Entries, f.File)

@@ -72,6 +72,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	gfs.SetOutput(io.Discard)
 	addCommon(gfs, e)
 	if err := gfs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) { // -h, --help: asked for, not a mistake
+			printUsage(stdout)
+			return ExitOK
+		}
 		fmt.Fprintf(stderr, "bootctl: %v\n", err)
 		printUsage(stderr)
 		return ExitUsage
@@ -102,6 +106,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	e.fs = fs
 	if err := fs.Parse(interleave(fs, rest[1:])); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "usage: bootctl %s %s\n  %s\n\noptions:\n", v.name, v.args, v.help)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return ExitOK
+		}
 		fmt.Fprintf(stderr, "bootctl %s: %v\nusage: bootctl %s %s\n", v.name, err, v.name, v.args)
 		return ExitUsage
 	}

@@ -28,6 +28,14 @@ type entriesConfig struct {
 	MachineID string `json:"machine_id,omitempty"`
 
 	warnings []string // about the saved settings, shown with the sync's report
+	derived  derived  // settings read from the OS (kernel/cmdline, machine-id), never saved
+
+	// In the running system the ESP is found, never taken from the
+	// settings (see esp.go); the saved path is kept for offline use.
+	live     bool
+	savedESP string // what the settings held, saved back unchanged when live
+	espErr   error  // why no ESP was found, when live
+	espDesc  string // names a privately mounted ESP in messages
 }
 
 const entriesKey = "entries"
@@ -40,7 +48,7 @@ type entryFlags struct {
 }
 
 func (f *entryFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.esp, "esp", "", "ESP mount point (saved; default: the saved one, else /boot/efi, /efi, /boot)")
+	fs.StringVar(&f.esp, "esp", "", "ESP mount point (default: in the running system, the one the boot loader started from; with --root, the saved one (saved offline only), else ROOT/boot/efi, ROOT/efi, ROOT/boot)")
 	fs.StringVar(&f.rootArg, "root-arg", "", "root= value for entries, e.g. PARTUUID=… (saved)")
 	fs.Func("options", "extra kernel arguments for entries (saved; not root=, initrd=, txboot.tx/digest/force)", func(s string) error {
 		// Checked here so that nothing is saved: the user's arguments come
@@ -70,6 +78,7 @@ func loadEntriesConfig(s *txstore.Store, root string, f *entryFlags) (entriesCon
 			return c, false, fmt.Errorf("%w: saved entry settings unreadable: %v", txstore.ErrCorrupt, err)
 		}
 	}
+	saved := c.ESP
 	if f != nil {
 		if f.esp != "" {
 			c.ESP = f.esp
@@ -93,11 +102,28 @@ func loadEntriesConfig(s *txstore.Store, root string, f *entryFlags) (entriesCon
 		c.warnings = append(c.warnings, fmt.Sprintf("saved --options %q: ignoring %q (root= goes in --root-arg; initrd=, txboot.tx, txboot.digest and txboot.force are txboot's own)", c.Options, strings.Join(dropped, " ")))
 		c.Options = kept
 	}
+	osDefaults(&c, root, f)
 	if c.Keep == 0 {
 		c.Keep = 5
 	}
 	explicit := f != nil && f.esp != ""
-	if !explicit && !isDir(c.ESP) { // saved ESP gone (or none): look where ESPs live
+	if c.live = isLive(root); c.live {
+		c.savedESP = saved // an explicit --esp here is not saved either
+		if !explicit {
+			c.ESP = ""
+			// Without a root= value txboot writes no entries: nothing to find.
+			if c.RootArg != "" {
+				if found, err := findLiveESP(root); err != nil {
+					c.espErr = err
+				} else {
+					c.ESP = found.Path
+					if found.Private() { // its path is a /proc/self/fd one
+						c.espDesc = found.String()
+					}
+				}
+			}
+		}
+	} else if !explicit && !isDir(c.ESP) { // saved ESP gone (or none): look where ESPs live
 		c.ESP = ""
 		for _, cand := range []string{"boot/efi", "efi", "boot"} {
 			if p := filepath.Join(root, cand); isDir(filepath.Join(p, "loader")) {
@@ -118,7 +144,10 @@ func isDir(p string) bool {
 }
 
 func saveEntriesConfig(s *txstore.Store, c entriesConfig) error {
-	data, err := json.Marshal(c)
+	if c.live {
+		c.ESP = c.savedESP // a path found in the running system means nothing offline
+	}
+	data, err := json.Marshal(c.withoutDerived())
 	if err != nil {
 		return err
 	}
@@ -167,7 +196,8 @@ func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Rep
 		}
 		infos = append(infos, bls.TxInfo{ID: t.ID, Digest: t.Digest, Kernel: kver,
 			KernelPath: filepath.Join(s.TreeDir(t.ID), "lib/modules", kver, "vmlinuz"), InitrdPath: initrd,
-			Good: t.State == txstore.StateGood, Bad: t.State == txstore.StateBad, TriesLeft: t.TriesLeft, Pinned: t.Pinned})
+			OSName: bls.OSName(s.TreeDir(t.ID)),
+			Good:   t.State == txstore.StateGood, Bad: t.State == txstore.StateBad, TriesLeft: t.TriesLeft, Pinned: t.Pinned})
 	}
 	if !slices.ContainsFunc(infos, func(t bls.TxInfo) bool { return t.ID == def }) {
 		def = 0 // no entry for it (no kernel, or its initrd failed): none sorts first

@@ -40,6 +40,9 @@ const (
 	LoaderBootCountPath = "LoaderBootCountPath" // ESP path of the counted entry booted
 	LoaderEntries       = "LoaderEntries"       // all entry IDs in the menu
 	LoaderInfo          = "LoaderInfo"          // boot loader name and version
+	// LoaderDevicePartUUID is the GPT partition UUID of the ESP the boot
+	// loader was started from.
+	LoaderDevicePartUUID = "LoaderDevicePartUUID"
 )
 
 // Attributes is the EFI variable attribute bit mask.
@@ -260,6 +263,39 @@ func (v *Vars) BootCountEntry() (dir string, name bls.Name, err error) {
 		return "", bls.Name{}, err
 	}
 	return ParseBootCountPath(p)
+}
+
+// DevicePartUUID is the partition UUID of the ESP systemd-boot started
+// from, lower case (as udev's /dev/disk/by-partuuid names it; systemd-boot
+// writes it upper case). Anything but a GUID is ErrMalformed: the value
+// becomes part of a path.
+func (v *Vars) DevicePartUUID() (string, error) {
+	s, err := v.ReadString(LoaderDevicePartUUID)
+	if err != nil {
+		return "", err
+	}
+	if !isGUID(s) {
+		return "", fmt.Errorf("%s: %w: %q is not a GUID", LoaderDevicePartUUID, ErrMalformed, s)
+	}
+	return strings.ToLower(s), nil
+}
+
+// isGUID: 8-4-4-4-12 hex digits.
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'):
+			return false
+		}
+	}
+	return true
 }
 
 // Entries lists the IDs of all entries in the boot menu.

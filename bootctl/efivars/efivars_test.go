@@ -388,3 +388,42 @@ func FuzzParseBootCountPath(f *testing.F) {
 		}
 	})
 }
+
+// LoaderDevicePartUUID names the ESP systemd-boot was started from;
+// systemd-boot writes it upper case, udev's by-partuuid links are lower
+// case.
+func TestDevicePartUUID(t *testing.T) {
+	tests := []struct {
+		name string
+		raw  []byte // file content; nil: no variable
+		want string
+		err  error
+	}{
+		{"upper case", EncodeVar(BootserviceAccess|RuntimeAccess, utf16le("5D0F2A3C-1B2E-4A8F-9C11-0123456789AB")), "5d0f2a3c-1b2e-4a8f-9c11-0123456789ab", nil},
+		{"lower case", EncodeVar(RuntimeAccess, utf16le("5d0f2a3c-1b2e-4a8f-9c11-0123456789ab")), "5d0f2a3c-1b2e-4a8f-9c11-0123456789ab", nil},
+		{"not set", nil, "", ErrNotExist},
+		{"not a GUID", EncodeVar(RuntimeAccess, utf16le("../../etc")), "", ErrMalformed},
+		{"GUID too long", EncodeVar(RuntimeAccess, utf16le("5d0f2a3c-1b2e-4a8f-9c11-0123456789abcd")), "", ErrMalformed},
+		{"odd length", append(EncodeVar(RuntimeAccess, utf16le("5d0f2a3c")), 'x'), "", ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tt.raw != nil {
+				if err := os.WriteFile(filepath.Join(dir, LoaderDevicePartUUID+"-"+LoaderGUID), tt.raw, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := New(dir).DevicePartUUID()
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("got %q, %v; want %v", got, err, tt.err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
