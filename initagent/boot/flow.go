@@ -110,7 +110,11 @@ func Main() {
 	log.logf(6, "root %s (%s) mounted on %s", dev, cfg.RootSpec, Sysroot)
 	ph.mark("mount")
 
-	s, err := txstore.Open(Sysroot, txstore.Options{Timeout: 5 * time.Second, NoCleanup: true, Workers: 4, HashOnce: true})
+	// Workers is I/O depth, not CPUs: a cold verify is the kernel reading
+	// inodes and directory blocks, which overlap only across blocked
+	// workers (1 vCPU under TCG, Debian /usr: verify 1.96 s with 4 workers,
+	// 1.62 s with 32; 1 worker is 2-3x slower than 4).
+	s, err := txstore.Open(Sysroot, txstore.Options{Timeout: 5 * time.Second, NoCleanup: true, Workers: 32, HashOnce: true})
 	if err != nil {
 		rescue(log, cfg.Shell, fmt.Sprintf("open the txboot store on %s: %v", dev, err))
 	}
