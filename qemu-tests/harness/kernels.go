@@ -138,6 +138,8 @@ var requirements = map[string][]string{
 	"go":           {"go"},
 	// What MakeGPTDisk and the ext4/ESP helpers use.
 	"disk": {"sfdisk", "mkfs.vfat", "mcopy", "mdir", "mdel", "mmd", "mmove", "mkfs.ext4", "debugfs", "e2fsck"},
+	// Building the Debian root (scripts/debian-root.sh) and unpacking .debs.
+	"debootstrap": {"debootstrap", "dpkg"},
 	// Everything a UEFI boot needs besides a kernel.
 	"uefi": {QEMUBinary, OVMFCode, OVMFVars, SystemdBoot},
 }
