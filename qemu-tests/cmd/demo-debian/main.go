@@ -37,7 +37,7 @@ func step(format string, a ...any) {
 
 // story passes on the console lines that tell what happens: initagent's,
 // the test unit's, a panic, and systemd-boot's own words.
-var story = regexp.MustCompile(`txboot: (booting|fall|default|verif|BOOT)|TXTEST (running|failed|health|hello|status:|next)|Kernel panic|Attempted to kill init|error while loading shared libraries|reboot: `)
+var story = regexp.MustCompile(`txboot: (booting|fall|default|verif|BOOT)|TXTEST (running|failed|health|hello|status:|next)|Kernel panic|Attempted to kill init|error while loading shared libraries|\breboot: `)
 
 type storyWriter struct {
 	w   *io.PipeWriter
