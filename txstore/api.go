@@ -17,6 +17,7 @@ import (
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/sign"
 )
 
 // State is a transaction's boot-assessment state (see package bootstate).
@@ -42,6 +43,13 @@ type Tx struct {
 	Manifest string    `json:"manifest"`          // CAS object (hex sha256 of the zstd bytes)
 	Pinned   bool      `json:"pinned,omitempty"`
 	Updated  time.Time `json:"updated"`
+	// Signatures over Digest (sign.SignTx): commit --sign, or carried from
+	// the repository a tx was pulled from.
+	Signatures []sign.Signature `json:"signatures,omitempty"`
+	// Version and Origin: the version string and repository URL of a
+	// pulled tx ("" for a local commit).
+	Version string `json:"version,omitempty"`
+	Origin  string `json:"origin,omitempty"`
 	bootstate.Boot
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/sign"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -47,6 +48,10 @@ type CommitOptions struct {
 	// a journal names src's path: a failure puts src back there, and so
 	// does the next writer's Open after a crash (see recoverConsumed).
 	Consume bool
+	// Signatures, Version and Origin go into the record as given (see Tx).
+	Signatures []sign.Signature
+	Version    string
+	Origin     string
 	// Hook, if set, is called between the steps of a commit; tests use it to
 	// crash at chosen points.
 	Hook func(step string)
@@ -368,7 +373,8 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	now := time.Now().UTC()
 	t := &Tx{ID: id, Digest: digest, Parent: parent, Created: now, Updated: now,
 		Summary: o.Summary, Kernels: m.Kernels(), Entries: st.Entries, Bytes: st.Bytes,
-		Manifest: mkey.Hash.String(), Boot: bootstate.New(o.Tries)}
+		Manifest: mkey.Hash.String(), Boot: bootstate.New(o.Tries),
+		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin}
 	err = s.update(func(tx *bbolt.Tx) error {
 		txs, meta, events, err := buckets(tx)
 		if err != nil {
