@@ -32,6 +32,8 @@ type bootInfo struct {
 	Watchdog int  `json:"watchdog_seconds"`
 	// NoDatabase: store.db was damaged at boot; counting was off.
 	NoDatabase string `json:"no_database,omitempty"`
+	// SignedBy: the initramfs's trusted key that signed the booted tx.
+	SignedBy string `json:"signed_by,omitempty"`
 }
 
 // bootInfoPath may be overridden in tests.
@@ -202,6 +204,18 @@ func markBad(e *env, s *txstore.Store, id uint64, reason string, ef *entryFlags)
 // blessed, without running the checks again.
 func healthNotOnTrial(e *env, id uint64, ef *entryFlags) error {
 	if _, _, counted := loaderCounted(e, id); !counted {
+		if info, err := readBootInfo(); err == nil && info != nil && len(info.Failures) > 0 {
+			// initagent fell back this boot and recorded the failed txs
+			// (bad, the default moved) in the store; until the entries
+			// say so too, the loader keeps trying the failed one first.
+			s, err := e.openExisting(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			fmt.Fprintf(e.stdout, "health: tx %d is not on trial; this boot fell back from tx %d: syncing the entries\n", id, info.Failures[0].Tx)
+			return resync(e, s, ef)
+		}
 		fmt.Fprintf(e.stdout, "health: tx %d is not on trial: nothing to check\n", id)
 		return nil
 	}
@@ -573,6 +587,10 @@ type statusTx struct {
 	*txstore.Tx
 	Default bool `json:"default"`
 	Booted  bool `json:"booted"`
+	// Signature: unsigned, valid, untrusted or bad, checked against the
+	// keys the system and the txs carry; SignedBy: that key's ID.
+	Signature string `json:"signature"`
+	SignedBy  string `json:"signed_by,omitempty"`
 }
 
 type statusOut struct {
@@ -610,8 +628,10 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			}
 			out.Info = bi
 		}
+		keys := knownKeys(e, s, txs)
 		for _, t := range txs {
-			out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted})
+			sig, by := signatureState(keys, t)
+			out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted, Signature: sig, SignedBy: by})
 			switch t.State {
 			case txstore.StatePending, txstore.StateTrying:
 				out.OnTrial = append(out.OnTrial, t.ID)
@@ -641,6 +661,9 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			if out.Requested != 0 && out.Requested != out.Booted {
 				fmt.Fprintf(w, " (fell back from tx %d)", out.Requested)
 			}
+			if out.Info != nil && out.Info.SignedBy != "" {
+				fmt.Fprintf(w, " (signature checked at boot: key %s)", printable(out.Info.SignedBy))
+			}
 			fmt.Fprintln(w)
 			if out.Info != nil {
 				for _, f := range out.Info.Failures {
@@ -662,7 +685,7 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", printable(out.MenuDefault))
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tFLAGS\tSUMMARY / LAST FAILURE")
+		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tSIGNED\tFLAGS\tSUMMARY / LAST FAILURE")
 		for i := len(out.Transactions) - 1; i >= 0; i-- {
 			t := out.Transactions[i]
 			var flags []string
@@ -683,7 +706,7 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			if t.State == txstore.StatePending || t.State == txstore.StateTrying {
 				tries = fmt.Sprint(t.TriesLeft)
 			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, strings.Join(flags, ","), printable(note))
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, signedColumn(t.Signature, t.SignedBy), strings.Join(flags, ","), printable(note))
 		}
 		tw.Flush()
 		if out.ESP != "" {

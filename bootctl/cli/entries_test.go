@@ -221,3 +221,36 @@ func TestOwnEntryMissingFails(t *testing.T) {
 		t.Fatalf("set-default 2: exit %d\n%s%s", code, out2, errs)
 	}
 }
+
+// A boot that fell back (tx 2 failed verification, tx 1 booted, not on
+// trial) must still bring the entries in step with the store: tx 2's entry
+// becomes +0, or the loader keeps choosing it first.
+func TestHealthAfterFallbackSyncsEntries(t *testing.T) {
+	td := tools(t)
+	oldInfo := bootInfoPath
+	t.Cleanup(func() { bootInfoPath = oldInfo })
+	root, esp := t.TempDir(), t.TempDir()
+	if code, out := commitKernel(t, root, td, "6.1.0-test", "kernel-A", "--esp", esp, "--root-arg", "PARTUUID=1234"); code != 0 {
+		t.Fatalf("commit 1: %s", out)
+	}
+	mustRun(t, "--root", root, "mark-good", "1")
+	if code, out := commitKernel(t, root, td, "6.1.0-test", "kernel-B"); code != 0 {
+		t.Fatalf("commit 2: %s", out)
+	}
+	mustRun(t, "--root", root, "mark-good", "2")
+	// What initagent records when tx 2 fails verification at boot: the
+	// store says bad, the entries on the ESP are untouched (PID 1 does not
+	// write the ESP).
+	mustRun(t, "--root", root, "mark-bad", "2", "--reason", "verification failed")
+	os.Rename(filepath.Join(esp, "loader/entries/txboot-2+0.conf"), filepath.Join(esp, "loader/entries/txboot-2.conf"))
+	bootInfoPath = filepath.Join(t.TempDir(), "boot.json")
+	os.WriteFile(bootInfoPath, []byte(`{"booted":1,"requested":2,"failures":[{"tx":2,"reason":"verification failed"}],"on_trial":false}`), 0o644)
+	code, out, errs := run(t, "--root", root, "health")
+	if code != 0 {
+		t.Fatalf("health: exit %d\n%s%s", code, out, errs)
+	}
+	if _, err := os.Stat(filepath.Join(esp, "loader/entries/txboot-2+0.conf")); err != nil {
+		es, _ := os.ReadDir(filepath.Join(esp, "loader/entries"))
+		t.Fatalf("tx 2's entry not marked bad after the fallback boot: %v\n%s", es, out)
+	}
+}
