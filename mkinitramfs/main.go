@@ -3,7 +3,8 @@
 // reproducible zstd-compressed newc cpio.
 //
 //	mkinitramfs --kver 6.1.0-56-amd64 --kmoddir /tmp/k/linux-image-6.1.0-56-amd64 \
-//	    --add-drivers "virtio_net" --add-file /bin/busybox:/bin/busybox -o initrd.img
+//	    --add-drivers "virtio_net" --add-file /bin/busybox:/bin/busybox \
+//	    --trust /etc/txboot/trusted.d/vendor.pem -o initrd.img
 package main
 
 import (
@@ -43,9 +44,11 @@ func run(args []string) error {
 		quiet     = fl.Bool("q", false, "no summary line")
 		drivers   listFlag
 		files     listFlag
+		trust     listFlag
 	)
 	fl.Var(&drivers, "add-drivers", "extra modules (names or aliases, space or comma separated; repeatable)")
 	fl.Var(&files, "add-file", "extra file SRC:DST (repeatable)")
+	fl.Var(&trust, "trust", "ed25519 public key (PEM) initagent trusts: only txs it signed boot (repeatable)")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -63,6 +66,7 @@ func run(args []string) error {
 		KModDir:          *kmoddir,
 		Drivers:          drivers,
 		NoDefaultDrivers: *noDefault,
+		Trust:            trust,
 	}
 	if o.Init == "" {
 		p, err := findInit()

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/txboot/txboot/txstore/sign"
 )
 
 // tree makes a kernel root with an empty module directory and an init.
@@ -29,6 +31,14 @@ func TestRun(t *testing.T) {
 	root, init := tree(t)
 	out := filepath.Join(t.TempDir(), "initrd.img")
 	base := []string{"--kver", "6.0.0-x", "--kmoddir", root, "-q"}
+	_, pubPEM, err := sign.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := filepath.Join(root, "vendor.pem")
+	if err := os.WriteFile(pub, pubPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -40,6 +50,8 @@ func TestRun(t *testing.T) {
 		{"bad add-file", append(base, "--init", init, "-o", out, "--add-file", "nodst"), "SRC:DST"},
 		{"missing driver", append(base, "--init", init, "-o", out, "--add-drivers", "nosuch"), "nosuch"},
 		{"unknown flag", append(base, "--bogus"), "bogus"},
+		{"trust", append(base, "--init", init, "-o", out, "--trust", pub, "--trust", pub), ""},
+		{"trust a bad key", append(base, "--init", init, "-o", out, "--trust", init), "not an ed25519 key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

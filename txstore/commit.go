@@ -52,6 +52,10 @@ type CommitOptions struct {
 	Signatures []sign.Signature
 	Version    string
 	Origin     string
+	// Sign, if set, is called with the new tx's digest once it is known;
+	// what it returns is added to Signatures (commit --sign: the digest
+	// does not exist before the scan).
+	Sign func(digest string) []sign.Signature
 	// Hook, if set, is called between the steps of a commit; tests use it to
 	// crash at chosen points.
 	Hook func(step string)
@@ -295,18 +299,8 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 
 	// Allocate the id under the writer lock (held since Open, so it stays
 	// free): the consume journal names it before src moves.
-	var id, parent uint64
-	if err := s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
-		if err != nil {
-			return err
-		}
-		id, parent = getU64(meta, keyNext), getU64(meta, keyDefault)
-		if id == 0 {
-			id = 1
-		}
-		return nil
-	}); err != nil {
+	id, parent, err := s.nextID()
+	if err != nil {
 		return nil, nil, err
 	}
 
@@ -354,18 +348,11 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	hook("tree-synced")
 
 	// Publish the tree, then record it.
-	trees := filepath.Join(s.Dir, "trees")
-	final := filepath.Join(trees, strconv.FormatUint(id, 10))
-	if err := removeTree(final); err != nil { // unrecorded leftover, if any
-		return nil, nil, err
-	}
-	if err := os.Rename(treeRoot, final); err != nil {
-		return nil, nil, fmt.Errorf("commit: publish tree: %w", err)
-	}
-	if movedTo != "" {
+	final, err := s.publishTree(treeRoot, id)
+	if movedTo != "" && final != "" { // renamed, even if the fsync failed
 		movedTo = filepath.Join(final, "usr")
 	}
-	if err := cas.FsyncDir(trees); err != nil {
+	if err != nil {
 		return nil, nil, err
 	}
 	hook("tree-published")
@@ -375,28 +362,11 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		Summary: o.Summary, Kernels: m.Kernels(), Entries: st.Entries, Bytes: st.Bytes,
 		Manifest: mkey.Hash.String(), Boot: bootstate.New(o.Tries),
 		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin}
-	err = s.update(func(tx *bbolt.Tx) error {
-		txs, meta, events, err := buckets(tx)
-		if err != nil {
-			return err
-		}
-		if txs.Get(u64(id)) != nil {
-			return fmt.Errorf("%w: tx %d already recorded", ErrCorrupt, id)
-		}
-		if err := putTx(txs, t); err != nil {
-			return err
-		}
-		if err := meta.Put(keyNext, u64(id+1)); err != nil {
-			return err
-		}
-		if !o.NoDefault {
-			if err := meta.Put(keyDefault, u64(id)); err != nil {
-				return err
-			}
-		}
-		return appendEvent(events, Event{Kind: "commit", TxID: id,
-			Detail: fmt.Sprintf("%s, %d entries, %d new objects", digest, st.Entries, st.NewObjects)})
-	})
+	if o.Sign != nil {
+		t.Signatures = append(slices.Clip(t.Signatures), o.Sign(digest)...)
+	}
+	err = s.record(t, o.NoDefault, Event{Kind: "commit", TxID: id,
+		Detail: fmt.Sprintf("%s, %d entries, %d new objects", digest, st.Entries, st.NewObjects)})
 	if err != nil {
 		if movedTo == "" {
 			removeTree(final)
@@ -422,6 +392,66 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	}
 	st.Total = time.Since(start)
 	return t, st, nil
+}
+
+// nextID allocates the next tx id, and the parent (the current default),
+// under the writer lock (held since Open, so the id stays free).
+func (s *Store) nextID() (id, parent uint64, err error) {
+	err = s.view(func(tx *bbolt.Tx) error {
+		_, meta, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		id, parent = getU64(meta, keyNext), getU64(meta, keyDefault)
+		if id == 0 {
+			id = 1
+		}
+		return nil
+	})
+	return id, parent, err
+}
+
+// publishTree renames a synced tree (staging/…/tree) to trees/<id>, the
+// directory fsynced, replacing an unrecorded leftover of that id.
+func (s *Store) publishTree(treeRoot string, id uint64) (string, error) {
+	trees := filepath.Join(s.Dir, "trees")
+	final := filepath.Join(trees, strconv.FormatUint(id, 10))
+	if err := removeTree(final); err != nil { // unrecorded leftover, if any
+		return "", err
+	}
+	if err := os.Rename(treeRoot, final); err != nil {
+		return "", fmt.Errorf("commit: publish tree: %w", err)
+	}
+	if err := cas.FsyncDir(trees); err != nil {
+		return final, err
+	}
+	return final, nil
+}
+
+// record writes tx t's record (the last step of a commit), advances the
+// next id, makes t the default unless noDefault, and logs ev.
+func (s *Store) record(t *Tx, noDefault bool, ev Event) error {
+	return s.update(func(tx *bbolt.Tx) error {
+		txs, meta, events, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		if txs.Get(u64(t.ID)) != nil {
+			return fmt.Errorf("%w: tx %d already recorded", ErrCorrupt, t.ID)
+		}
+		if err := putTx(txs, t); err != nil {
+			return err
+		}
+		if err := meta.Put(keyNext, u64(t.ID+1)); err != nil {
+			return err
+		}
+		if !noDefault {
+			if err := meta.Put(keyDefault, u64(t.ID)); err != nil {
+				return err
+			}
+		}
+		return appendEvent(events, ev)
+	})
 }
 
 // Manifest loads and checks tx t's manifest: the object must hash to its

@@ -685,7 +685,7 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", printable(out.MenuDefault))
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tSIGNED\tFLAGS\tSUMMARY / LAST FAILURE")
+		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tSIGNED\tVERSION\tDIGEST\tFLAGS\tSUMMARY / LAST FAILURE")
 		for i := len(out.Transactions) - 1; i >= 0; i-- {
 			t := out.Transactions[i]
 			var flags []string
@@ -706,7 +706,8 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 			if t.State == txstore.StatePending || t.State == txstore.StateTrying {
 				tries = fmt.Sprint(t.TriesLeft)
 			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, signedColumn(t.Signature, t.SignedBy), strings.Join(flags, ","), printable(note))
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, signedColumn(t.Signature, t.SignedBy),
+				versionColumn(t.Tx), shortDigest(t.Digest), strings.Join(flags, ","), printable(note))
 		}
 		tw.Flush()
 		if out.ESP != "" {

@@ -241,6 +241,11 @@ func buildInitrd(s *txstore.Store, t *txstore.Tx, mkinitramfs, initagent string)
 	if bb := filepath.Join(tree, "bin/busybox"); fileExists(bb) {
 		args = append(args, "--add-file", bb+":/bin/busybox")
 	}
+	trust, err := initrdTrust(s, t)
+	if err != nil {
+		return fmt.Errorf("build initrd for tx %d: %w", t.ID, err)
+	}
+	args = append(args, trust...)
 	cmd := exec.Command(mk, args...)
 	if outb, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build initrd for tx %d: %v: %s", t.ID, err, outb)

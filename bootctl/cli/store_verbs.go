@@ -8,14 +8,15 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/sign"
 )
 
 func init() {
-	var summary, mkinitramfs, initagent string
+	var summary, mkinitramfs, initagent, signKey string
 	var tries int
 	var noDefault, consume bool
 	var cef entryFlags
-	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default] [--consume] [--esp ESP]",
+	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default] [--consume] [--sign KEY] [--esp ESP]",
 		help: "store DIR (the new /usr's contents) as a new transaction",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&summary, "summary", "", "one-line description")
@@ -23,6 +24,7 @@ func init() {
 			fs.Func("tries", "boot tries before the tx counts as bad, 1..99 (default 3)", rangeFlag(&tries, 1, 99, "--tries must be 1..99"))
 			fs.BoolVar(&noDefault, "no-default", false, "do not make the new tx the default")
 			fs.BoolVar(&consume, "consume", false, "take DIR's files into the store by hardlink instead of copying, and remove DIR afterwards")
+			fs.StringVar(&signKey, "sign", "", "ed25519 private key (PEM): sign the new tx's digest into its record")
 			fs.StringVar(&mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
 			fs.StringVar(&initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
 			cef = entryFlags{}
@@ -35,13 +37,23 @@ func init() {
 			if err := checkText("--summary", summary); err != nil {
 				return err
 			}
+			// The key is read before anything is committed: a bad key
+			// must not leave an unsigned tx behind.
+			var signer func(string) []sign.Signature
+			if signKey != "" {
+				k, err := sign.LoadPrivateKey(signKey)
+				if err != nil {
+					return err
+				}
+				signer = func(d string) []sign.Signature { return []sign.Signature{sign.SignTx(k, d)} }
+			}
 			s, err := e.open(true)
 			if err != nil {
 				return err
 			}
 			defer s.Close()
 			e.progress("committing %s…", args[0])
-			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: summary, Tries: tries, NoDefault: noDefault, Consume: consume})
+			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: summary, Tries: tries, NoDefault: noDefault, Consume: consume, Sign: signer})
 			e.progressDone()
 			if err != nil {
 				return err
@@ -53,6 +65,9 @@ func init() {
 				return e.printJSON(map[string]any{"tx": tx, "stats": st})
 			}
 			fmt.Fprintf(e.stdout, "committed tx %d %s\n", tx.ID, tx.Digest)
+			if signer != nil && len(tx.Signatures) > 0 {
+				fmt.Fprintf(e.stdout, "  signed by key %s\n", tx.Signatures[len(tx.Signatures)-1].KeyID)
+			}
 			fmt.Fprintf(e.stdout, "  %d entries, %d files, %s; %d new objects (%s), %d deduplicated\n",
 				st.Entries, st.Files, human(st.Bytes), st.NewObjects, human(st.NewBytes), st.Deduplicated)
 			if consume {
@@ -100,7 +115,7 @@ func init() {
 			return e.printJSON(map[string]any{"default": def, "transactions": txs})
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATE\tTRIES\tCREATED\tDIGEST\tFLAGS\tSUMMARY")
+		fmt.Fprintln(tw, "ID\tSTATE\tTRIES\tCREATED\tVERSION\tDIGEST\tFLAGS\tSUMMARY")
 		for _, t := range txs {
 			var flags []string
 			if t.ID == def {
@@ -109,8 +124,8 @@ func init() {
 			if t.Pinned {
 				flags = append(flags, "pinned")
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", t.ID, t.State, t.TriesLeft,
-				t.Created.Local().Format("2006-01-02 15:04"), shortDigest(t.Digest), strings.Join(flags, ","), printable(t.Summary))
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, t.TriesLeft,
+				t.Created.Local().Format("2006-01-02 15:04"), versionColumn(t), shortDigest(t.Digest), strings.Join(flags, ","), printable(t.Summary))
 		}
 		return tw.Flush()
 	}})
@@ -134,6 +149,9 @@ func init() {
 		fmt.Fprintf(e.stdout, "tx %d\n  digest:   %s\n  parent:   %d\n  created:  %s\n  summary:  %s\n  entries:  %d (%s)\n  kernels:  %s\n  state:    %s (tries left %d, spent %d)\n  pinned:   %v\n  tree:     %s\n",
 			t.ID, t.Digest, t.Parent, t.Created.Local().Format(time.RFC3339), printable(t.Summary), t.Entries, human(t.Bytes),
 			printable(strings.Join(t.Kernels, " ")), t.State, t.TriesLeft, t.Tries, t.Pinned, s.TreeDir(t.ID))
+		if t.Version != "" || t.Origin != "" {
+			fmt.Fprintf(e.stdout, "  version:  %s (pulled from %s)\n", printable(t.Version), printable(t.Origin))
+		}
 		if t.LastFailure != "" {
 			fmt.Fprintf(e.stdout, "  failure:  %s\n", printable(t.LastFailure))
 		}

@@ -26,6 +26,10 @@ type Request struct {
 	// entry it booted (from LoaderBootCountPath), or -1 when unknown.
 	LoaderTriesLeft int
 	LoaderTx        uint64 // the tx that entry names (0: unknown)
+	// Trust: the keys the initramfs carries; when on, only a tx whose
+	// digest one of them signed is booted (txboot.force= does not
+	// override it).
+	Trust Trust
 }
 
 // Assembler puts a tree in place as the new root's /usr. The real one bind
@@ -39,8 +43,9 @@ type Assembler interface {
 
 // Failure is one tx that could not be booted, and why.
 type Failure struct {
-	Tx     uint64 `json:"tx"`
-	Reason string `json:"reason"`
+	Tx     uint64      `json:"tx"`
+	Reason string      `json:"reason"`
+	Kind   FailureKind `json:"kind,omitempty"`
 }
 
 // Result is the outcome of Choose.
@@ -56,6 +61,9 @@ type Result struct {
 	// NoDatabase: store.db could not be read or written, so the tx was
 	// booted without recording a try (boot counting off); why.
 	NoDatabase string `json:"no_database,omitempty"`
+	// SignedBy: the trusted key whose signature of the tx's digest was
+	// checked ("" when the initramfs carries no keys).
+	SignedBy string `json:"signed_by,omitempty"`
 }
 
 // Logf logs one line at a syslog level (3 error, 4 warning, 5 notice, 6 info, 7 debug).
@@ -79,6 +87,23 @@ func InitCandidates(requested string) []string {
 // Choose returns, so a crash after this point still counts the try.
 func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, error) {
 	res := &Result{Requested: req.Tx}
+	if req.Trust.Err != nil {
+		// Fail closed before touching anything: which tx would be refused
+		// does not matter when no signature can be checked.
+		reason := req.Trust.Err.Error() + "; no tx is booted unchecked"
+		res.Failures = append(res.Failures, Failure{Tx: req.Tx, Reason: reason, Kind: FailTrustStore})
+		logf(2, "%s", reason)
+		return res, fmt.Errorf("%w: %s", ErrNothingBootable, reason)
+	}
+	if req.Trust.On() {
+		logf(5, "only txs signed by %s are booted", keyIDs(req.Trust.Keys))
+		if req.Verify == txstore.VerifyOff {
+			// The signature pins the manifest, which only a verify checks
+			// the tree against.
+			logf(4, "txboot.verify=off is raised to fast: the initramfs carries trusted keys")
+			req.Verify = txstore.VerifyFast
+		}
+	}
 	if res.Requested == 0 {
 		def, err := s.Default()
 		if errors.Is(err, txstore.ErrCorrupt) {
@@ -110,18 +135,28 @@ func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, e
 	}
 	order := bootstate.FallbackOrder(res.Requested, cands)
 	if byID[res.Requested] == nil {
-		res.Failures = append(res.Failures, Failure{res.Requested, fmt.Sprintf("tx %d is not in the store", res.Requested)})
+		res.Failures = append(res.Failures, Failure{Tx: res.Requested, Reason: fmt.Sprintf("tx %d is not in the store", res.Requested)})
 		logf(3, "requested tx %d is not in the store", res.Requested)
 	}
 	for _, id := range order {
 		t := byID[id]
 		requested := id == res.Requested
-		reason, intrinsic := tryOne(s, t, requested, req, asm, res, logf)
+		// Unsigned is a refusal, not damage: the tx is not marked bad and
+		// spends no try, so signing it later makes it bootable.
+		reason, kind, keyID := checkSigned(req.Trust, t)
+		intrinsic := false
 		if reason == "" {
+			reason, intrinsic = tryOne(s, t, requested, req, asm, res, logf)
+		}
+		if reason == "" {
+			res.SignedBy = keyID
+			if keyID != "" {
+				logf(5, "tx %d: %s signed by trusted key %s", id, t.Digest, keyID)
+			}
 			settleOthers(s, all, res.Tx, logf)
 			return res, nil
 		}
-		res.Failures = append(res.Failures, Failure{id, reason})
+		res.Failures = append(res.Failures, Failure{Tx: id, Reason: reason, Kind: kind})
 		logf(3, "tx %d cannot be booted: %s", id, reason)
 		ev := txstore.Event{Kind: "boot-failed", Detail: reason}
 		_, err := s.Update(id, ev, func(t *txstore.Tx) error {

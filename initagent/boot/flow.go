@@ -35,6 +35,9 @@ type Info struct {
 	PhasesMS  map[string]int64 `json:"phases_ms"`
 	// NoDatabase: booted without store.db (damaged): boot counting off; why.
 	NoDatabase string `json:"no_database,omitempty"`
+	// SignedBy: the trusted key that signed the booted tx's digest ("":
+	// the initramfs carries no keys).
+	SignedBy string `json:"signed_by,omitempty"`
 }
 
 type phases struct {
@@ -123,6 +126,7 @@ func Main() {
 	req := Request{Tx: cfg.Tx, Digest: cfg.Digest, DigestInvalid: cfg.DigestInvalid, Force: cfg.Force,
 		Init: cfg.Init, Verify: verifyMode(cfg.Verify), LoaderTriesLeft: -1}
 	loaderCounter(log, &req)
+	req.Trust = LoadTrust(TrustDir)
 	asm := &BindAssembler{Root: Sysroot}
 	res, err := Choose(s, req, asm, log.logf)
 	ph.ms["verify"] = res.Verify.Milliseconds()
@@ -136,6 +140,11 @@ func Main() {
 		}
 		rescue(log, cfg.Shell, err.Error())
 	}
+	for _, f := range res.Failures {
+		if f.Kind != "" { // on the console even with quiet
+			log.console("txboot: tx %d refused: %s\n", f.Tx, f.Reason)
+		}
+	}
 	if res.Tx.ID != res.Requested {
 		log.logf(3, "FALLBACK: requested tx %d failed (%s); booting tx %d instead", res.Requested, res.Failures[0].Reason, res.Tx.ID)
 	}
@@ -146,7 +155,7 @@ func Main() {
 	if res.NoDatabase != "" { // on the console even with quiet
 		log.console("\ntxboot: WARNING: the store's database is damaged: %s\ntxboot: booting tx %d %s; %s\n\n", res.NoDatabase, res.Tx.ID, res.Tx.Digest, noCounting)
 	}
-	info := Info{Booted: res.Tx.ID, Requested: res.Requested, Failures: res.Failures, OnTrial: res.OnTrial, Watchdog: wd, PhasesMS: ph.ms, NoDatabase: res.NoDatabase}
+	info := Info{Booted: res.Tx.ID, Requested: res.Requested, Failures: res.Failures, OnTrial: res.OnTrial, Watchdog: wd, PhasesMS: ph.ms, NoDatabase: res.NoDatabase, SignedBy: res.SignedBy}
 	writeInfo(log, &info)
 	if cfg.ReadOnly {
 		if err := unix.Mount("", Sysroot, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
@@ -158,6 +167,9 @@ func Main() {
 		state = "no database, boot counting off"
 	} else if res.OnTrial {
 		state = fmt.Sprintf("on trial, %d tries left", res.Tx.TriesLeft)
+	}
+	if res.SignedBy != "" {
+		state += ", signed by " + res.SignedBy
 	}
 	log.logf(5, "booting tx %d (%s) %s; phases: %s", res.Tx.ID, state, res.Tx.Digest, ph)
 	err = switchRoot(Sysroot, res.Init, cfg.InitArgs)

@@ -23,9 +23,16 @@ func chooseWithoutDB(s *txstore.Store, req Request, asm Assembler, logf Logf, db
 	res := &Result{Requested: req.Tx, NoDatabase: dbErr.Error()}
 	logf(2, "the store's database cannot be read: %v", dbErr)
 	fail := func(reason string) (*Result, error) {
-		res.Failures = append(res.Failures, Failure{req.Tx, reason})
+		res.Failures = append(res.Failures, Failure{Tx: req.Tx, Reason: reason})
 		logf(3, "tx %d cannot be booted without the database: %s", req.Tx, reason)
 		return res, fmt.Errorf("%w: store.db is damaged and %s", ErrNothingBootable, reason)
+	}
+	if req.Trust.On() {
+		// The signatures are in the records: with keys carried, nothing
+		// can be shown to be signed without the database.
+		res.Failures = append(res.Failures, Failure{Tx: req.Tx, Reason: "the initramfs carries trusted keys, and a tx's signatures are in store.db's records, so nothing can be verified as signed; run 'bootctl fsck --repair' (then re-sign or pull the txs whose signatures it could not keep)", Kind: FailNoSignatures})
+		logf(3, "tx %d cannot be booted without the database: %s", req.Tx, res.Failures[0].Reason)
+		return res, fmt.Errorf("%w: store.db is damaged and only signed txs may boot", ErrNothingBootable)
 	}
 	switch {
 	case req.Tx == 0:

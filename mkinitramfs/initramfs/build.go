@@ -6,7 +6,9 @@ package initramfs
 
 import (
 	"bytes"
+	"crypto/x509"
 	"debug/elf"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/txboot/txboot/txstore/sign"
 )
 
 // ListFile is the load list inside lib/modules/<kver>; initagent/kmod
@@ -40,6 +44,10 @@ var DefaultDrivers = []string{
 	// Debian builds efivarfs as a module
 	"efivarfs",
 }
+
+// TrustDir is where Options.Trust keys go in the image, as <key id>.pem;
+// initagent reads it (boot.TrustDir).
+const TrustDir = "/etc/txboot/trusted.d"
 
 // Sentinel errors, for errors.Is.
 var (
@@ -73,6 +81,10 @@ type Options struct {
 	Drivers          []string // extra module names or aliases; all must exist (or be built in)
 	NoDefaultDrivers bool     // leave out DefaultDrivers
 	Files            []FileSpec
+	// Trust: public key files (ed25519 PEM) initagent is to trust; only
+	// txs signed by one of them boot. A file that is not such a key is an
+	// error, never skipped.
+	Trust []string
 	// SourceDateEpoch is every mtime in the image (SOURCE_DATE_EPOCH).
 	SourceDateEpoch uint64
 }
@@ -211,8 +223,37 @@ func MakeTree(o Options) (*Tree, Result, error) {
 			return nil, res, fmt.Errorf("add-file %s: %w", f.Src, err)
 		}
 	}
+	if err := addTrust(t, o.Trust); err != nil {
+		return nil, res, err
+	}
 	res.Uncompressed = t.Size()
 	return t, res, nil
+}
+
+// addTrust puts each key at TrustDir/<key id>.pem, re-encoded from the
+// parsed key: the image depends on the keys, not on the files' comments,
+// line ends or order, and a key given twice is carried once.
+func addTrust(t *Tree, files []string) error {
+	seen := map[string]bool{}
+	for _, f := range files {
+		k, err := sign.LoadPublicKey(f)
+		if err != nil {
+			return fmt.Errorf("trust: %w", err)
+		}
+		if seen[k.ID] {
+			continue
+		}
+		seen[k.ID] = true
+		der, err := x509.MarshalPKIXPublicKey(k.Key)
+		if err != nil {
+			return fmt.Errorf("trust: %s: %w", f, err)
+		}
+		data := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+		if err := t.File(path.Join(TrustDir, k.ID+".pem"), data, 0o644); err != nil {
+			return fmt.Errorf("trust %s: %w", f, err)
+		}
+	}
+	return nil
 }
 
 // checkStatic refuses a dynamically linked ELF /init: the initramfs has no

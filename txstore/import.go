@@ -1,0 +1,382 @@
+package txstore
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/txboot/txboot/txstore/blit"
+	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/walk"
+	"github.com/txboot/txboot/txstore/manifest"
+	"golang.org/x/sys/unix"
+)
+
+// ErrMissingObject: CommitManifest was given a manifest naming an object
+// the CAS does not hold.
+var ErrMissingObject = errors.New("object not in the store")
+
+// Import brings objects from outside the store (a pull from a repository)
+// into the CAS, the way Commit stores a scanned file: staged in the store's
+// staging/, made durable by syncfs, then renamed under objects/. Objects
+// published before a crash are real, verified objects that no tx may
+// reference yet; GC removes them if none ever does. Whatever is still
+// staged goes with staging/ at the next writer's Open.
+//
+// The caller checks every file it adds (size and SHA-256) before AddFile:
+// Import trusts the content it is handed, as Commit trusts its scan.
+// Methods are safe for concurrent use.
+type Import struct {
+	s    *Store
+	work string
+	objs *cas.Store
+
+	mu           sync.Mutex
+	pending      []importStaged
+	pendingBytes int64
+	fans         [256]bool // fan-out directories listed into byHash
+	byHash       map[cas.Hash][]cas.Key
+	seq          int
+	published    int
+}
+
+type importStaged struct {
+	tmp string
+	key cas.Key
+}
+
+// importFlushBytes and importFlushObjects bound what an Import keeps staged
+// before it publishes a batch: an interrupted pull keeps most of what it
+// fetched, and a re-run fetches only the rest.
+const (
+	importFlushBytes   = 64 << 20
+	importFlushObjects = 512
+)
+
+// NewImport starts an import in a fresh directory under staging/. The
+// store must be open for writing (the writer lock excludes GC meanwhile).
+func (s *Store) NewImport() (*Import, error) {
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	if err := s.checkDirs("staging", "objects", "trees"); err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "import-")
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	return &Import{s: s, work: work, objs: &cas.Store{Dir: s.objects.Dir, TmpDir: work},
+		byHash: map[cas.Hash][]cas.Key{}}, nil
+}
+
+// Close drops whatever was staged and not published.
+func (im *Import) Close() error {
+	im.objs.Close()
+	return removeTree(im.work)
+}
+
+// TempFile creates a file in the import's staging directory for the caller
+// to fill (a download), then hand to AddFile or remove.
+func (im *Import) TempFile() (*os.File, error) {
+	f, err := os.CreateTemp(im.work, "fetch-")
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	return f, nil
+}
+
+// Has reports whether object k is in the CAS (see cas.Store.Has).
+func (im *Import) Has(k cas.Key) (bool, error) { return im.objs.Has(k) }
+
+// Present returns the objects in the CAS with content h under any mode
+// and owner: a puller copies one of them locally instead of fetching.
+// Only canonical names are returned; Has and HashFile check the files.
+func (im *Import) Present(h cas.Hash) ([]cas.Key, error) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if !im.fans[h[0]] {
+		if err := im.listFan(h[0]); err != nil {
+			return nil, err
+		}
+		im.fans[h[0]] = true
+	}
+	return im.byHash[h], nil
+}
+
+// listFan reads objects/<xx> (never following a symlink) into byHash.
+func (im *Import) listFan(b byte) error {
+	fan := filepath.Join(im.objs.Dir, fmt.Sprintf("%02x", b))
+	fd, err := walk.OpenDirAt(unix.AT_FDCWD, fan)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("import: list %s: %w", fan, err)
+	}
+	defer unix.Close(fd)
+	return cas.ReadDir(fd, func(name string, _ uint64, _ uint8) {
+		if k, err := cas.ParseName(name); err == nil && k.Hash[0] == b {
+			im.byHash[k.Hash] = append(im.byHash[k.Hash], k)
+		}
+	})
+}
+
+// AddFile stages path, a file in the import's directory (TempFile) that
+// the caller has checked holds content h of size bytes, as each of keys
+// (the same content under different modes or owners), and removes path.
+// The first key takes path's inode by hardlink when it can; the others
+// are copies.
+func (im *Import) AddFile(path string, h cas.Hash, size int64, keys []cas.Key) error {
+	if rel, err := filepath.Rel(im.work, path); err != nil || strings.Contains(rel, "/") || rel == ".." || rel == "." {
+		return fmt.Errorf("%w: import: %s is not in %s", ErrInvalid, path, im.work)
+	}
+	defer os.Remove(path) // only ever our own temp file
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("import: %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != size {
+		return fmt.Errorf("import: %s: not a regular file of %d bytes", path, size)
+	}
+	var staged []importStaged
+	fail := func(err error) error {
+		for _, p := range staged {
+			os.Remove(p.tmp)
+		}
+		return err
+	}
+	// Copies first, while path still has its own mode (a key's mode may
+	// not be readable to us); the first key then takes path's inode.
+	for i := len(keys) - 1; i >= 0; i-- {
+		k := keys[i]
+		if k.Hash != h {
+			return fail(fmt.Errorf("%w: import: key %s for content %s", ErrInvalid, k.RelPath(), h))
+		}
+		var tmp string
+		var err error
+		if i == 0 {
+			tmp, err = im.objs.StageLink(path, k, &st)
+			if errors.Is(err, cas.ErrNoLink) {
+				tmp, err = im.objs.Stage(path, k, &st)
+			}
+		} else {
+			tmp, err = im.objs.Stage(path, k, &st)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("import object %s: %w", k.RelPath(), err))
+		}
+		staged = append(staged, importStaged{tmp, k})
+	}
+	return im.add(staged, size)
+}
+
+// CopyLocal stages the content of the existing object src as each of keys,
+// after re-hashing it: an object damaged on disk is not spread further.
+// It returns ErrDamaged (or a hash mismatch) when src cannot be used; the
+// caller then fetches the content instead.
+func (im *Import) CopyLocal(src cas.Key, size int64, keys []cas.Key) error {
+	p := im.objs.Path(src)
+	h, st, err := cas.HashFile(p)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	if h != src.Hash || st.Size != size {
+		return fmt.Errorf("%w: object objects/%s: content does not match its name", ErrDamaged, src.RelPath())
+	}
+	var staged []importStaged
+	for _, k := range keys {
+		if k.Hash != src.Hash {
+			err = fmt.Errorf("%w: import: key %s for content %s", ErrInvalid, k.RelPath(), src.Hash)
+			break
+		}
+		var tmp string
+		if tmp, err = im.objs.Stage(p, k, &st); err != nil {
+			err = fmt.Errorf("import object %s from %s: %w", k.RelPath(), src.RelPath(), err)
+			break
+		}
+		staged = append(staged, importStaged{tmp, k})
+	}
+	if err != nil {
+		for _, s := range staged {
+			os.Remove(s.tmp)
+		}
+		return err
+	}
+	return im.add(staged, size)
+}
+
+// add queues staged objects and publishes a batch once enough is staged.
+func (im *Import) add(staged []importStaged, size int64) error {
+	im.mu.Lock()
+	im.pending = append(im.pending, staged...)
+	im.pendingBytes += size * int64(len(staged))
+	full := im.pendingBytes >= importFlushBytes || len(im.pending) >= importFlushObjects
+	im.mu.Unlock()
+	if full {
+		return im.Flush()
+	}
+	return nil
+}
+
+// Flush makes everything staged durable (one syncfs) and then publishes it
+// under objects/.
+func (im *Import) Flush() error {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if len(im.pending) == 0 {
+		return nil
+	}
+	if err := cas.Syncfs(im.s.Dir); err != nil {
+		return err
+	}
+	for i, p := range im.pending {
+		if err := im.objs.Publish(p.tmp, p.key); err != nil {
+			im.pending = im.pending[i:]
+			return err
+		}
+		im.byHash[p.key.Hash] = append(im.byHash[p.key.Hash], p.key)
+		im.published++
+	}
+	im.pending, im.pendingBytes = im.pending[:0], 0
+	return nil
+}
+
+// Published is how many objects this import has put under objects/.
+func (im *Import) Published() int {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	return im.published
+}
+
+// Commit publishes what is staged and commits the tx (CommitManifest).
+func (im *Import) Commit(m *manifest.Manifest, raw []byte, o CommitOptions) (*Tx, error) {
+	if err := im.Flush(); err != nil {
+		return nil, err
+	}
+	return im.s.CommitManifest(m, raw, o)
+}
+
+// CommitManifest commits a new tx from manifest m, whose canonical
+// encoding is raw, when every object m names is already in the CAS (a
+// pull put them there). It is Commit after its scan: the manifest object
+// (syncfs, rename), the tree blitted in staging, syncfs, renamed into
+// trees/<id>, and the record last. m must be raw decoded: the new tx's
+// digest is raw's. o.Consume is refused (there is no source directory).
+func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions) (*Tx, error) {
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	if o.Consume {
+		return nil, fmt.Errorf("%w: commit from a manifest cannot consume", ErrInvalid)
+	}
+	digest := manifest.Digest(raw)
+	if len(m.Entries) == 0 {
+		return nil, fmt.Errorf("commit %s: %w: no entries", digest, ErrBadManifest)
+	}
+	if enc := m.Encode(); len(enc) != len(raw) || manifest.Digest(enc) != digest {
+		return nil, fmt.Errorf("commit %s: %w: the manifest is not its encoding", digest, ErrDigest)
+	}
+	hook := o.Hook
+	if hook == nil {
+		hook = func(string) {}
+	}
+	if err := s.checkDirs("staging", "objects", "trees"); err != nil {
+		return nil, fmt.Errorf("commit %s: %w", digest, err)
+	}
+	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "commit-")
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	defer removeTree(work)
+	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
+	defer objs.Close()
+
+	// Every object first: a clear error before anything is written.
+	seen := map[cas.Key]bool{}
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if e.Type != manifest.File || e.Size == 0 {
+			continue
+		}
+		k := e.Key()
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		has, err := objs.Has(k)
+		if err != nil {
+			return nil, fmt.Errorf("commit %s: %w", digest, err)
+		}
+		if !has {
+			return nil, fmt.Errorf("commit %s: %w: objects/%s (for %s)", digest, ErrMissingObject, k.RelPath(), e.Path)
+		}
+	}
+	hook("objects-checked")
+
+	zbytes := encoder().EncodeAll(raw, nil)
+	mkey := cas.NewKey(sha256.Sum256(zbytes), 0o444, 0, 0)
+	if has, err := objs.Has(mkey); err != nil {
+		return nil, err
+	} else if !has {
+		tmp, err := objs.StageBytes(zbytes, mkey)
+		if err != nil {
+			return nil, err
+		}
+		if err := cas.Syncfs(s.Dir); err != nil {
+			return nil, err
+		}
+		if err := objs.Publish(tmp, mkey); err != nil {
+			return nil, err
+		}
+	}
+	hook("manifest-published")
+
+	id, parent, err := s.nextID()
+	if err != nil {
+		return nil, err
+	}
+	treeRoot := filepath.Join(work, "tree")
+	if err := os.Mkdir(treeRoot, 0o755); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	if _, err := blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers); err != nil {
+		return nil, fmt.Errorf("commit %s: %w", digest, err)
+	}
+	hook("blitted")
+	if err := cas.Syncfs(s.Dir); err != nil {
+		return nil, err
+	}
+	hook("tree-synced")
+	final, err := s.publishTree(treeRoot, id)
+	if err != nil {
+		if final != "" {
+			removeTree(final)
+		}
+		return nil, err
+	}
+	hook("tree-published")
+
+	entries, bytes := m.Stats()
+	now := time.Now().UTC()
+	t := &Tx{ID: id, Digest: digest, Parent: parent, Created: now, Updated: now,
+		Summary: o.Summary, Kernels: m.Kernels(), Entries: entries, Bytes: bytes,
+		Manifest: mkey.Hash.String(), Boot: bootstate.New(o.Tries),
+		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin}
+	detail := fmt.Sprintf("%s, %d entries, from a manifest", digest, entries)
+	if o.Origin != "" {
+		detail = fmt.Sprintf("%s, %d entries, pulled from %s", digest, entries, o.Origin)
+	}
+	if err := s.record(t, o.NoDefault, Event{Kind: "commit", TxID: id, Detail: detail}); err != nil {
+		removeTree(final)
+		return nil, fmt.Errorf("commit: record tx %d: %w", id, err)
+	}
+	hook("recorded")
+	return t, nil
+}

@@ -1,0 +1,181 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Fetch errors, for errors.Is.
+var (
+	// ErrFetch: a file could not be fetched (network error, HTTP status,
+	// too many redirects); the message names the URL.
+	ErrFetch = errors.New("fetch failed")
+	// ErrRedirects: the server redirected more than MaxRedirects times
+	// (a loop, most likely). Also an ErrFetch.
+	ErrRedirects = fmt.Errorf("%w: too many redirects", ErrFetch)
+)
+
+// MaxRedirects bounds the redirects followed for one request.
+const MaxRedirects = 5
+
+// Fetcher reads files of a repository by their path relative to it (the
+// path helpers in format.go build every path). Pull uses one Fetcher from
+// many goroutines at once.
+type Fetcher interface {
+	// Get returns the file's body; the caller closes it. A missing file is
+	// a *StatusError with Code 404.
+	Get(ctx context.Context, path string) (io.ReadCloser, error)
+	// URL is where path is fetched from, for messages.
+	URL(path string) string
+}
+
+// StatusError is an HTTP response other than 200 OK.
+type StatusError struct {
+	URL    string
+	Code   int
+	Status string // e.g. "404 Not Found"
+}
+
+func (e *StatusError) Error() string { return fmt.Sprintf("GET %s: HTTP %s", e.URL, e.Status) }
+
+// Unwrap makes every StatusError an ErrFetch.
+func (e *StatusError) Unwrap() error { return ErrFetch }
+
+// isNotFound reports a 404 (or 410): the file is not in the repository.
+func isNotFound(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusGone)
+}
+
+// permanent reports errors a retry cannot cure: a client error other than
+// a timeout or rate limit (404, 403, …), a redirect loop, a bad URL.
+// Everything else (network errors, 5xx, truncated or wrong bodies) is
+// retried.
+func permanent(err error) bool {
+	var pe permanentErr
+	if errors.As(err, &pe) {
+		return true
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Code >= 400 && se.Code < 500 && se.Code != http.StatusRequestTimeout && se.Code != http.StatusTooManyRequests
+	}
+	return errors.Is(err, ErrRedirects) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// HTTPFetcher fetches from an http:// or https:// repository URL over one
+// client: keep-alive connections, at most MaxIdleConnsPerHost idle per
+// host, MaxRedirects redirects, no transparent decompression (bodies are
+// hashed exactly as served).
+type HTTPFetcher struct {
+	base   *url.URL
+	client *http.Client
+}
+
+// NewHTTPFetcher checks base (http or https, a host, no query or fragment)
+// and makes a client for conns parallel requests.
+func NewHTTPFetcher(base string, conns int) (*HTTPFetcher, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, fmt.Errorf("repository URL %q: %w", base, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("repository URL %q: want http(s)://HOST/PATH without user, query or fragment", base)
+	}
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
+		u.RawPath = ""
+	}
+	if conns < 1 {
+		conns = 1
+	}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          2 * conns,
+		MaxIdleConnsPerHost:   conns,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		DisableCompression:    true,
+	}
+	c := &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		if len(via) > MaxRedirects {
+			return fmt.Errorf("%w (more than %d, last to %s)", ErrRedirects, MaxRedirects, req.URL.Redacted())
+		}
+		return nil
+	}}
+	return &HTTPFetcher{base: u, client: c}, nil
+}
+
+// URL implements Fetcher.
+func (f *HTTPFetcher) URL(path string) string {
+	return f.base.ResolveReference(&url.URL{Path: path}).String()
+}
+
+// Get implements Fetcher.
+func (f *HTTPFetcher) Get(ctx context.Context, path string) (io.ReadCloser, error) {
+	u := f.URL(path)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // Do's own error repeats the method and URL
+		}
+		if errors.Is(err, ErrFetch) { // ErrRedirects
+			return nil, fmt.Errorf("GET %s: %w", u, err)
+		}
+		return nil, fmt.Errorf("GET %s: %w: %w", u, ErrFetch, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, &StatusError{URL: u, Code: resp.StatusCode, Status: resp.Status}
+	}
+	return resp.Body, nil
+}
+
+// CloseIdle closes the client's idle connections.
+func (f *HTTPFetcher) CloseIdle() { f.client.CloseIdleConnections() }
+
+// retry runs fn up to tries times with exponential backoff from first to
+// at most maxBackoff, stopping at a permanent error or a cancelled ctx.
+func retry(ctx context.Context, tries int, first, maxBackoff time.Duration, fn func() error) error {
+	if tries < 1 {
+		tries = 1
+	}
+	wait := first
+	var err error
+	for i := 1; ; i++ {
+		if err = fn(); err == nil {
+			return nil
+		}
+		if i >= tries || permanent(err) || ctx.Err() != nil {
+			if i > 1 {
+				err = fmt.Errorf("%w (%d tries)", err, i)
+			}
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (interrupted: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+		if wait *= 2; wait > maxBackoff {
+			wait = maxBackoff
+		}
+	}
+}

@@ -1,0 +1,772 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/sign"
+)
+
+// Pull errors, for errors.Is.
+var (
+	// ErrUntrusted: no trusted key to check the index with (and not
+	// Insecure), or index.sig is missing.
+	ErrUntrusted = errors.New("repository index is not verified")
+	// ErrNoTx: the index has no tx matching the request.
+	ErrNoTx = errors.New("no such tx in the repository")
+	// ErrContent: fetched bytes are not what the signed manifest says
+	// (wrong hash, wrong size, a manifest not matching its digest).
+	ErrContent = errors.New("fetched content does not match")
+)
+
+// Defaults of PullOptions.
+const (
+	DefaultWorkers    = 12
+	DefaultTries      = 4
+	DefaultBackoff    = 100 * time.Millisecond
+	DefaultMaxBackoff = 2 * time.Second
+	DefaultFlush      = 2 * time.Second
+)
+
+// maxWindow bounds a zstd decoder's window (publish writes single frames
+// at SpeedDefault, whose window is at most 8 MiB): memory stays bounded
+// whatever a server sends.
+const maxWindow = 64 << 20
+
+// PullOptions tune Pull. Zero values take the defaults.
+type PullOptions struct {
+	// Tx selects the tx: "" or "latest" (the newest in the index),
+	// "sha256:<hex>" (a digest), else a version (the newest with it).
+	Tx string
+	// Trusted keys check index.sig; without any, Pull refuses unless
+	// Insecure.
+	Trusted  []sign.PublicKey
+	Insecure bool
+	Workers  int
+	// Tries per file, with backoff doubling from Backoff to MaxBackoff.
+	Tries               int
+	Backoff, MaxBackoff time.Duration
+	// FlushInterval: how often fetched objects are published into the
+	// CAS while the pull runs (so an interrupted pull keeps them); < 0
+	// publishes only at the end (and at Import's size thresholds).
+	FlushInterval time.Duration
+	// Commit is passed to the commit (Summary, Tries, NoDefault); Pull
+	// sets Version, Origin and Signatures.
+	Commit txstore.CommitOptions
+	// Progress, if set, is called about every 200 ms while objects are
+	// fetched, and once at the end.
+	Progress func(Progress)
+}
+
+// Progress is a snapshot of a running pull.
+type Progress struct {
+	Objects, ObjectsDone int   // to fetch, fetched
+	Bytes, BytesDone     int64 // on the wire (table's stored sizes), received
+	Elapsed              time.Duration
+}
+
+// PullStats describe one pull.
+type PullStats struct {
+	Digest  string `json:"digest"`
+	Version string `json:"version"`
+	// Verified names the key that signed the index ("" with Insecure).
+	Verified string `json:"verified_by,omitempty"`
+	// Objects: distinct contents the tx uses (empty files excluded).
+	Objects int   `json:"objects"`
+	Bytes   int64 `json:"bytes"`
+	// Fetched over the network: objects, content bytes, bytes on the wire.
+	Fetched      int   `json:"fetched_objects"`
+	FetchedBytes int64 `json:"fetched_bytes"`
+	WireBytes    int64 `json:"wire_bytes"`
+	// Present: already in the store (Copied of them under another mode or
+	// owner, and copied locally).
+	Present      int   `json:"present_objects"`
+	PresentBytes int64 `json:"present_bytes"`
+	Copied       int   `json:"copied_objects"`
+	// Existing: the store already had a tx with this digest (its id);
+	// nothing was fetched or committed.
+	Existing uint64        `json:"existing_tx,omitempty"`
+	Elapsed  time.Duration `json:"elapsed_ns"`
+}
+
+// Pull fetches one tx from the repository f serves into s and commits it
+// as a new local tx with the remote digest, version and tx signatures
+// (origin is recorded as the tx's Origin). Order: config, index.json and
+// index.sig (checked against the trusted keys before anything in the index
+// is believed), the manifest (its digest checked before it is parsed), the
+// object table (a hint for URLs and sizes), then only the objects the
+// store lacks, each checked against the manifest's size and SHA-256 before
+// it enters the CAS. s must be open for writing. On any error nothing is
+// recorded and no tree is placed; objects that were checked and published
+// stay (GC removes them if no tx comes to use them) and a re-run fetches
+// only the rest.
+func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Tx, *PullStats, error) {
+	start := time.Now()
+	o = o.withDefaults()
+	p := &puller{f: f, o: o}
+	if err := p.config(ctx); err != nil {
+		return nil, nil, err
+	}
+	ix, verified, err := p.index(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	it, err := selectTx(ix, o.Tx)
+	if err != nil {
+		return nil, nil, err
+	}
+	st := &PullStats{Digest: it.Digest, Version: it.Version, Verified: verified}
+	// A tx with this digest is this content: committing it again would
+	// only make a twin.
+	txs, err := s.List()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, t := range txs {
+		if t.Digest == it.Digest {
+			st.Existing = t.ID
+			st.Elapsed = time.Since(start)
+			return t, st, nil
+		}
+	}
+	dhex, err := DigestHex(it.Digest)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, raw, err := p.manifest(ctx, dhex, it.Digest)
+	if err != nil {
+		return nil, nil, err
+	}
+	needs := needed(m)
+	st.Objects = len(needs)
+	for _, n := range needs {
+		st.Bytes += n.size
+	}
+	table, err := p.table(ctx, dhex, len(needs))
+	if err != nil {
+		return nil, nil, err
+	}
+
+	im, err := s.NewImport()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer im.Close()
+	fetch, err := p.plan(im, needs, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := p.fetchAll(ctx, im, fetch, table, st, start); err != nil {
+		return nil, nil, err
+	}
+	co := o.Commit
+	co.Version, co.Origin, co.Signatures = it.Version, origin, it.Signatures
+	tx, err := im.Commit(m, raw, co)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pull %s: %w", it.Digest, err)
+	}
+	if tx.Digest != it.Digest { // same by construction; say so if not
+		return tx, nil, fmt.Errorf("pull: %w: committed tx %d has digest %s, want %s", ErrContent, tx.ID, tx.Digest, it.Digest)
+	}
+	st.Elapsed = time.Since(start)
+	return tx, st, nil
+}
+
+func (o PullOptions) withDefaults() PullOptions {
+	if o.Workers <= 0 {
+		o.Workers = DefaultWorkers
+	}
+	if o.Tries <= 0 {
+		o.Tries = DefaultTries
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = DefaultBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.FlushInterval == 0 {
+		o.FlushInterval = DefaultFlush
+	}
+	return o
+}
+
+type puller struct {
+	f Fetcher
+	o PullOptions
+}
+
+// get fetches a whole small file (config, index, signature, manifest,
+// table) into memory, at most limit bytes, with retries.
+func (p *puller) get(ctx context.Context, path string, limit int64) ([]byte, error) {
+	var data []byte
+	err := retry(ctx, p.o.Tries, p.o.Backoff, p.o.MaxBackoff, func() error {
+		body, err := p.f.Get(ctx, path)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		data, err = io.ReadAll(io.LimitReader(body, limit+1))
+		if err != nil {
+			return fmt.Errorf("GET %s: %w: %w", p.f.URL(path), ErrFetch, err)
+		}
+		if int64(len(data)) > limit {
+			return fmt.Errorf("GET %s: %w: larger than %d bytes", p.f.URL(path), ErrContent, limit)
+		}
+		return nil
+	})
+	return data, err
+}
+
+func (p *puller) config(ctx context.Context) error {
+	data, err := p.get(ctx, ConfigPath, int64(len(ConfigMarker)))
+	if err != nil {
+		if errors.Is(err, ErrContent) {
+			return fmt.Errorf("%s: %w", p.f.URL(ConfigPath), ErrNotRepo)
+		}
+		return err
+	}
+	if err := ParseConfig(data); err != nil {
+		return fmt.Errorf("%s: %w", p.f.URL(ConfigPath), err)
+	}
+	return nil
+}
+
+// index fetches, verifies and parses index.json. A signature that does not
+// verify is fetched again once with the index (publish writes index.sig
+// just before index.json: a reader can catch the new index with the old
+// signature).
+func (p *puller) index(ctx context.Context) (*Index, string, error) {
+	var data []byte
+	var verified string
+	for attempt := 1; ; attempt++ {
+		var err error
+		if data, err = p.get(ctx, IndexPath, MaxIndexSize); err != nil {
+			return nil, "", err
+		}
+		if p.o.Insecure && len(p.o.Trusted) == 0 {
+			break
+		}
+		if len(p.o.Trusted) == 0 {
+			return nil, "", fmt.Errorf("%s: %w: no trusted key (give --trust KEY.pem, put keys in /etc/txboot/trusted.d, or --insecure)", p.f.URL(IndexPath), ErrUntrusted)
+		}
+		var sigs []sign.Signature
+		raw, err := p.get(ctx, SigPath, MaxIndexSize)
+		switch {
+		case isNotFound(err):
+			err = fmt.Errorf("%s: %w: the repository is not signed", p.f.URL(SigPath), ErrUntrusted)
+		case err == nil:
+			if sigs, err = ParseSig(raw); err == nil {
+				var k sign.PublicKey
+				if k, err = sign.VerifyIndex(p.o.Trusted, data, sigs); err == nil {
+					verified = k.ID + " (" + k.Source + ")"
+				}
+			}
+			if err != nil {
+				err = fmt.Errorf("%s: %w", p.f.URL(SigPath), err)
+			}
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrFetch) && !isNotFound(err) {
+			return nil, "", err
+		}
+		// Insecure covers an index nobody we trust signed, never one a
+		// trusted key signed and that does not verify (tampering), once
+		// fetched again.
+		if p.o.Insecure && !errors.Is(err, sign.ErrBadSignature) {
+			verified = ""
+			break
+		}
+		if attempt >= 2 {
+			return nil, "", err
+		}
+	}
+	ix, err := ParseIndex(data)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", p.f.URL(IndexPath), err)
+	}
+	return ix, verified, nil
+}
+
+// selectTx picks the requested tx from the index.
+func selectTx(ix *Index, want string) (*IndexTx, error) {
+	if len(ix.Txs) == 0 {
+		return nil, fmt.Errorf("%w: the index lists no txs", ErrNoTx)
+	}
+	switch {
+	case want == "" || want == "latest":
+		return &ix.Txs[len(ix.Txs)-1], nil
+	case strings.HasPrefix(want, digestPrefix):
+		if _, err := DigestHex(want); err != nil {
+			return nil, fmt.Errorf("%w: --tx %w", txstore.ErrInvalid, err)
+		}
+		if t := ix.Find(want); t != nil {
+			return t, nil
+		}
+	default:
+		for i := len(ix.Txs) - 1; i >= 0; i-- { // newest with that version
+			if ix.Txs[i].Version == want {
+				return &ix.Txs[i], nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrNoTx, want)
+}
+
+// manifest fetches manifests/<hex>.zst and returns it decoded, with its
+// canonical bytes: decompressed with a size bound, hashed, compared with
+// the digest, and only then parsed.
+func (p *puller) manifest(ctx context.Context, dhex, digest string) (*manifest.Manifest, []byte, error) {
+	path, err := ManifestPath(dhex)
+	if err != nil {
+		return nil, nil, err
+	}
+	z, err := p.get(ctx, path, manifest.MaxSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw, err := decompress(z, manifest.MaxSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w: %w", p.f.URL(path), ErrContent, err)
+	}
+	if d := manifest.Digest(raw); d != digest {
+		return nil, nil, fmt.Errorf("%s: %w: manifest digest %s, want %s", p.f.URL(path), ErrContent, d, digest)
+	}
+	m, err := manifest.Decode(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", p.f.URL(path), err)
+	}
+	return m, raw, nil
+}
+
+// table fetches txs/<hex>.objects.zst. It is only a hint: a missing or
+// unreadable table means every object's URL is probed instead.
+func (p *puller) table(ctx context.Context, dhex string, n int) (map[string]TableEntry, error) {
+	path, err := TablePath(dhex)
+	if err != nil {
+		return nil, err
+	}
+	limit := int64(n+1) * MaxTableLine
+	z, err := p.get(ctx, path, limit)
+	if isNotFound(err) || errors.Is(err, ErrContent) {
+		return map[string]TableEntry{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]TableEntry{}
+	text, err := decompress(z, limit)
+	if err != nil {
+		return out, nil
+	}
+	es, err := ParseTable(text)
+	if err != nil {
+		return out, nil
+	}
+	for _, e := range es {
+		out[e.Hash] = e
+	}
+	return out, nil
+}
+
+// decompress decodes one zstd stream into at most limit bytes.
+func decompress(z []byte, limit int64) ([]byte, error) {
+	d, err := zstd.NewReader(bytes.NewReader(z), zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(uint64(limit)+1))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	out, err := io.ReadAll(io.LimitReader(d, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("decompresses to more than %d bytes", limit)
+	}
+	return out, nil
+}
+
+// need is one content the tx uses: its size and every key (mode, owner)
+// it is linked under.
+type need struct {
+	hash cas.Hash
+	size int64
+	keys []cas.Key
+}
+
+func needed(m *manifest.Manifest) []*need {
+	byHash := map[cas.Hash]*need{}
+	var out []*need
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if e.Type != manifest.File || e.Size == 0 {
+			continue
+		}
+		n := byHash[e.Hash]
+		if n == nil {
+			n = &need{hash: e.Hash, size: e.Size}
+			byHash[e.Hash] = n
+			out = append(out, n)
+		}
+		if n.size != e.Size {
+			// Decode accepted it, but one content has one size.
+			n.size = -1
+		}
+		k := e.Key()
+		dup := false
+		for _, x := range n.keys {
+			dup = dup || x == k
+		}
+		if !dup {
+			n.keys = append(n.keys, k)
+		}
+	}
+	return out
+}
+
+// plan drops what the store has and copies locally what it has under
+// another mode or owner; it returns what must be fetched, each with only
+// its missing keys.
+func (p *puller) plan(im *txstore.Import, needs []*need, st *PullStats) ([]*need, error) {
+	var fetch []*need
+	for _, n := range needs {
+		if n.size < 0 {
+			return nil, fmt.Errorf("%w: content %s listed with two sizes", manifest.ErrBad, n.hash)
+		}
+		var missing []cas.Key
+		for _, k := range n.keys {
+			has, err := im.Has(k)
+			if errors.Is(err, cas.ErrDamaged) {
+				return nil, fmt.Errorf("pull: %w", err) // as commit: a damaged object is the user's to remove
+			}
+			if err != nil {
+				return nil, err
+			}
+			if !has {
+				missing = append(missing, k)
+			}
+		}
+		if len(missing) == 0 {
+			st.Present++
+			st.PresentBytes += n.size
+			continue
+		}
+		present, err := im.Present(n.hash)
+		if err != nil {
+			return nil, err
+		}
+		copied := false
+		for _, src := range present {
+			if slicesContains(missing, src) {
+				continue
+			}
+			if err := im.CopyLocal(src, n.size, missing); err == nil {
+				copied = true
+				break
+			} else if !errors.Is(err, cas.ErrDamaged) {
+				return nil, err
+			}
+		}
+		if copied {
+			st.Present++
+			st.PresentBytes += n.size
+			st.Copied++
+			continue
+		}
+		fetch = append(fetch, &need{hash: n.hash, size: n.size, keys: missing})
+	}
+	return fetch, nil
+}
+
+func slicesContains(ks []cas.Key, k cas.Key) bool {
+	for _, x := range ks {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
+
+// fetchAll fetches the objects of fetch with o.Workers workers; the first
+// error that survives its retries cancels the rest.
+func (p *puller) fetchAll(ctx context.Context, im *txstore.Import, fetch []*need, table map[string]TableEntry, st *PullStats, start time.Time) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var prog struct {
+		done      atomic.Int64
+		bytesDone atomic.Int64
+		wire      atomic.Int64
+		content   atomic.Int64
+	}
+	var total int64
+	for _, n := range fetch {
+		if e, ok := table[n.hash.String()]; ok && e.Size == n.size {
+			total += e.Stored
+		} else {
+			total += n.size
+		}
+	}
+	snapshot := func() Progress {
+		return Progress{Objects: len(fetch), ObjectsDone: int(prog.done.Load()), Bytes: total,
+			BytesDone: prog.bytesDone.Load(), Elapsed: time.Since(start)}
+	}
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	var flushErr atomic.Pointer[error]
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		lastFlush := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if p.o.Progress != nil {
+					p.o.Progress(snapshot())
+				}
+				if p.o.FlushInterval > 0 && time.Since(lastFlush) >= p.o.FlushInterval {
+					lastFlush = time.Now()
+					if err := im.Flush(); err != nil {
+						flushErr.Store(&err)
+						cancel()
+					}
+				}
+			}
+		}
+	}()
+
+	jobs := make(chan *need)
+	var once sync.Once
+	var firstErr error
+	fail := func(err error) {
+		once.Do(func() { firstErr = err; cancel() })
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < p.o.Workers && w < len(fetch); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ow := &objectWorker{p: p, im: im, progress: &prog.bytesDone}
+			defer ow.close()
+			for n := range jobs {
+				wire, err := ow.fetch(ctx, n, table)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				prog.done.Add(1)
+				prog.wire.Add(wire)
+				prog.content.Add(n.size)
+			}
+		}()
+	}
+feed:
+	for _, n := range fetch {
+		select {
+		case jobs <- n:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	close(stop)
+	bg.Wait()
+	if p.o.Progress != nil {
+		p.o.Progress(snapshot())
+	}
+	st.Fetched = int(prog.done.Load())
+	st.FetchedBytes = prog.content.Load()
+	st.WireBytes = prog.wire.Load()
+	if e := flushErr.Load(); e != nil && firstErr == nil {
+		return *e
+	}
+	if firstErr != nil {
+		return firstErr
+	}
+	return ctx.Err()
+}
+
+// objectWorker fetches objects one at a time, streaming each body through
+// a size limit, an optional zstd decoder and SHA-256 into a temp file: its
+// memory does not depend on object sizes.
+type objectWorker struct {
+	p        *puller
+	im       *txstore.Import
+	dec      *zstd.Decoder
+	h        hash.Hash
+	buf      []byte
+	progress *atomic.Int64
+}
+
+func (w *objectWorker) close() {
+	if w.dec != nil {
+		w.dec.Close()
+	}
+}
+
+// fetch gets object n (the table's URL, else the raw one and then the
+// .zst one), checks it and hands it to the import. It returns the bytes
+// received for it.
+func (w *objectWorker) fetch(ctx context.Context, n *need, table map[string]TableEntry) (int64, error) {
+	hexh := n.hash.String()
+	type try struct {
+		compressed bool
+		limit      int64 // bytes accepted on the wire
+	}
+	tries := []try{{false, n.size}, {true, n.size}}
+	if e, ok := table[hexh]; ok && e.Size == n.size {
+		if e.Compressed {
+			tries = []try{{true, e.Stored}, {false, n.size}}
+		}
+	}
+	var wire int64
+	var err, first error
+	for i, t := range tries {
+		path, perr := ObjectPath(hexh, t.compressed)
+		if perr != nil {
+			return 0, perr
+		}
+		err = retry(ctx, w.p.o.Tries, w.p.o.Backoff, w.p.o.MaxBackoff, func() error {
+			var werr error
+			wire, werr = w.once(ctx, path, n, t.compressed, t.limit)
+			return werr
+		})
+		if err == nil {
+			return wire, nil
+		}
+		// Only a missing file sends us to the other spelling; missing
+		// under both, the expected one is named.
+		if first == nil {
+			first = err
+		}
+		if !isNotFound(err) {
+			return 0, err
+		}
+		if i == len(tries)-1 {
+			return 0, first
+		}
+	}
+	return 0, err
+}
+
+// once is one attempt at object n from path.
+func (w *objectWorker) once(ctx context.Context, path string, n *need, compressed bool, limit int64) (int64, error) {
+	url := w.p.f.URL(path)
+	body, err := w.p.f.Get(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	defer body.Close()
+	f, err := w.im.TempFile()
+	if err != nil {
+		return 0, err
+	}
+	tmp := f.Name()
+	keep := false
+	defer func() {
+		if !keep {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	wire := &countReader{r: io.LimitReader(body, limit+1), progress: w.progress}
+	var src io.Reader = wire
+	if compressed {
+		if w.dec == nil {
+			if w.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow)); err != nil {
+				return 0, err
+			}
+		}
+		if err := w.dec.Reset(wire); err != nil {
+			return 0, fmt.Errorf("GET %s: %w: %w", url, ErrContent, err)
+		}
+		src = w.dec
+	}
+	if w.h == nil {
+		w.h, w.buf = sha256.New(), make([]byte, 256<<10)
+	}
+	w.h.Reset()
+	got, err := io.CopyBuffer(io.MultiWriter(f, w.h), io.LimitReader(src, n.size+1), w.buf)
+	if wire.n > limit {
+		return wire.n, fmt.Errorf("GET %s: %w: more than the %d bytes expected", url, ErrContent, limit)
+	}
+	if err != nil {
+		if compressed && !errors.Is(err, io.ErrUnexpectedEOF) && ctx.Err() == nil && !isNetErr(err) {
+			return wire.n, fmt.Errorf("GET %s: %w: %w", url, ErrContent, err)
+		}
+		return wire.n, fmt.Errorf("GET %s: %w: %w", url, ErrFetch, err)
+	}
+	if got != n.size {
+		return wire.n, fmt.Errorf("GET %s: %w: %d bytes, want %d (truncated or too long)", url, ErrContent, got, n.size)
+	}
+	if !compressed {
+		// The limit cut the body at size+1: a longer one is caught above.
+		if wire.n != n.size {
+			return wire.n, fmt.Errorf("GET %s: %w: %d bytes, want %d", url, ErrContent, wire.n, n.size)
+		}
+	} else if extra, _ := io.Copy(io.Discard, wire); extra > 0 || wire.n > limit {
+		return wire.n, fmt.Errorf("GET %s: %w: data after the zstd frame", url, ErrContent)
+	}
+	var sum cas.Hash
+	w.h.Sum(sum[:0])
+	if sum != n.hash {
+		return wire.n, fmt.Errorf("GET %s: %w: content hashes to %s, want %s", url, ErrContent, hex.EncodeToString(sum[:]), n.hash)
+	}
+	if err := f.Close(); err != nil {
+		return wire.n, fmt.Errorf("write %s: %w", tmp, err)
+	}
+	keep = true
+	if err := w.im.AddFile(tmp, n.hash, n.size, n.keys); err != nil {
+		return wire.n, permanentErr{err}
+	}
+	return wire.n, nil
+}
+
+// permanentErr marks a local failure (the store, not the server): not
+// retried.
+type permanentErr struct{ error }
+
+func (e permanentErr) Unwrap() error { return e.error }
+
+func isNetErr(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne)
+}
+
+// countReader counts what it reads, into n and progress.
+type countReader struct {
+	r        io.Reader
+	n        int64
+	progress *atomic.Int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.progress != nil {
+		c.progress.Add(int64(n))
+	}
+	return n, err
+}
