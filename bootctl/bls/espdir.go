@@ -65,7 +65,7 @@ func (d *espDir) openDir(name string) (*espDir, error) {
 			// Name what is there instead: errno would only repeat "not a directory".
 			kind := "not a directory"
 			if st, serr := d.lstat(name); serr == nil {
-				kind = kindOf(st.Mode)
+				kind = KindOf(st.Mode)
 			}
 			return nil, fmt.Errorf("open dir %s: %s: %w", d.path(name), kind, ErrNotDir)
 		}
@@ -150,8 +150,8 @@ func (d *espDir) lstat(name string) (unix.Stat_t, error) {
 	return st, nil
 }
 
-// kindOf names a file type for messages.
-func kindOf(mode uint32) string {
+// KindOf names a file type for messages.
+func KindOf(mode uint32) string {
 	switch mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		return "regular file"
@@ -206,7 +206,7 @@ func (d *espDir) openRegular(name string) (*os.File, int64, error) {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		unix.Close(fd)
-		return nil, 0, fmt.Errorf("%s: %s: %w", d.path(name), kindOf(st.Mode), ErrNotRegular)
+		return nil, 0, fmt.Errorf("%s: %s: %w", d.path(name), KindOf(st.Mode), ErrNotRegular)
 	}
 	// Back to blocking reads: O_NONBLOCK was only for the open.
 	if err := unix.SetNonblock(fd, false); err != nil {
@@ -277,7 +277,7 @@ func (d *espDir) commitTemp(tmp *os.File, tmpName, name string) error {
 // An existing name that is not a regular file is left alone (ErrNotRegular).
 func (d *espDir) writeAtomic(name string, data []byte, perm fs.FileMode) (err error) {
 	if st, err := d.lstat(name); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("write %s: %s: %w", d.path(name), kindOf(st.Mode), ErrNotRegular)
+		return fmt.Errorf("write %s: %s: %w", d.path(name), KindOf(st.Mode), ErrNotRegular)
 	}
 	tmp, tn, err := d.createTemp(name, perm)
 	if err != nil {
@@ -299,7 +299,7 @@ func (d *espDir) writeAtomic(name string, data []byte, perm fs.FileMode) (err er
 // rename(2)) and fsyncs d.
 func (d *espDir) rename(oldName, newName string) error {
 	if st, err := d.lstat(newName); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("rename %s to %s: %s: %w", d.path(oldName), newName, kindOf(st.Mode), ErrNotRegular)
+		return fmt.Errorf("rename %s to %s: %s: %w", d.path(oldName), newName, KindOf(st.Mode), ErrNotRegular)
 	}
 	if err := unix.Renameat(d.fd, oldName, d.fd, newName); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", d.path(oldName), newName, &fs.PathError{Op: "rename", Path: d.path(oldName), Err: err})
@@ -318,7 +318,7 @@ func (d *espDir) remove(name string) error {
 		return err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("remove %s: %s: %w", d.path(name), kindOf(st.Mode), ErrNotRegular)
+		return fmt.Errorf("remove %s: %s: %w", d.path(name), KindOf(st.Mode), ErrNotRegular)
 	}
 	if err := unix.Unlinkat(d.fd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove %s: %w", d.path(name), &fs.PathError{Op: "unlink", Path: d.path(name), Err: err})

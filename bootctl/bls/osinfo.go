@@ -45,7 +45,7 @@ func readBeneath(root, rel string) ([]byte, error) {
 		return nil, &fs.PathError{Op: "stat", Path: p, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("%s: %s: %w", p, kindOf(st.Mode), ErrNotRegular)
+		return nil, fmt.Errorf("%s: %s: %w", p, KindOf(st.Mode), ErrNotRegular)
 	}
 	if err := unix.SetNonblock(fd, false); err != nil {
 		return nil, &fs.PathError{Op: "open", Path: p, Err: err}

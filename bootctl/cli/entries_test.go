@@ -254,3 +254,21 @@ func TestHealthAfterFallbackSyncsEntries(t *testing.T) {
 		t.Fatalf("tx 2's entry not marked bad after the fallback boot: %v\n%s", es, out)
 	}
 }
+
+// commit --json is the same commit: the initrd is built and the entry
+// written, only the output is JSON.
+func TestCommitJSONBuildsEntry(t *testing.T) {
+	td := tools(t)
+	root, esp := t.TempDir(), t.TempDir()
+	code, out := commitKernel(t, root, td, "6.1.0-test", "kernel-A", "--esp", esp, "--root-arg", "PARTUUID=1234", "--json")
+	if code != 0 {
+		t.Fatalf("commit --json: exit %d\n%s", code, out)
+	}
+	var v map[string]any
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("commit --json printed more than JSON: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(esp, "loader/entries/txboot-1+3.conf")); err != nil {
+		t.Fatalf("commit --json wrote no entry: %v", err)
+	}
+}

@@ -91,33 +91,7 @@ func init() {
 				return nil
 			}
 			// As after commit: the tx's initrd, then the entries.
-			c, ok, err := loadEntriesConfig(s, e.root, &pef)
-			if err != nil || !ok {
-				return err
-			}
-			if err := buildInitrd(s, tx, mkinitramfs, initagent); err != nil {
-				return err
-			}
-			if len(tx.Kernels) > 0 && !e.json {
-				fmt.Fprintf(e.stdout, "  initrd for %s: %s\n", tx.Kernels[len(tx.Kernels)-1], initrdPath(s, tx.ID))
-			}
-			if c.RootArg == "" {
-				return nil
-			}
-			rep, err := syncEntries(s, c)
-			if err != nil {
-				return err
-			}
-			if err := saveEntriesConfig(s, c); err != nil {
-				return err
-			}
-			if !e.json {
-				printSync(e, rep)
-			}
-			if len(tx.Kernels) > 0 {
-				return entryWritten(tx.ID)(rep)
-			}
-			return nil
+			return kernelSide(e, s, tx, mkinitramfs, initagent, &pef)
 		}})
 }
 

@@ -62,7 +62,12 @@ func init() {
 				fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", st.ConsumeErr)
 			}
 			if e.json {
-				return e.printJSON(map[string]any{"tx": tx, "stats": st})
+				// Only the output differs: the initrd and the entry are
+				// still made.
+				if err := e.printJSON(map[string]any{"tx": tx, "stats": st}); err != nil {
+					return err
+				}
+				return kernelSide(e, s, tx, mkinitramfs, initagent, &cef)
 			}
 			fmt.Fprintf(e.stdout, "committed tx %d %s\n", tx.ID, tx.Digest)
 			if signer != nil && len(tx.Signatures) > 0 {
@@ -75,32 +80,7 @@ func init() {
 			}
 			fmt.Fprintf(e.stdout, "  scan+hash %s, store %s, blit %s, total %s\n",
 				ms(st.Scan), ms(st.Store), ms(st.BlitTime), ms(st.Total))
-			// The kernel side: an initrd for the tx's kernel, then entries.
-			c, ok, err := loadEntriesConfig(s, e.root, &cef)
-			if err != nil || !ok {
-				return err
-			}
-			if err := buildInitrd(s, tx, mkinitramfs, initagent); err != nil {
-				return err
-			}
-			if len(tx.Kernels) > 0 {
-				fmt.Fprintf(e.stdout, "  initrd for %s: %s\n", tx.Kernels[len(tx.Kernels)-1], initrdPath(s, tx.ID))
-			}
-			if c.RootArg == "" {
-				return nil
-			}
-			rep, err := syncEntries(s, c)
-			if err != nil {
-				return err
-			}
-			if err := saveEntriesConfig(s, c); err != nil {
-				return err
-			}
-			printSync(e, rep)
-			if len(tx.Kernels) > 0 {
-				return entryWritten(tx.ID)(rep)
-			}
-			return nil
+			return kernelSide(e, s, tx, mkinitramfs, initagent, &cef)
 		}})
 
 	register(&verb{name: "list", help: "list transactions", run: func(e *env, args []string) error {
@@ -395,3 +375,39 @@ func human(b int64) string {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
+
+// kernelSide is what follows a new tx (commit, pull): an initrd for its
+// kernel, then the entries when they are managed. A tx with a kernel whose
+// entry could not be written fails: the store would name it while the
+// loader cannot boot it.
+func kernelSide(e *env, s *txstore.Store, tx *txstore.Tx, mkinitramfs, initagent string, ef *entryFlags) error {
+	c, ok, err := loadEntriesConfig(s, e.root, ef)
+	if err != nil || !ok {
+		return err
+	}
+	if err := buildInitrd(s, tx, mkinitramfs, initagent); err != nil {
+		return err
+	}
+	if len(tx.Kernels) > 0 && !e.json {
+		fmt.Fprintf(e.stdout, "  initrd for %s: %s\n", tx.Kernels[len(tx.Kernels)-1], initrdPath(s, tx.ID))
+	}
+	if c.RootArg == "" {
+		return nil
+	}
+	rep, err := syncEntries(s, c)
+	if err != nil {
+		return err
+	}
+	if err := saveEntriesConfig(s, c); err != nil {
+		return err
+	}
+	if !e.json {
+		printSync(e, rep)
+	} else {
+		printSyncWarnings(e, rep) // stderr: stdout stays JSON
+	}
+	if len(tx.Kernels) > 0 {
+		return entryWritten(tx.ID)(rep)
+	}
+	return nil
+}

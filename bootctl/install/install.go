@@ -175,21 +175,7 @@ func Run(o Options) (*Result, error) {
 
 func (p *plan) log(format string, a ...any) { fmt.Fprintf(p.o.Log, "install: "+format+"\n", a...) }
 
-func kindOf(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		return "regular file"
-	case unix.S_IFDIR:
-		return "directory"
-	case unix.S_IFLNK:
-		return "symlink"
-	case unix.S_IFIFO:
-		return "FIFO"
-	case unix.S_IFSOCK:
-		return "socket"
-	}
-	return "device"
-}
+func kindOf(mode uint32) string { return bls.KindOf(mode) }
 
 // check finds everything install needs and refuses what it cannot make
 // bootable, before anything is changed.
