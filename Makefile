@@ -52,6 +52,7 @@ demo-debian: deps build
 # QEMU boots with and without an in-boot fallback. Tables go to stdout.
 bench: deps build
 	bash scripts/bench.sh
+	bash scripts/bench-repo.sh
 	bash scripts/bench-initramfs.sh
 	$(GO) test -run '^$$' -bench Boot -benchtime 3x ./qemu-tests/ | grep -v '^ *\['
 

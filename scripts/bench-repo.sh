@@ -90,7 +90,135 @@ done
 rm -rf "$RUN"
 
 # --- pull ------------------------------------------------------------------
-# (appended by the pull benchmarks)
+# Both repositories are served by one Debian nginx on 127.0.0.1 (started
+# here on a free port, stopped by the EXIT trap) and pulled into fresh
+# clients on the same disk. Build side, not timed: tx 1 is the tree,
+# committed and published signed (`bootctl publish --key`, version v1),
+# and `ostree commit` on branch b of an archive repo (`ostree summary -u`
+# after each commit, as an ostree publisher does). tx 2 is the same tree
+# with 1% of its regular files (every 100th in sorted order) given new
+# content (a line appended), committed and published as v2, and committed
+# on branch b again. No ostree static deltas: both sides fetch objects.
+# Timed, into a fresh client each run:
+# (1) empty-store pull of tx 1: `bootctl --root S pull URL --trust K.pem
+#     --tx v1` vs `ostree pull origin b@C1` into an empty bare repo
+#     (`ostree init --mode=bare` and `remote add`, not timed);
+# (2) update pull into that same client: `bootctl --root S pull URL
+#     --trust K.pem` (latest: v2) vs `ostree pull origin b`.
+# Bytes: the sum of nginx's $body_bytes_sent over the requests logged
+# during that command (MB = 10^6 bytes). Warm runs: the served
+# repositories are in the page cache (just written, caches not dropped);
+# each client pays for its own writes (txboot's syncfs, ostree's fsyncs).
+# Medians of 3 runs for minbase, 1 run for big. Nothing is removed
+# during the timed runs, and they start at least 61 s after the last
+# removal (and a sync): ext4 without a journal (this VM's disk) skips
+# inodes freed in the last 60 s when it allocates one, at a cost per
+# skipped inode (~0.25 ms per file created after mass removals, measured),
+# which would slow whichever tool ran first after a removal.
+NGX=$(mktemp -d /tmp/bench-nginx.XXXXXX)
+NGXPID=
+stop_nginx() {
+  if [ -n "$NGXPID" ]; then
+    kill -- -"$NGXPID" 2>/dev/null || true
+    wait "$NGXPID" 2>/dev/null || true
+  fi
+  rm -rf "$NGX" "$RUN"
+}
+trap stop_nginx EXIT
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL=http://127.0.0.1:$PORT
+cat >"$NGX/nginx.conf" <<CONF
+$([ "$(id -u)" = 0 ] && echo "user root root;")
+worker_processes 1;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log;
+events { worker_connections 256; }
+http {
+  default_type application/octet-stream;
+  sendfile on;
+  keepalive_requests 100000;
+  client_body_temp_path $NGX/body;
+  proxy_temp_path $NGX/proxy;
+  fastcgi_temp_path $NGX/fastcgi;
+  uwsgi_temp_path $NGX/uwsgi;
+  scgi_temp_path $NGX/scgi;
+  log_format bench '\$body_bytes_sent \$status \$request_uri';
+  server {
+    listen 127.0.0.1:$PORT;
+    root $RUN/www;
+    access_log $NGX/access.log bench;
+  }
+}
+CONF
+: >"$NGX/access.log"
+# setsid: nginx's master leads its own process group, so the trap kills
+# the master and its worker together.
+setsid /usr/sbin/nginx -e "$NGX/error.log" -c "$NGX/nginx.conf" -p "$NGX" -g 'daemon off;' >"$NGX/stdout" 2>&1 &
+NGXPID=$!
+for _ in $(seq 50); do
+  curl -s -o /dev/null "$URL/" && break
+  sleep 0.1
+done
+curl -s -o /dev/null "$URL/" || { echo "bench: nginx did not start:" >&2; cat "$NGX/stdout" "$NGX/error.log" >&2; exit 1; }
+logmark() { wc -l <"$NGX/access.log"; }
+# mb MARK: MB sent since MARK (nginx logs a request once its last byte is
+# written, before the client has read it; the pause covers the rest).
+mb() { sleep 0.2; tail -n +"$(( $1 + 1 ))" "$NGX/access.log" | awk '{s+=$1} END{printf "%.1f", s/1e6}'; }
+
+for tree in minbase big; do
+  src=$CACHE/$tree/usr
+  entries=$(find "$src" | wc -l)
+  size=$(du -sh "$src" | cut -f1)
+  reps=1; [ "$tree" = minbase ] && reps=3
+  rm -rf "$RUN"; sync; removed=$(date +%s)
+  mkdir -p "$RUN/www"
+  warm "$src"
+  OSRV=$RUN/www/ostree-repo
+  "$BOOTCTL" keygen --out "$RUN/k" >/dev/null
+  "$BOOTCTL" --root "$RUN/sys" commit "$src" --summary v1 >/dev/null
+  "$BOOTCTL" --root "$RUN/sys" publish --repo "$RUN/www/txboot-repo" --key "$RUN/k.key" --version v1 >/dev/null
+  ostree init --mode=archive --repo="$OSRV"
+  c1=$(ostree commit --repo="$OSRV" --branch=b --tree=dir="$src" --no-xattrs)
+  ostree summary -u --repo="$OSRV"
+  # tx 2: a hardlinked copy with 1% of the files replaced (cp -p keeps
+  # mode, owner and times; mv breaks the link, so $src is never changed).
+  cp -al "$src" "$RUN/tree2"
+  (cd "$RUN/tree2" && find . -type f -print0 | sort -z | awk -v RS='\0' -v ORS='\0' 'NR % 100 == 0') >"$RUN/changed"
+  while IFS= read -r -d '' f; do
+    cp -p "$RUN/tree2/$f" "$RUN/new"
+    echo "bench: tx 2 of $f" >>"$RUN/new"
+    mv -f "$RUN/new" "$RUN/tree2/$f"
+  done <"$RUN/changed"
+  nchanged=$(tr -cd '\0' <"$RUN/changed" | wc -c)
+  mchanged=$(cd "$RUN/tree2" && xargs -0 stat -c %s <"$RUN/changed" | awk '{s+=$1} END{printf "%.1f", s/1e6}')
+  warm "$RUN/tree2"
+  "$BOOTCTL" --root "$RUN/sys" commit "$RUN/tree2" --summary v2 >/dev/null
+  "$BOOTCTL" --root "$RUN/sys" publish --repo "$RUN/www/txboot-repo" --key "$RUN/k.key" --version v2 >/dev/null
+  ostree commit --repo="$OSRV" --branch=b --tree=dir="$RUN/tree2" --no-xattrs >/dev/null
+  ostree summary -u --repo="$OSRV"
+  sync
+  wait=$(( removed + 61 - $(date +%s) ))
+  [ "$wait" -gt 0 ] && sleep "$wait"
+  e1=(); e2=(); eb1=(); eb2=(); u1=(); u2=(); ub1=(); ub2=()
+  for r in $(seq $reps); do
+    ostree init --mode=bare --repo="$RUN/oc$r"
+    ostree remote add --repo="$RUN/oc$r" --no-gpg-verify origin "$URL/ostree-repo"
+    m=$(logmark); e1+=("$(t "$BOOTCTL" --root "$RUN/c$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem" --tx v1)"); eb1+=("$(mb "$m")")
+    m=$(logmark); e2+=("$(t ostree pull --repo="$RUN/oc$r" origin "b@$c1")"); eb2+=("$(mb "$m")")
+    m=$(logmark); u1+=("$(t "$BOOTCTL" --root "$RUN/c$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem")"); ub1+=("$(mb "$m")")
+    m=$(logmark); u2+=("$(t ostree pull --repo="$RUN/oc$r" origin b)"); ub2+=("$(mb "$m")")
+  done
+  L="| $tree | $entries / $size"
+  ours=$(med "${e1[@]}"); theirs=$(med "${e2[@]}")
+  echo "$L | pull tx 1 into an empty store | $ours | ostree pull into an empty bare repo | $theirs | $(ratio "$ours" "$theirs") | ≤ 0.5× |"
+  ours=$(med "${eb1[@]}"); theirs=$(med "${eb2[@]}")
+  echo "$L | pull tx 1 into an empty store: MB transferred (not s) | $ours | ostree pull | $theirs | $(ratio "$ours" "$theirs") | |"
+  ours=$(med "${u1[@]}"); theirs=$(med "${u2[@]}")
+  echo "$L | update pull tx 1 → tx 2 ($nchanged files, $mchanged MB changed) | $ours | ostree pull of the new commit | $theirs | $(ratio "$ours" "$theirs") | ≤ 0.5× |"
+  ours=$(med "${ub1[@]}"); theirs=$(med "${ub2[@]}")
+  echo "$L | update pull: MB transferred (not s) | $ours | ostree pull | $theirs | $(ratio "$ours" "$theirs") | ≤ 1.0× |"
+done
+rm -rf "$RUN"
 
 echo
 echo "$(nproc) cores, $(uname -r), ostree $(ostree --version | awk '/Version/{print $2}' | tr -d "'"), $(date -u +%Y-%m-%d)"
