@@ -43,7 +43,11 @@ func TestRescuePaths(t *testing.T) {
 				}
 			}
 			if c.shell {
-				time.Sleep(500 * time.Millisecond)
+				// Input sent before the shell reads its terminal can be lost
+				// (line editing resets the tty), so wait for its prompt.
+				if err := vm.ExpectString("txboot-rescue# ", time.Minute); err != nil {
+					t.Fatalf("no rescue shell prompt: %v", err)
+				}
 				vm.Send("echo RESCUE-$((40+2))\n")
 				if _, err := vm.Expect(regexp.MustCompile(`RESCUE-42`), time.Minute); err != nil {
 					t.Fatalf("shell did not run a command: %v", err)

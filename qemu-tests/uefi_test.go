@@ -474,8 +474,8 @@ touch /var/txtest-menu
 
 // TestUEFIPrune (e): 7 txs, the two oldest on another kernel; the running
 // system prunes to 5: exactly the 5 newest entries remain, sharing one
-// kernel and one initrd copy, and the kernel and initrd only the pruned
-// txs used are gone from the ESP.
+// kernel and one initrd copy (the fallback entry, tx 6, has its own), and
+// the kernel and initrd only the pruned txs used are gone from the ESP.
 func TestUEFIPrune(t *testing.T) {
 	t.Parallel()
 	cloud := harness.CloudKernel(t)
@@ -502,8 +502,8 @@ bootctl entries sync --esp /boot/efi --keep 5; echo "TXTEST sync=$?"
 	wantEntries(t, sys, "txboot-1.conf", "txboot-2.conf", "txboot-3.conf", "txboot-4.conf",
 		"txboot-5.conf", "txboot-6.conf", "txboot-7+3.conf")
 	refs := map[int][2]string{} // tx -> kernel, initrd digest dirs
-	linkRe := regexp.MustCompile(`(?m)^linux\s+/txboot/kernels/([0-9a-f]{64})/vmlinuz\s*$`)
-	initrdRe := regexp.MustCompile(`(?m)^initrd\s+/txboot/initrds/([0-9a-f]{64})/initrd\.img\s*$`)
+	linkRe := regexp.MustCompile(`(?m)^linux\s+/txboot/kernels/([0-9a-f]{64}(?:-fallback)?)/vmlinuz\s*$`)
+	initrdRe := regexp.MustCompile(`(?m)^initrd\s+/txboot/initrds/([0-9a-f]{64}(?:-fallback)?)/initrd\.img\s*$`)
 	for _, e := range entries(t, sys) {
 		data, err := os.ReadFile(filepath.Join(sys.ESPDir, "loader", "entries", e))
 		if err != nil {
@@ -522,6 +522,9 @@ bootctl entries sync --esp /boot/efi --keep 5; echo "TXTEST sync=$?"
 		if id <= 2 {
 			want = oldK
 		}
+		if id == 6 { // the fallback (newest good after the default, 7): its own copies
+			want = [2]string{newK[0] + "-fallback", newK[1] + "-fallback"}
+		}
 		if refs[id] != want {
 			t.Errorf("tx %d's entry uses kernel/initrd %v, want the shared %v", id, refs[id], want)
 		}
@@ -529,8 +532,8 @@ bootctl entries sync --esp /boot/efi --keep 5; echo "TXTEST sync=$?"
 	if oldK[0] == newK[0] || oldK[1] == newK[1] {
 		t.Fatalf("the two kernel flavours share a kernel or initrd copy: %v %v", oldK, newK)
 	}
-	wantESPDir(t, sys, "/txboot/kernels", oldK[0], newK[0])
-	wantESPDir(t, sys, "/txboot/initrds", oldK[1], newK[1])
+	wantESPDir(t, sys, "/txboot/kernels", oldK[0], newK[0], newK[0]+"-fallback")
+	wantESPDir(t, sys, "/txboot/initrds", oldK[1], newK[1], newK[1]+"-fallback")
 
 	r := bootUEFI(t, sys, 1, uefiOpts{})
 	r.wantMarker(t, "tx-7")
@@ -539,8 +542,8 @@ bootctl entries sync --esp /boot/efi --keep 5; echo "TXTEST sync=$?"
 
 	wantEntries(t, sys, "txboot-3.conf", "txboot-4.conf", "txboot-5.conf", "txboot-6.conf", "txboot-7.conf")
 	wantESPDir(t, sys, "/txboot", "initrds", "kernels")
-	wantESPDir(t, sys, "/txboot/kernels", newK[0])
-	wantESPDir(t, sys, "/txboot/initrds", newK[1])
+	wantESPDir(t, sys, "/txboot/kernels", newK[0], newK[0]+"-fallback")
+	wantESPDir(t, sys, "/txboot/initrds", newK[1], newK[1]+"-fallback")
 	wantESPDir(t, sys, "/txboot/kernels/"+newK[0], "vmlinuz")
 	wantESPDir(t, sys, "/txboot/initrds/"+newK[1], "initrd.img")
 	st, def, _ := readStore(t, sys)

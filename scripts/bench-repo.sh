@@ -62,12 +62,26 @@ rm -rf "$RUN"
 # with 1% of its regular files (every 100th in sorted order) given new
 # content (a line appended), committed and published as v2, and committed
 # on branch b again. No ostree static deltas: both sides fetch objects.
-# Timed, into a fresh client each run:
-# (1) empty-store pull of tx 1: `bootctl --root S pull URL --trust K.pem
-#     --tx v1` vs `ostree pull origin b@C1` into an empty bare repo
-#     (`ostree init --mode=bare` and `remote add`, not timed);
-# (2) update pull into that same client: `bootctl --root S pull URL
-#     --trust K.pem` (latest: v2) vs `ostree pull origin b`.
+# Like with like: `ostree pull` stores verified objects and the commit
+# durably and checks nothing out (that is `ostree checkout`/deploy), so
+# its equivalent is `bootctl pull --download-only` (verified objects and
+# the manifest in the CAS, durable, a download record; no tree, no tx
+# record). Those are the target rows. The full `bootctl pull` (download,
+# then the tree built and the tx recorded) is reported too, next to
+# ostree pull + `ostree checkout` of the commit, without a target.
+# Timed, into fresh clients each run:
+# (1) empty-store download: `bootctl --root S pull URL --trust K.pem
+#     --tx v1 --download-only` vs `ostree pull origin b@C1` into an empty
+#     bare repo (`ostree init --mode=bare` and `remote add`, not timed);
+# (2) update download into that same client: `bootctl --root S pull URL
+#     --trust K.pem --download-only` (latest: v2; its parent v1 is the
+#     pending download, so the manifest comes as a delta) vs `ostree pull
+#     origin b`;
+# (3) `bootctl --root S pull --apply` of v2 (tree + record, no network)
+#     vs `ostree checkout` of C2 (hardlinks from the bare repo);
+# (4) and (5) the full pulls, empty store and update, into a second
+#     client F: `bootctl --root F pull URL --trust K.pem [--tx v1]`, shown
+#     against ostree pull + ostree checkout (the sums of the times above).
 # Bytes: the sum of nginx's $body_bytes_sent over the requests logged
 # during that command (MB = 10^6 bytes). Warm runs: the served
 # repositories are in the page cache (just written, caches not dropped);
@@ -162,24 +176,35 @@ for tree in minbase big; do
   sync
   wait=$(( removed + 61 - $(date +%s) ))
   [ "$wait" -gt 0 ] && sleep "$wait"
-  e1=(); e2=(); eb1=(); eb2=(); u1=(); u2=(); ub1=(); ub2=()
+  c2=$(ostree rev-parse --repo="$OSRV" b)
+  e1=(); e2=(); eb1=(); eb2=(); u1=(); u2=(); ub1=(); ub2=(); a1=(); a2=(); f1=(); f2=(); fe=(); fu=()
   for r in $(seq $reps); do
     ostree init --mode=bare --repo="$RUN/oc$r"
     ostree remote add --repo="$RUN/oc$r" --no-gpg-verify origin "$URL/ostree-repo"
-    m=$(logmark); e1+=("$(t "$BOOTCTL" --root "$RUN/c$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem" --tx v1)"); eb1+=("$(mb "$m")")
+    m=$(logmark); e1+=("$(t "$BOOTCTL" --root "$RUN/c$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem" --tx v1 --download-only)"); eb1+=("$(mb "$m")")
     m=$(logmark); e2+=("$(t ostree pull --repo="$RUN/oc$r" origin "b@$c1")"); eb2+=("$(mb "$m")")
-    m=$(logmark); u1+=("$(t "$BOOTCTL" --root "$RUN/c$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem")"); ub1+=("$(mb "$m")")
+    m=$(logmark); u1+=("$(t "$BOOTCTL" --root "$RUN/c$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem" --download-only)"); ub1+=("$(mb "$m")")
     m=$(logmark); u2+=("$(t ostree pull --repo="$RUN/oc$r" origin b)"); ub2+=("$(mb "$m")")
+    a1+=("$(t "$BOOTCTL" --root "$RUN/c$r" pull --apply --tx v2)")
+    a2+=("$(t ostree checkout --repo="$RUN/oc$r" "$c2" "$RUN/co$r")")
+    fe+=("$(t "$BOOTCTL" --root "$RUN/f$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem" --tx v1)")
+    fu+=("$(t "$BOOTCTL" --root "$RUN/f$r" pull "$URL/txboot-repo" --trust "$RUN/k.pem")")
   done
   L="| $tree | $entries / $size"
-  ours=$(med "${e1[@]}"); theirs=$(med "${e2[@]}")
-  echo "$L | pull tx 1 into an empty store | $ours | ostree pull into an empty bare repo | $theirs | $(ratio "$ours" "$theirs") | ≤ 0.5× |"
+  ours=$(med "${e1[@]}"); theirs=$(med "${e2[@]}"); oe=$theirs
+  echo "$L | **download** tx 1 into an empty store (\`pull --download-only\`) | $ours | ostree pull into an empty bare repo | $theirs | $(ratio "$ours" "$theirs") | ≤ 0.5× |"
   ours=$(med "${eb1[@]}"); theirs=$(med "${eb2[@]}")
-  echo "$L | pull tx 1 into an empty store: MB transferred (not s) | $ours | ostree pull | $theirs | $(ratio "$ours" "$theirs") | |"
-  ours=$(med "${u1[@]}"); theirs=$(med "${u2[@]}")
-  echo "$L | update pull tx 1 → tx 2 ($nchanged files, $mchanged MB changed) | $ours | ostree pull of the new commit | $theirs | $(ratio "$ours" "$theirs") | ≤ 0.5× |"
+  echo "$L | download tx 1: MB transferred (not s) | $ours | ostree pull | $theirs | $(ratio "$ours" "$theirs") | |"
+  ours=$(med "${u1[@]}"); theirs=$(med "${u2[@]}"); ou=$theirs
+  echo "$L | **update download** tx 1 → tx 2 ($nchanged files, $mchanged MB changed; manifest delta) | $ours | ostree pull of the new commit | $theirs | $(ratio "$ours" "$theirs") | ≤ 0.5× |"
   ours=$(med "${ub1[@]}"); theirs=$(med "${ub2[@]}")
-  echo "$L | update pull: MB transferred (not s) | $ours | ostree pull | $theirs | $(ratio "$ours" "$theirs") | ≤ 1.0× |"
+  echo "$L | update download: MB transferred (not s) | $ours | ostree pull | $theirs | $(ratio "$ours" "$theirs") | ≤ 1.0× |"
+  ours=$(med "${a1[@]}"); theirs=$(med "${a2[@]}"); oc=$theirs
+  echo "$L | \`pull --apply\` of tx 2 (tree + record, no network) | $ours | ostree checkout of the commit | $theirs | $(ratio "$ours" "$theirs") | |"
+  ours=$(med "${fe[@]}"); theirs=$(echo "$oe $oc" | awk '{printf "%.2f", $1+$2}')
+  echo "$L | full pull tx 1 into an empty store (download + tree + record) | $ours | ostree pull + checkout | $theirs | $(ratio "$ours" "$theirs") | |"
+  ours=$(med "${fu[@]}"); theirs=$(echo "$ou $oc" | awk '{printf "%.2f", $1+$2}')
+  echo "$L | full update pull tx 1 → tx 2 | $ours | ostree pull + checkout | $theirs | $(ratio "$ours" "$theirs") | |"
 done
 rm -rf "$RUN"
 

@@ -85,7 +85,6 @@ var (
 	ErrUnsafePath  = manifest.ErrUnsafePath
 	ErrVerify      = errors.New("verification failed")
 	ErrDigest      = errors.New("digest mismatch")
-	ErrInUse       = errors.New("transaction is in use")
 	ErrBadManifest = manifest.ErrBad
 	ErrInvalid     = errors.New("invalid request")
 )

@@ -18,6 +18,8 @@ import (
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/failpoint"
+	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/sign"
@@ -34,6 +36,24 @@ var (
 	// ErrHoldsStore: the source directory is the store, lies inside it, or
 	// holds it (compared by device and inode). Also an ErrInvalid.
 	ErrHoldsStore = fmt.Errorf("%w: the directory holds the store or lies inside it", ErrInvalid)
+)
+
+// Failpoints of Commit, in the order a commit reaches them (the consume
+// ones only with Consume). TestFailpointCrash crashes at each.
+var (
+	fpScanned          = failpoint.New("commit/scanned")
+	fpObjectsSynced    = failpoint.New("commit/objects-synced")
+	fpObjectsHalf      = failpoint.New("commit/objects-half-published")
+	fpObjectsPublished = failpoint.New("commit/objects-published")
+	fpJournaled        = failpoint.New("commit/consume-journaled")
+	fpAdopted          = failpoint.New("commit/adopted")
+	fpRelinkHalf       = failpoint.New("commit/relink-half")
+	fpRelinked         = failpoint.New("commit/relinked")
+	fpBlitted          = failpoint.New("commit/blitted")
+	fpTreeSynced       = failpoint.New("commit/tree-synced")
+	fpTreePublished    = failpoint.New("commit/tree-published")
+	fpRecorded         = failpoint.New("commit/recorded")
+	fpSourceRemoved    = failpoint.New("commit/source-removed")
 )
 
 // CommitOptions tune Commit.
@@ -56,9 +76,6 @@ type CommitOptions struct {
 	// what it returns is added to Signatures (commit --sign: the digest
 	// does not exist before the scan).
 	Sign func(digest string) []sign.Signature
-	// Hook, if set, is called between the steps of a commit; tests use it to
-	// crash at chosen points.
-	Hook func(step string)
 }
 
 // CommitStats describe one commit.
@@ -137,10 +154,6 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("commit --consume %s: %w", src, err)
 		}
-	}
-	hook := o.Hook
-	if hook == nil {
-		hook = func(string) {}
 	}
 	start := time.Now()
 	st := &CommitStats{}
@@ -254,7 +267,9 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	}
 	st.Scan = time.Since(start)
 	st.Entries, st.Bytes = m.Stats()
-	hook("scanned")
+	if err := fpScanned.Inject(); err != nil {
+		return nil, nil, err
+	}
 
 	enc := m.Encode()
 	digest := manifest.Digest(enc)
@@ -274,17 +289,23 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err := cas.Syncfs(s.Dir); err != nil {
 		return nil, nil, err
 	}
-	hook("objects-synced")
+	if err := fpObjectsSynced.Inject(); err != nil {
+		return nil, nil, err
+	}
 	for i, p := range pending {
 		if err := objs.Publish(p.tmp, p.key); err != nil {
 			return nil, nil, err
 		}
 		if i == len(pending)/2 {
-			hook("objects-half-published")
+			if err := fpObjectsHalf.Inject(); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 	st.Store = time.Since(start) - st.Scan
-	hook("objects-published")
+	if err := fpObjectsPublished.Inject(); err != nil {
+		return nil, nil, err
+	}
 
 	// Objects that are src's own inodes leave the store again unless the
 	// tx is recorded: src may be handed back, and must not alias them.
@@ -312,7 +333,7 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	var keptBecause error // Consume: src was put back after a failure that is not a change
 	if o.Consume {
 		c := &consumeCtx{src: abs, work: work, id: id, digest: digest, m: m,
-			relink: relink, scanned: scanned, linked: linked, hook: hook}
+			relink: relink, scanned: scanned, linked: linked}
 		res, err := s.adopt(c)
 		switch res {
 		case adoptYes:
@@ -340,12 +361,16 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		}
 	}
 	st.BlitTime = time.Since(bt)
-	hook("blitted")
+	if err := fpBlitted.Inject(); err != nil {
+		return nil, nil, err
+	}
 	// Object renames and the whole tree reach the disk in one syncfs.
 	if err := cas.Syncfs(s.Dir); err != nil {
 		return nil, nil, err
 	}
-	hook("tree-synced")
+	if err := fpTreeSynced.Inject(); err != nil {
+		return nil, nil, err
+	}
 
 	// Publish the tree, then record it.
 	final, err := s.publishTree(treeRoot, id)
@@ -355,7 +380,9 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	hook("tree-published")
+	if err := fpTreePublished.Inject(); err != nil {
+		return nil, nil, err
+	}
 
 	now := time.Now().UTC()
 	t := &Tx{ID: id, Digest: digest, Parent: parent, Created: now, Updated: now,
@@ -374,7 +401,11 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		return nil, nil, fmt.Errorf("commit: record tx %d: %w", id, err)
 	}
 	recorded, movedTo = true, ""
-	hook("recorded")
+	// From here the tx exists: an injected error is reported like a
+	// failure to drop the journal or remove src, the record stays.
+	if err := fpRecorded.Inject(); err != nil {
+		return t, st, err
+	}
 	if o.Consume {
 		switch {
 		case st.Adopted:
@@ -388,7 +419,9 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 				st.ConsumeErr = fmt.Errorf("tx %d committed, but %s was not removed: %w", id, src, err)
 			}
 		}
-		hook("source-removed")
+		if err := fpSourceRemoved.Inject(); err != nil {
+			return t, st, err
+		}
 	}
 	st.Total = time.Since(start)
 	return t, st, nil
@@ -422,7 +455,7 @@ func (s *Store) publishTree(treeRoot string, id uint64) (string, error) {
 	if err := os.Rename(treeRoot, final); err != nil {
 		return "", fmt.Errorf("commit: publish tree: %w", err)
 	}
-	if err := cas.FsyncDir(trees); err != nil {
+	if err := fsx.SyncDir(trees); err != nil {
 		return final, err
 	}
 	return final, nil
@@ -467,7 +500,7 @@ func (s *Store) Manifest(t *Tx) (*manifest.Manifest, error) {
 	}
 	raw, err := decoder().DecodeAll(z, nil)
 	if err != nil {
-		return nil, fmt.Errorf("tx %d manifest: %w: %v", t.ID, ErrBadManifest, err)
+		return nil, fmt.Errorf("tx %d manifest: %w: %w", t.ID, ErrBadManifest, err)
 	}
 	// Hash and parse at once (both are on the boot path); a parse is only
 	// used once the digest matched.
@@ -580,7 +613,7 @@ func (s *Store) Reblit(id uint64) (blit.Stats, error) {
 	if err := os.Rename(fresh, final); err != nil {
 		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
 	}
-	if err := cas.FsyncDir(trees); err != nil {
+	if err := fsx.SyncDir(trees); err != nil {
 		return bs, err
 	}
 	return bs, s.Log(Event{Kind: "reblit", TxID: id})
@@ -654,7 +687,6 @@ type consumeCtx struct {
 	relink    []manifest.Entry // files that are not (yet) their object's inode
 	scanned   map[string]fileID
 	linked    []linkedObj
-	hook      func(string)
 	why       error // adoptRestored without an error: why src was not adopted
 }
 
@@ -680,17 +712,23 @@ func (s *Store) adopt(c *consumeCtx) (adoptResult, error) {
 	if err := s.writeJournal(j); err != nil {
 		return adoptNo, err
 	}
-	c.hook("consume-journaled")
+	if err := fpJournaled.Inject(); err != nil {
+		return adoptNo, errors.Join(err, s.dropJournal())
+	}
 	if err := os.Rename(c.src, dst); err != nil {
 		return adoptNo, s.dropJournal() // another filesystem, or a mount point: blit
 	}
-	c.hook("adopted")
-	err := s.relinkTree(c, dst)
+	err := fpAdopted.Inject()
+	if err == nil {
+		err = s.relinkTree(c, dst)
+	}
 	if err == nil {
 		err = s.checkAdopted(c, dst)
 	}
 	if err == nil {
-		c.hook("relinked")
+		err = fpRelinked.Inject()
+	}
+	if err == nil {
 		return adoptYes, nil
 	}
 	at, perr := s.putBack(dst, c.src)
@@ -732,7 +770,9 @@ func (s *Store) relinkTree(c *consumeCtx, dst string) error {
 	}()
 	for i := range relink {
 		if i == len(relink)/2 {
-			c.hook("relink-half")
+			if err := fpRelinkHalf.Inject(); err != nil {
+				return err
+			}
 		}
 		e := &relink[i]
 		dir, base := ".", e.Path
@@ -827,7 +867,7 @@ func fixEmpty(dirfd int, name string, want *unix.Stat_t, k cas.Key, workfd int, 
 	if want.Nlink == 1 {
 		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrChanged, err)
+			return fmt.Errorf("%w: %w", ErrChanged, err)
 		}
 		var st unix.Stat_t
 		err = unix.Fstat(fd, &st)
@@ -899,7 +939,7 @@ func (s *Store) writeJournal(j consumeJournal) error {
 		os.Remove(tmp)
 		return fmt.Errorf("consume journal %s: %w", p, err)
 	}
-	return cas.FsyncDir(s.Dir)
+	return fsx.SyncDir(s.Dir)
 }
 
 // dropJournal removes the consume journal durably; a missing one is fine.
@@ -911,7 +951,7 @@ func (s *Store) dropJournal() error {
 		}
 		return fmt.Errorf("remove %s: %w", p, err)
 	}
-	return cas.FsyncDir(s.Dir)
+	return fsx.SyncDir(s.Dir)
 }
 
 // putBack moves a consumed src from the store back to its path to, or
@@ -937,7 +977,7 @@ func (s *Store) putBack(from, to string) (string, error) {
 		dest = fmt.Sprintf("%s.txboot-recovered-%d", to, n)
 	}
 	for _, d := range []string{filepath.Dir(dest), filepath.Dir(from)} {
-		if err := cas.FsyncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return dest, err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/testtree"
 	"golang.org/x/sys/unix"
 )
@@ -121,7 +122,7 @@ func TestCrashDuringConsume(t *testing.T) {
 			src := consumeSrc(t)
 			want := snapshot(t, src)
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), "TXBOOT_CRASH_ROOT="+root, "TXBOOT_CRASH_SRC="+src, "TXBOOT_CRASH_AT="+p.at)
+			cmd.Env = append(os.Environ(), "TXBOOT_CRASH_ROOT="+root, "TXBOOT_CRASH_SRC="+src, "TXBOOT_CRASH_MODE=consume", failpoint.EnvVar+"=commit/"+p.at+"=crash")
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || !ee.Sys().(interface{ Signaled() bool }).Signaled() {
@@ -220,14 +221,13 @@ func TestCommitConsumeChanged(t *testing.T) {
 			defer s.Close()
 			src := consumeSrc(t)
 			var want map[string]string
-			_, _, err = s.Commit(src, txstore.CommitOptions{Consume: true, Hook: func(step string) {
-				if step == "objects-published" {
-					if err := c.change(src); err != nil {
-						t.Fatal(err)
-					}
-					want = snapshot(t, src)
+			atStep(t, "commit/objects-published", func() {
+				if err := c.change(src); err != nil {
+					t.Fatal(err)
 				}
-			}})
+				want = snapshot(t, src)
+			})
+			_, _, err = s.Commit(src, txstore.CommitOptions{Consume: true})
 			if !errors.Is(err, txstore.ErrChanged) {
 				t.Fatalf("commit: %v, want ErrChanged", err)
 			}
@@ -396,7 +396,7 @@ func TestCrashDuringConsumePathTaken(t *testing.T) {
 	src := consumeSrc(t)
 	want := snapshot(t, src)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "TXBOOT_CRASH_ROOT="+root, "TXBOOT_CRASH_SRC="+src, "TXBOOT_CRASH_AT=relinked")
+	cmd.Env = append(os.Environ(), "TXBOOT_CRASH_ROOT="+root, "TXBOOT_CRASH_SRC="+src, "TXBOOT_CRASH_MODE=consume", failpoint.EnvVar+"=commit/relinked=crash")
 	if out, err := cmd.CombinedOutput(); err == nil {
 		t.Fatalf("child not killed: %s", out)
 	}

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/testkit"
 	"github.com/txboot/txboot/txstore/testtree"
-	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary act as a committing child process.
@@ -25,19 +25,19 @@ func TestMain(m *testing.M) {
 }
 
 func crashChild(root, src string) int {
+	if os.Getenv("TXBOOT_CRASH_MODE") == "manifest" {
+		return commitManifestChild(root)
+	}
 	s, err := txstore.Open(root, txstore.Options{Create: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer s.Close()
-	if at := os.Getenv("TXBOOT_CRASH_AT"); at != "" {
-		// One consuming commit that kills itself at step at.
-		_, _, err := s.Commit(src, txstore.CommitOptions{Consume: true, Hook: func(step string) {
-			if step == at {
-				unix.Kill(unix.Getpid(), unix.SIGKILL)
-			}
-		}})
+	switch os.Getenv("TXBOOT_CRASH_MODE") {
+	case "consume", "commit":
+		// One commit that the parent's TXBOOT_FAILPOINTS stops at a step.
+		_, _, err := s.Commit(src, txstore.CommitOptions{Consume: os.Getenv("TXBOOT_CRASH_MODE") == "consume"})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -80,7 +80,7 @@ func TestCrashDuringCommit(t *testing.T) {
 		t.Fatalf("clean run: %v\n%s", err, out)
 	}
 	span := time.Since(start)
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	rng := rand.New(rand.NewSource(testkit.Seed(t))) // the kill instants; TXBOOT_TEST_SEED replays them
 	t.Logf("one child run takes %s; killing %d times within it", span, kills)
 	completed := 0
 	for i := 0; i < kills; i++ {

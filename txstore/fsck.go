@@ -19,6 +19,7 @@ import (
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/manifest"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -519,7 +520,7 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 			rep.SetAside = append(rep.SetAside, dst)
 		}
 		for _, d := range []string{lf, filepath.Join(s.Dir, "trees"), s.Dir} {
-			if err := cas.FsyncDir(d); err != nil {
+			if err := fsx.SyncDir(d); err != nil {
 				return nil, err
 			}
 		}
@@ -540,7 +541,7 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 		return nil, fmt.Errorf("rebuild: install %s: %w", p, err)
 	}
 	for _, d := range []string{filepath.Join(s.Dir, "staging"), s.Dir} {
-		if err := cas.FsyncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return nil, err
 		}
 	}
@@ -701,7 +702,7 @@ func keepOld(p string, now time.Time) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("rebuild: keep the old database as %s: %w", saved, err)
 	}
-	if err := cas.FsyncDir(filepath.Dir(p)); err != nil {
+	if err := fsx.SyncDir(filepath.Dir(p)); err != nil {
 		return "", err
 	}
 	return saved, nil

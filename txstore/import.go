@@ -13,6 +13,7 @@ import (
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
@@ -21,6 +22,16 @@ import (
 // ErrMissingObject: CommitManifest was given a manifest naming an object
 // the CAS does not hold.
 var ErrMissingObject = errors.New("object not in the store")
+
+// Failpoints of CommitManifest (a pull's commit), in order.
+var (
+	fpImportChecked       = failpoint.New("commit-manifest/objects-checked")
+	fpImportManifest      = failpoint.New("commit-manifest/manifest-published")
+	fpImportBlitted       = failpoint.New("commit-manifest/blitted")
+	fpImportTreeSynced    = failpoint.New("commit-manifest/tree-synced")
+	fpImportTreePublished = failpoint.New("commit-manifest/tree-published")
+	fpImportRecorded      = failpoint.New("commit-manifest/recorded")
+)
 
 // Import brings objects from outside the store (a pull from a repository)
 // into the CAS, the way Commit stores a scanned file: staged in the store's
@@ -283,10 +294,6 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 	if enc := m.Encode(); len(enc) != len(raw) || manifest.Digest(enc) != digest {
 		return nil, fmt.Errorf("commit %s: %w: the manifest is not its encoding", digest, ErrDigest)
 	}
-	hook := o.Hook
-	if hook == nil {
-		hook = func(string) {}
-	}
 	if err := s.checkDirs("staging", "objects", "trees"); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", digest, err)
 	}
@@ -318,7 +325,9 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 			return nil, fmt.Errorf("commit %s: %w: objects/%s (for %s)", digest, ErrMissingObject, k.RelPath(), e.Path)
 		}
 	}
-	hook("objects-checked")
+	if err := fpImportChecked.Inject(); err != nil {
+		return nil, err
+	}
 
 	zbytes := encoder().EncodeAll(raw, nil)
 	mkey := cas.NewKey(sha256.Sum256(zbytes), 0o444, 0, 0)
@@ -336,7 +345,9 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 			return nil, err
 		}
 	}
-	hook("manifest-published")
+	if err := fpImportManifest.Inject(); err != nil {
+		return nil, err
+	}
 
 	id, parent, err := s.nextID()
 	if err != nil {
@@ -349,11 +360,15 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 	if _, err := blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", digest, err)
 	}
-	hook("blitted")
+	if err := fpImportBlitted.Inject(); err != nil {
+		return nil, err
+	}
 	if err := cas.Syncfs(s.Dir); err != nil {
 		return nil, err
 	}
-	hook("tree-synced")
+	if err := fpImportTreeSynced.Inject(); err != nil {
+		return nil, err
+	}
 	final, err := s.publishTree(treeRoot, id)
 	if err != nil {
 		if final != "" {
@@ -361,7 +376,9 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 		}
 		return nil, err
 	}
-	hook("tree-published")
+	if err := fpImportTreePublished.Inject(); err != nil {
+		return nil, err
+	}
 
 	entries, bytes := m.Stats()
 	now := time.Now().UTC()
@@ -377,6 +394,9 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 		removeTree(final)
 		return nil, fmt.Errorf("commit: record tx %d: %w", id, err)
 	}
-	hook("recorded")
+	// The tx exists; an injected error is reported with it.
+	if err := fpImportRecorded.Inject(); err != nil {
+		return t, err
+	}
 	return t, nil
 }

@@ -3,10 +3,12 @@ package txstore
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/safefs"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -111,7 +113,7 @@ func (s *Store) removeTxFiles(ids []uint64) error {
 	}
 	defer unix.Close(dfd)
 	var damage damageList
-	for _, sub := range []string{"trees", "boot"} {
+	for _, sub := range []string{"trees", BootDir} {
 		fd, err := safefs.OpenDir(dfd, sub)
 		if errors.Is(err, unix.ENOENT) {
 			continue
@@ -133,10 +135,10 @@ func (s *Store) removeTxFiles(ids []uint64) error {
 				damage = append(damage, s.damaged(fd, sub, name))
 			}
 		}
-		err = unix.Fsync(fd)
+		err = fsx.SyncDirFd(fd, filepath.Join(s.Dir, sub))
 		unix.Close(fd)
 		if err != nil {
-			return fmt.Errorf("prune: fsync %s/%s: %w", s.Dir, sub, err)
+			return fmt.Errorf("prune: %w", err)
 		}
 	}
 	return damage.err()
@@ -215,6 +217,10 @@ func (s *Store) GC() (*GCStats, error) {
 				ref[e.Key()] = true
 			}
 		}
+	}
+	// Pending downloads (pull --download-only) are roots too.
+	if err := s.downloadRefs(ref); err != nil {
+		return nil, fmt.Errorf("nothing removed: %w", err)
 	}
 	st := &GCStats{Referenced: len(ref)}
 	dfd, err := openStoreDir(s.Dir)
@@ -298,8 +304,8 @@ func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCSta
 		removed = true
 	}
 	if removed {
-		if err := unix.Fsync(fd); err != nil {
-			return fmt.Errorf("fsync %s/%s: %w", s.objects.Dir, fan.Name, err)
+		if err := fsx.SyncDirFd(fd, filepath.Join(s.objects.Dir, fan.Name)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/safefs"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -152,7 +154,7 @@ func create(dir string, timeout time.Duration) error {
 		return fmt.Errorf("create store db: %w", err)
 	}
 	for _, d := range []string{filepath.Join(dir, "staging"), dir, filepath.Dir(dir)} {
-		if err := cas.FsyncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return err
 		}
 	}
@@ -252,7 +254,7 @@ func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) (err error) {
 	}()
 	db, err = bbolt.Open(p, 0o600, &bbolt.Options{Timeout: s.opts.Timeout, ReadOnly: ro,
 		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
-			f, err := openDB(name, flag)
+			f, err := openDBFile(name, flag)
 			file = f
 			return f, err
 		}})
@@ -298,6 +300,9 @@ func abandon(db *bbolt.DB, f *os.File) {
 // database (and Cleanup would then take every tree for a leftover).
 var errEmptyDB = errors.New("empty file (0 bytes)")
 
+// openDBFile opens store.db for bbolt; tests inject I/O errors here.
+var openDBFile = openDB
+
 // openDB is bbolt's file opener: never create (the store makes its first
 // database itself, in staging), never follow a symlink out of the store,
 // never block on a FIFO, and refuse an empty file instead of letting bbolt
@@ -341,7 +346,35 @@ func dbOpenError(p, dir string, err error) error {
 	case errors.As(err, &errno):
 		return fmt.Errorf("store database: %w", err) // err names the path
 	}
+	// bbolt ignores a failed read of its meta pages and reports the file
+	// as invalid: read the header again to tell an unreadable disk (EIO)
+	// from damaged content.
+	if rerr := readHeader(p); rerr != nil {
+		return fmt.Errorf("store database: %w", rerr)
+	}
 	return fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
+}
+
+// readHeader reads store.db's first page; only an I/O error (with its
+// errno) is returned.
+func readHeader(p string) error {
+	f, err := openDBFile(p, os.O_RDONLY)
+	if err != nil {
+		var errno unix.Errno
+		if errors.As(err, &errno) {
+			return err
+		}
+		return nil
+	}
+	defer f.Close()
+	var buf [4096]byte
+	if _, err := f.ReadAt(buf[:], 0); err != nil && !errors.Is(err, io.EOF) {
+		var errno unix.Errno
+		if errors.As(err, &errno) {
+			return err // *fs.PathError: "read <p>: …"
+		}
+	}
+	return nil
 }
 
 // oneLine keeps a panic message to one line of an error.
@@ -677,8 +710,8 @@ func (s *Store) removeUnknown(fd int, sub string, known map[string]bool, damage 
 		removed = true
 	}
 	if removed {
-		if err := unix.Fsync(fd); err != nil {
-			return fmt.Errorf("fsync %s/%s: %w", s.Dir, sub, err)
+		if err := fsx.SyncDirFd(fd, filepath.Join(s.Dir, sub)); err != nil {
+			return err
 		}
 	}
 	return nil

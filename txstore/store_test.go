@@ -176,8 +176,11 @@ func TestPruneAndGC(t *testing.T) {
 		t.Fatal(err)
 	}
 	bootFiles := filepath.Join(s.Dir, "boot", "2")
+	if s.BootFilesDir(2) != bootFiles || s.InitrdPath(2) != filepath.Join(bootFiles, "initrd.img") {
+		t.Fatalf("boot files of tx 2 at %s, %s; want under %s", s.BootFilesDir(2), s.InitrdPath(2), bootFiles)
+	}
 	os.MkdirAll(bootFiles, 0o700)
-	os.WriteFile(filepath.Join(bootFiles, "initrd.img"), []byte("x"), 0o600)
+	os.WriteFile(s.InitrdPath(2), []byte("x"), 0o600)
 	res, err := s.Prune(2, 4)
 	if err != nil {
 		t.Fatal(err)
@@ -432,12 +435,11 @@ func TestCommitConsumeSwappedSymlinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, _, err := s.Commit(src, txstore.CommitOptions{Consume: true, Hook: func(step string) {
-		if step == "objects-published" {
-			swap("lib/empty1", victim)
-			swap("lib/modules", filepath.Join(out, "modules"))
-		}
-	}})
+	atStep(t, "commit/objects-published", func() {
+		swap("lib/empty1", victim)
+		swap("lib/modules", filepath.Join(out, "modules"))
+	})
+	_, _, err := s.Commit(src, txstore.CommitOptions{Consume: true})
 	if !errors.Is(err, txstore.ErrChanged) {
 		t.Fatalf("commit: %v, want ErrChanged", err)
 	}

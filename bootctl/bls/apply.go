@@ -157,6 +157,10 @@ func Sync(cfg SyncConfig, txs []TxInfo) (Report, error) {
 	for _, t := range order {
 		s.renameEntry(t)
 	}
+	// (1b) What the existing entries boot, checked against the digests in
+	// the paths and repaired from the store (heal.go).
+	s.healExisting(txs)
+	s.fallback = fallbackOf(cfg.Default, order, ok)
 	// (2) Kernels, initrds and content, the most important entry first.
 	for _, t := range order {
 		if ok[t.ID] {
@@ -210,6 +214,9 @@ type syncer struct {
 	roomLevel             int               // how far makeRoom has gone
 	skipped               map[string]bool
 	unwantedGone, gcFails bool
+	fallback              uint64            // the fallback entry's tx: its own copies of the default's files
+	defaultBlob           map[string]string // dir -> the default entry's digest there
+	verified              map[string]bool   // ESP rel path of a blob healExisting found right (or repaired)
 }
 
 func (s *syncer) problem(id uint64, rel string, err error) {
@@ -391,6 +398,9 @@ func (s *syncer) writeEntry(t TxInfo) {
 		s.problem(t.ID, "", err)
 		return
 	}
+	if t.ID == s.cfg.Default {
+		s.defaultBlob = map[string]string{KernelsDir: kh, InitrdsDir: ih}
+	}
 	e := entryFor(s.cfg, t, kh, ih)
 	if err := e.Validate(); err != nil {
 		s.problem(t.ID, rel, err)
@@ -528,6 +538,29 @@ func (s *syncer) syncLoaderConf() {
 	name := path.Base(LoaderConf)
 	s.removeTemps(s.loader, name)
 	cur, err := s.loader.readFile(name, maxConfSize)
+	damaged := false
+	if errors.Is(err, ErrTooLarge) {
+		// Nothing systemd-boot should read: keep it aside (a rename needs
+		// no space) and start afresh.
+		if rerr := s.loader.rename(name, name+DamagedSuffix); rerr != nil {
+			s.problem(0, LoaderConf, rerr)
+			return
+		}
+		s.r.Repaired = append(s.r.Repaired, Repair{Path: LoaderConf, Why: WhyGarbage + " (" + err.Error() + "); kept as " + LoaderConf + DamagedSuffix})
+		cur, err, damaged = nil, nil, true
+	} else if err == nil {
+		if cerr := checkLoaderConf(cur); cerr != nil {
+			// Keep the old bytes beside it, then keep only the lines that
+			// parse. Either file is replaced atomically; a crash between
+			// leaves the damaged one, handled again next time.
+			if werr := s.withRoom(TxInfo{}, int64(len(cur)), func() error { return s.loader.writeAtomic(name+DamagedSuffix, cur, 0o644) }); werr != nil {
+				s.problem(0, LoaderConf, fmt.Errorf("%s does not parse (%w) and could not be kept aside: %w", s.loader.path(name), cerr, werr))
+				return
+			}
+			s.r.Repaired = append(s.r.Repaired, Repair{Path: LoaderConf, Why: WhyGarbage + " (" + cerr.Error() + "); kept as " + LoaderConf + DamagedSuffix})
+			cur, damaged = cleanLoaderConf(cur), true
+		}
+	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.problem(0, LoaderConf, err)
 		return
@@ -535,7 +568,7 @@ func (s *syncer) syncLoaderConf() {
 	pat := MenuPattern(s.cfg.EntryPrefix)
 	s.r.DefaultPattern = pat
 	next := SetLoaderDefault(cur, pat)
-	if err == nil && bytes.Equal(cur, next) {
+	if err == nil && !damaged && bytes.Equal(cur, next) {
 		return
 	}
 	if err := s.withRoom(TxInfo{}, int64(len(next)), func() error { return s.loader.writeAtomic(name, next, 0o644) }); err != nil {
@@ -582,7 +615,10 @@ func hashReader(f *os.File) (string, error) {
 }
 
 // storeBlob copies src to <esp>/dir/<hex>/file unless it is there already
-// with the right size and content, and returns hex.
+// with the right size and content, and returns the directory's name:
+// <hex>, or for the fallback entry, when the default's entry uses the same
+// content, its own copy <hex>-fallback (space permitting; else it shares,
+// and Report.Shared says so).
 func (s *syncer) storeBlob(t TxInfo, dir, file, src string) (string, error) {
 	top := s.blobs[dir]
 	if top == nil {
@@ -600,13 +636,35 @@ func (s *syncer) storeBlob(t TxInfo, dir, file, src string) (string, error) {
 		}
 		s.hashes[src] = hx
 	}
-	rel := path.Join(dir, hx, file)
-	if s.done[rel] {
-		return hx, nil
+	if t.ID == s.fallback && s.defaultBlob[dir] == hx {
+		name := hx + FallbackSuffix
+		err := s.putBlob(t, top, in, size, dir, name, file, hx)
+		if err == nil {
+			return name, nil
+		}
+		if !errors.Is(err, ErrNoSpace) {
+			return "", err
+		}
+		rel := path.Join(dir, hx, file)
+		s.r.Shared = append(s.r.Shared, Problem{TxID: t.ID, Path: rel,
+			Err: fmt.Errorf("the fallback entry (tx %d) shares %s with the default (tx %d): no room for its own copy: %w", t.ID, rel, s.cfg.Default, err)})
 	}
-	if sub, err := top.openDir(hx); err == nil {
+	return hx, s.putBlob(t, top, in, size, dir, hx, file, hx)
+}
+
+// putBlob makes <esp>/dir/name/file hold in's content (digest hx): kept
+// when it is there already and matches, else (re)written.
+func (s *syncer) putBlob(t TxInfo, top *espDir, in *os.File, size int64, dir, name, file, hx string) error {
+	rel := path.Join(dir, name, file)
+	if s.done[rel] || s.verified[rel] {
+		s.done[rel] = true
+		return nil
+	}
+	existed := false
+	if sub, err := top.openDir(name); err == nil {
 		f, have, err := sub.openRegular(file)
 		if err == nil {
+			existed = true
 			// Sizes match: only now is hashing the ESP copy worth it.
 			same := false
 			if have == size {
@@ -617,19 +675,19 @@ func (s *syncer) storeBlob(t TxInfo, dir, file, src string) (string, error) {
 			if same {
 				sub.Close()
 				s.done[rel] = true
-				return hx, nil
+				return nil
 			}
 		} else if errors.Is(err, ErrNotRegular) {
 			sub.Close()
-			return "", err
+			return err
 		}
 		sub.Close()
 	} else if errors.Is(err, ErrNotDir) {
-		return "", err
+		return err
 	}
 	var n int64
-	err = s.withRoom(t, size, func() error {
-		sub, err := top.mkdirAll(hx)
+	err := s.withRoom(t, size, func() error {
+		sub, err := top.mkdirAll(name)
 		if err != nil {
 			return err
 		}
@@ -638,12 +696,16 @@ func (s *syncer) storeBlob(t TxInfo, dir, file, src string) (string, error) {
 		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("copy %s to %s: %w", src, rel, err)
+		return fmt.Errorf("copy %s to %s: %w", in.Name(), rel, err)
 	}
 	s.done[rel] = true
 	s.r.Copied = append(s.r.Copied, rel)
 	s.r.BytesCopied += n
-	return hx, nil
+	if existed {
+		// Not named by an entry that parsed (healExisting saw those).
+		s.r.Repaired = append(s.r.Repaired, Repair{TxID: t.ID, Path: rel, Why: WhyMismatch})
+	}
+	return nil
 }
 
 // copyVerified writes in (from its start) to dir/name atomically and checks
@@ -720,7 +782,7 @@ func (s *syncer) referencedBlobs() (map[string]bool, error) {
 // separators.
 func scanRefs(f *os.File, refs map[string]bool) error {
 	const chunk = 64 << 10
-	overlap := len(InitrdsDir) + 1 + 64
+	overlap := len(InitrdsDir) + 1 + 64 + len(FallbackSuffix)
 	buf := make([]byte, 0, chunk+overlap)
 	rd := make([]byte, chunk)
 	for {
@@ -739,7 +801,11 @@ func scanRefs(f *os.File, refs map[string]bool) error {
 				}
 				rest = rest[i+len(d)+1:]
 				if len(rest) >= 64 && isHex64(rest[:64]) {
-					refs[d+"/"+rest[:64]] = true
+					if strings.HasPrefix(rest[64:], FallbackSuffix) {
+						refs[d+"/"+rest[:64]+FallbackSuffix] = true
+					} else {
+						refs[d+"/"+rest[:64]] = true
+					}
 				}
 			}
 		}
@@ -780,7 +846,7 @@ func (s *syncer) gcBlobs() {
 		}
 		for _, de := range des {
 			hx := de.Name()
-			if !isHex64(hx) {
+			if _, ok := blobHex(hx); !ok {
 				continue
 			}
 			rel := path.Join(d.dir, hx)

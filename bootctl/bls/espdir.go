@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/txboot/txboot/txstore/fsx"
 )
 
 // Errors for files on the ESP that are not what txboot's layout expects.
@@ -118,12 +120,7 @@ func (d *espDir) mkdirAll(rel string) (*espDir, error) {
 	return cur, nil
 }
 
-func (d *espDir) sync() error {
-	if err := unix.Fsync(d.fd); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", d.abs, err)
-	}
-	return nil
-}
+func (d *espDir) sync() error { return fsx.SyncDirFd(d.fd, d.abs) }
 
 // list reads the directory's entries (names and types from the listing,
 // without following anything).
@@ -258,19 +255,43 @@ func (d *espDir) createTemp(name string, perm fs.FileMode) (*os.File, string, er
 	return nil, "", fmt.Errorf("create temp for %s: %w", d.path(name), fs.ErrExist)
 }
 
-// commitTemp fsyncs and closes tmp, renames it to name and fsyncs d.
+// commitTemp fsyncs tmp, renames it to name, fsyncs it again, closes it
+// and fsyncs d. The second fsync is for FAT: Linux's vfat rename writes
+// the new directory entry with no start cluster and size 0 (or leaves the
+// replaced file's) and fills it in only when the inode is written back,
+// so a power cut after the directory fsync alone left an empty entry or
+// one naming freed clusters (TestPowerCutAtReturn).
 func (d *espDir) commitTemp(tmp *os.File, tmpName, name string) error {
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
 	if err := unix.Renameat(d.fd, tmpName, d.fd, name); err != nil {
+		tmp.Close()
 		return fmt.Errorf("rename %s: %w", d.path(name), &fs.PathError{Op: "rename", Path: d.path(name), Err: err})
 	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("fsync %s: %w", d.path(name), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", d.path(name), err)
+	}
 	return d.sync()
+}
+
+// syncFile fsyncs the regular file name in d (see commitTemp: on FAT a
+// renamed file's directory entry is written by its own fsync).
+func (d *espDir) syncFile(name string) error {
+	fd, err := unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", d.path(name), &fs.PathError{Op: "open", Path: d.path(name), Err: err})
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return fmt.Errorf("fsync %s: %w", d.path(name), &fs.PathError{Op: "fsync", Path: d.path(name), Err: err})
+	}
+	return nil
 }
 
 // writeAtomic replaces name with data: temp file, fsync, rename, fsync dir.
@@ -303,6 +324,9 @@ func (d *espDir) rename(oldName, newName string) error {
 	}
 	if err := unix.Renameat(d.fd, oldName, d.fd, newName); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", d.path(oldName), newName, &fs.PathError{Op: "rename", Path: d.path(oldName), Err: err})
+	}
+	if err := d.syncFile(newName); err != nil {
+		return err
 	}
 	return d.sync()
 }

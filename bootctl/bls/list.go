@@ -6,8 +6,9 @@ import (
 	"io/fs"
 	"path"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/txboot/txboot/initagent/cmdline"
 )
 
 // EntryFile is one entry file on the ESP as read back by List.
@@ -88,15 +89,8 @@ func List(esp, prefix string) ([]EntryFile, error) {
 	return out, nil
 }
 
-// CmdlineTx extracts txboot.tx= and txboot.digest= from kernel options; the
-// last occurrence wins, as in the kernel. A missing or malformed tx is 0.
+// CmdlineTx is the tx and digest kernel options name, by initagent's rule
+// (cmdline.BootedTx: the last txboot.tx= wins, a malformed digest is "").
 func CmdlineTx(options string) (id uint64, digest string) {
-	for _, f := range strings.Fields(options) {
-		if v, ok := strings.CutPrefix(f, "txboot.tx="); ok {
-			id, _ = strconv.ParseUint(v, 10, 64)
-		} else if v, ok := strings.CutPrefix(f, "txboot.digest="); ok {
-			digest = v
-		}
-	}
-	return id, digest
+	return cmdline.BootedTx(options)
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 // syncWithin runs Sync, failing the test instead of hanging when it blocks
@@ -338,11 +340,11 @@ func TestSyncFullESP(t *testing.T) {
 // The same on a real full filesystem: a tiny tmpfs, when running as root.
 func TestSyncFullTmpfs(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
+		testkit.Skip(t, "needs root to mount a small tmpfs")
 	}
 	f := newFixture(t)
 	if err := unix.Mount("tmpfs", f.esp, "tmpfs", 0, "size=256k"); err != nil {
-		t.Skipf("cannot mount tmpfs: %v", err)
+		testkit.Skipf(t, "cannot mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(f.esp, unix.MNT_DETACH) })
 	t1 := f.tx(1, "kernel A")

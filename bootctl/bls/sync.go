@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/loader"
 )
 
 // Layout on the ESP. Kernels and initrds are stored once per content digest
@@ -26,7 +27,7 @@ const (
 
 // Defaults for SyncConfig's zero values.
 const (
-	DefaultPrefix = "txboot-"
+	DefaultPrefix = loader.DefaultPrefix // the one shared with initagent
 	DefaultKeep   = 5
 	DefaultTries  = 3
 	DefaultOSName = "Linux"
@@ -90,6 +91,13 @@ type Report struct {
 	Entries  map[uint64]string
 	Problems []Problem // what could not be done, per tx; the rest was done
 	Skipped  []Problem // files on the ESP left alone: not regular, too large
+	// Repaired: kernels and initrds that did not match the SHA-256 in
+	// their path (or were missing) and loader.conf or entries that did
+	// not parse, rewritten (Err nil) or not (heal.go).
+	Repaired []Repair
+	// Shared: files the fallback entry shares with the default's because
+	// the ESP had no room for its own copy.
+	Shared []Problem
 }
 
 // Changed reports whether Sync wrote anything to the ESP.

@@ -614,26 +614,6 @@ func TestList(t *testing.T) {
 	}
 }
 
-func TestCmdlineTx(t *testing.T) {
-	tests := []struct {
-		in     string
-		id     uint64
-		digest string
-	}{
-		{"root=/dev/sda ro txboot.tx=12 txboot.digest=sha256:ab quiet", 12, "sha256:ab"},
-		{"txboot.tx=1 txboot.tx=2", 2, ""},
-		{"txboot.tx=x", 0, ""},
-		{"", 0, ""},
-		{"xtxboot.tx=3", 0, ""},
-	}
-	for _, tt := range tests {
-		id, d := CmdlineTx(tt.in)
-		if id != tt.id || d != tt.digest {
-			t.Errorf("CmdlineTx(%q) = %d, %q", tt.in, id, d)
-		}
-	}
-}
-
 func TestAtomicHelpers(t *testing.T) {
 	dir := t.TempDir()
 	if err := WriteFileAtomic(dir, "a.conf", []byte("one"), 0o644); err != nil {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,41 +14,21 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/bootctl/bls"
-	"github.com/txboot/txboot/bootctl/efivars"
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/bootinfo"
+	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/efivars"
 	"golang.org/x/sys/unix"
 )
 
-// bootInfo is what initagent left in /run/txboot/boot.json.
-type bootInfo struct {
-	Booted    uint64 `json:"booted"`
-	Requested uint64 `json:"requested"`
-	Failures  []struct {
-		Tx     uint64 `json:"tx"`
-		Reason string `json:"reason"`
-	} `json:"failures"`
-	OnTrial  bool `json:"on_trial"`
-	Watchdog int  `json:"watchdog_seconds"`
-	// NoDatabase: store.db was damaged at boot; counting was off.
-	NoDatabase string `json:"no_database,omitempty"`
-	// SignedBy: the initramfs's trusted key that signed the booted tx.
-	SignedBy string `json:"signed_by,omitempty"`
-}
+// bootInfo is what initagent left in /run/txboot/boot.json; the schema
+// lives in txstore/bootinfo, which initagent writes with.
+type bootInfo = bootinfo.Info
 
 // bootInfoPath may be overridden in tests.
-var bootInfoPath = "/run/txboot/boot.json"
+var bootInfoPath = bootinfo.Path
 
-func readBootInfo() (*bootInfo, error) {
-	data, err := os.ReadFile(bootInfoPath)
-	if err != nil {
-		return nil, err
-	}
-	var bi bootInfo
-	if err := json.Unmarshal(data, &bi); err != nil {
-		return nil, fmt.Errorf("%s: %w", bootInfoPath, err)
-	}
-	return &bi, nil
-}
+func readBootInfo() (*bootInfo, error) { return bootinfo.Read(bootInfoPath) }
 
 // booted is the tx running now: initagent's record, else the command line.
 func booted() uint64 {
@@ -87,30 +66,27 @@ func disarmWatchdog() bool {
 	return true
 }
 
-// healDefault: if the default tx is bad, the newest good tx becomes the
-// default, so the menu and initagent stop aiming at a known-bad tx.
+// healDefault moves a bad default by bootstate.HealDefault, the rule
+// initagent applies too: the booted tx if it is good, else the good tx the
+// fallback order from the default reaches first.
 func healDefault(s *txstore.Store) (uint64, error) {
 	def, err := s.Default()
 	if err != nil || def == 0 {
 		return 0, err
 	}
-	t, err := s.Get(def)
-	if err != nil && !errors.Is(err, txstore.ErrNotFound) {
-		return 0, err
-	}
-	if t != nil && t.State != txstore.StateBad {
-		return 0, nil
-	}
 	txs, err := s.List()
 	if err != nil {
 		return 0, err
 	}
-	for i := len(txs) - 1; i >= 0; i-- {
-		if txs[i].State == txstore.StateGood {
-			return txs[i].ID, s.SetDefault(txs[i].ID)
-		}
+	cands := make([]bootstate.Candidate, len(txs))
+	for i, t := range txs {
+		cands[i] = bootstate.Candidate{ID: t.ID, State: t.State}
 	}
-	return 0, nil
+	nd := bootstate.HealDefault(def, cands, booted())
+	if nd == 0 {
+		return 0, nil
+	}
+	return nd, s.SetDefault(nd)
 }
 
 func markGood(e *env, s *txstore.Store, id uint64, why string, ef *entryFlags) error {
@@ -217,7 +193,7 @@ func healthNotOnTrial(e *env, id uint64, ef *entryFlags) error {
 			return resync(e, s, ef)
 		}
 		fmt.Fprintf(e.stdout, "health: tx %d is not on trial: nothing to check\n", id)
-		return nil
+		return healthCheckESP(e, ef)
 	}
 	s, err := e.openExisting(true)
 	if err != nil {
@@ -608,6 +584,13 @@ type statusOut struct {
 	ESP           string          `json:"esp,omitempty"`
 	Info          *bootInfo       `json:"-"`
 	Events        []txstore.Event `json:"recent_events,omitempty"`
+
+	// ESPRepairs: kernels and initrds on the ESP that did not match the
+	// SHA-256 in their path (or were missing), rewritten from the store or
+	// not (esp_heal.go); ESPShared: files the fallback entry shares with
+	// the default's (no room for its own copy).
+	ESPRepairs []bls.Repair `json:"esp_repairs,omitempty"`
+	ESPShared  []string     `json:"esp_shared_with_fallback,omitempty"`
 }
 
 func runStatus(efiDir *string) func(e *env, args []string) error {
@@ -645,6 +628,14 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 		out.MenuDefault, _ = v.EntryDefault()
 		if c, ok, _ := loadEntriesConfig(s, e.root, nil); ok {
 			out.ESP = c.espName()
+			if hr, err := healESP(s, c); err != nil {
+				fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", err)
+			} else {
+				out.ESPRepairs = hr.Repairs
+				for _, p := range hr.Shared {
+					out.ESPShared = append(out.ESPShared, p.Path)
+				}
+			}
 			if files, err := bls.List(c.ESP, bls.DefaultPrefix); err == nil {
 				for _, f := range files {
 					out.Entries = append(out.Entries, f.File)
@@ -653,7 +644,10 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 		}
 		out.Events, _ = s.Events(5)
 		if e.json {
-			return e.printJSON(out)
+			if err := e.printJSON(out); err != nil {
+				return err
+			}
+			return unrepaired(out.ESPRepairs)
 		}
 		w := e.stdout
 		if out.Booted != 0 {
@@ -712,7 +706,13 @@ func runStatus(efiDir *string) func(e *env, args []string) error {
 		tw.Flush()
 		if out.ESP != "" {
 			fmt.Fprintf(w, "\nEntries on %s: %s\n", printable(out.ESP), printable(strings.Join(out.Entries, " ")))
+			for _, r := range out.ESPRepairs {
+				fmt.Fprintf(w, "  %s\n", printable(r.String()))
+			}
+			for _, p := range out.ESPShared {
+				fmt.Fprintf(w, "  the fallback entry shares %s with the default's (the ESP had no room for its own copy at the last sync)\n", printable(p))
+			}
 		}
-		return nil
+		return unrepaired(out.ESPRepairs)
 	}
 }

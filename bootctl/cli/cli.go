@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/txboot/txboot/initagent/cmdline"
 	"github.com/txboot/txboot/txstore"
 	"golang.org/x/sys/unix"
 )
@@ -261,18 +262,15 @@ func oneID(args []string) (uint64, error) {
 	return parseID(args[0])
 }
 
+// procCmdline may be overridden in tests.
+var procCmdline = "/proc/cmdline"
+
 // bootedTx is the tx this system booted (txboot.tx= on /proc/cmdline), or 0.
 func bootedTx() uint64 {
-	data, err := os.ReadFile("/proc/cmdline")
+	data, err := os.ReadFile(procCmdline)
 	if err != nil {
 		return 0
 	}
-	for _, f := range strings.Fields(string(data)) {
-		if v, ok := strings.CutPrefix(f, "txboot.tx="); ok {
-			if id, err := strconv.ParseUint(v, 10, 64); err == nil {
-				return id
-			}
-		}
-	}
-	return 0
+	id, _ := cmdline.BootedTx(string(data))
+	return id
 }

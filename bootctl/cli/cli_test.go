@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/txboot/txboot/bootctl/efivars"
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/efivars"
 	"github.com/txboot/txboot/txstore/testtree"
 )
 

@@ -9,12 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/txboot/txboot/bootctl/bls"
 	"github.com/txboot/txboot/txstore"
-	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/fsx"
 )
 
 // entriesConfig is saved in the store by `entries sync` so later verbs
@@ -75,7 +74,7 @@ func loadEntriesConfig(s *txstore.Store, root string, f *entryFlags) (entriesCon
 	}
 	if raw != nil {
 		if err := json.Unmarshal(raw, &c); err != nil {
-			return c, false, fmt.Errorf("%w: saved entry settings unreadable: %v", txstore.ErrCorrupt, err)
+			return c, false, fmt.Errorf("%w: saved entry settings unreadable: %w", txstore.ErrCorrupt, err)
 		}
 	}
 	saved := c.ESP
@@ -155,9 +154,7 @@ func saveEntriesConfig(s *txstore.Store, c entriesConfig) error {
 }
 
 // initrdPath is where commit keeps the initrd built for a tx.
-func initrdPath(s *txstore.Store, id uint64) string {
-	return filepath.Join(s.Dir, "boot", strconv.FormatUint(id, 10), "initrd.img")
-}
+func initrdPath(s *txstore.Store, id uint64) string { return s.InitrdPath(id) }
 
 // syncEntries writes the ESP's entries from the store's records, leaving
 // out the txs in without (about to be pruned).
@@ -250,7 +247,7 @@ func buildInitrd(s *txstore.Store, t *txstore.Tx, mkinitramfs, initagent string)
 	if outb, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build initrd for tx %d: %v: %s", t.ID, err, outb)
 	}
-	return cas.FsyncDir(filepath.Dir(out))
+	return fsx.SyncDir(filepath.Dir(out))
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -293,6 +290,11 @@ func printSync(e *env, rep *bls.Report) {
 	for _, r := range rep.RemovedFiles {
 		fmt.Fprintf(e.stdout, "entries: removed %s\n", r)
 	}
+	for _, r := range rep.Repaired {
+		if r.Err == nil {
+			fmt.Fprintf(e.stdout, "entries: %s\n", printable(r.String()))
+		}
+	}
 	printSyncWarnings(e, rep)
 }
 
@@ -307,6 +309,16 @@ func printSyncWarnings(e *env, rep *bls.Report) {
 	}
 	for _, p := range rep.Skipped {
 		fmt.Fprintf(e.stderr, "bootctl: warning: entries: left alone: %v\n", p)
+	}
+	for _, r := range rep.Repaired {
+		if r.Err != nil {
+			fmt.Fprintf(e.stderr, "bootctl: warning: entries: %s\n", printable(r.String()))
+		} else if e.json {
+			fmt.Fprintf(e.stderr, "bootctl: entries: %s\n", printable(r.String())) // stdout stays JSON
+		}
+	}
+	for _, p := range rep.Shared {
+		fmt.Fprintf(e.stderr, "bootctl: warning: entries: %v\n", p)
 	}
 }
 

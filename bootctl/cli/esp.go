@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 
 	"github.com/txboot/txboot/bootctl/bls"
-	"github.com/txboot/txboot/bootctl/efivars"
 	"github.com/txboot/txboot/bootctl/esp"
+	"github.com/txboot/txboot/txstore/efivars"
 )
 
 // Which ESP a verb works on:

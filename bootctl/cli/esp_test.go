@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/bootctl/bls"
-	"github.com/txboot/txboot/bootctl/efivars"
 	"github.com/txboot/txboot/bootctl/esp"
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/efivars"
 	"golang.org/x/sys/unix"
 )
 

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/txboot/txboot/bootctl/efivars"
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/efivars"
 	"github.com/txboot/txboot/txstore/testtree"
 )
 

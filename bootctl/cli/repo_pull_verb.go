@@ -22,13 +22,17 @@ const hostTrustDir = "/etc/txboot/trusted.d"
 func init() {
 	var want, mkinitramfs, initagent string
 	var trust []string
-	var insecure, noDefault bool
+	var insecure, noDefault, downloadOnly, apply, discard bool
 	var tries, workers int
 	var pef entryFlags
-	register(&verb{name: "pull", args: "URL [--tx latest|VERSION|sha256:…] [--trust PUBKEY …] [--insecure]",
+	register(&verb{name: "pull", args: "URL [--tx latest|VERSION|sha256:…] [--trust PUBKEY …] [--insecure] [--download-only] | --apply|--discard [--tx …]",
 		help: "fetch a transaction from a repository (only the objects the store lacks) and commit it",
 		flags: func(fs *flag.FlagSet) {
 			want, trust, insecure, noDefault, tries, workers = "latest", nil, false, false, 0, 0
+			downloadOnly, apply, discard = false, false, false
+			fs.BoolVar(&downloadOnly, "download-only", false, "fetch the tx's objects and manifest into the store (durable) without committing it; 'pull --apply' commits it later")
+			fs.BoolVar(&apply, "apply", false, "commit a downloaded tx (--tx picks it, default the newest download) from the store alone, no URL, no network")
+			fs.BoolVar(&discard, "discard", false, "drop a downloaded tx's record (--tx picks it); gc then frees its objects")
 			fs.StringVar(&want, "tx", "latest", "which tx: latest, a version, or its digest sha256:…")
 			fs.Func("trust", "a trusted public key (PEM) for index.sig; repeatable (also "+hostTrustDir+" and ROOT/usr/lib/txboot/trusted.d)", func(p string) error {
 				trust = append(trust, p)
@@ -44,6 +48,12 @@ func init() {
 			pef.register(fs)
 		},
 		run: func(e *env, args []string) error {
+			if apply || discard {
+				if len(args) != 0 || downloadOnly || (apply && discard) {
+					return usagef("pull --apply and --discard take no URL and exclude each other and --download-only")
+				}
+				return pullLocal(e, want, apply, noDefault, tries, mkinitramfs, initagent, &pef)
+			}
 			if len(args) != 1 {
 				return usagef("pull takes one repository URL")
 			}
@@ -55,11 +65,13 @@ func init() {
 			if conns == 0 {
 				conns = repo.DefaultWorkers
 			}
-			f, err := repo.NewHTTPFetcher(args[0], conns)
+			f, err := repo.NewFetcher(args[0], conns)
 			if err != nil {
 				return usagef("%v", err)
 			}
-			defer f.CloseIdle()
+			if h, ok := f.(*repo.HTTPFetcher); ok {
+				defer h.CloseIdle()
+			}
 			s, err := e.open(true)
 			if err != nil {
 				return err
@@ -68,11 +80,31 @@ func init() {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 			defer stop()
 			e.progress("pulling %s…", args[0])
-			tx, st, err := repo.Pull(ctx, s, f, args[0], repo.PullOptions{
+			po := repo.PullOptions{
 				Tx: want, Trusted: keys, Insecure: insecure, Workers: workers,
 				Commit:   txstore.CommitOptions{Tries: tries, NoDefault: noDefault},
 				Progress: func(p repo.Progress) { e.progress("%s", progressLine(p)) },
-			})
+				Warn: func(msg string) {
+					e.progressDone()
+					fmt.Fprintf(e.stderr, "bootctl pull: %s\n", msg)
+				},
+			}
+			if downloadOnly {
+				d, st, err := repo.Download(ctx, s, f, args[0], po)
+				e.progressDone()
+				if errors.Is(err, repo.ErrNoTx) {
+					return exitError{ExitNotFound, err.Error()}
+				}
+				if err != nil {
+					return err
+				}
+				if e.json {
+					return e.printJSON(map[string]any{"download": d, "stats": st})
+				}
+				printDownload(e, d, st, insecure)
+				return nil
+			}
+			tx, st, err := repo.Pull(ctx, s, f, args[0], po)
 			e.progressDone()
 			if errors.Is(err, repo.ErrNoTx) {
 				return exitError{ExitNotFound, err.Error()}
@@ -93,6 +125,78 @@ func init() {
 			// As after commit: the tx's initrd, then the entries.
 			return kernelSide(e, s, tx, mkinitramfs, initagent, &pef)
 		}})
+}
+
+// pullLocal is pull --apply (commit a download from the store alone) and
+// pull --discard (drop its record).
+func pullLocal(e *env, want string, apply, noDefault bool, tries int, mkinitramfs, initagent string, pef *entryFlags) error {
+	s, err := e.openExisting(true)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	d, err := s.FindDownload(want)
+	if errors.Is(err, txstore.ErrNoDownload) {
+		return exitError{ExitNotFound, err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	if !apply {
+		if err := s.RemoveDownload(d.Digest); err != nil {
+			return err
+		}
+		if e.json {
+			return e.printJSON(map[string]any{"discarded": d})
+		}
+		fmt.Fprintf(e.stdout, "discarded download %s (version %s); 'bootctl gc' frees its objects\n", d.Digest, printable(d.Version))
+		return nil
+	}
+	tx, existed, err := s.ApplyDownload(d, txstore.CommitOptions{Tries: tries, NoDefault: noDefault})
+	if err != nil {
+		return err
+	}
+	if e.json {
+		if err := e.printJSON(map[string]any{"tx": tx, "existing": existed}); err != nil {
+			return err
+		}
+	} else if existed {
+		fmt.Fprintf(e.stdout, "tx %d already is %s (version %s); download record dropped\n", tx.ID, tx.Digest, printable(d.Version))
+	} else {
+		fmt.Fprintf(e.stdout, "applied tx %d %s (version %s) from the download\n", tx.ID, tx.Digest, printable(tx.Version))
+	}
+	if existed {
+		return nil
+	}
+	return kernelSide(e, s, tx, mkinitramfs, initagent, pef)
+}
+
+func printDownload(e *env, d *txstore.Download, st *repo.PullStats, insecure bool) {
+	if d == nil {
+		fmt.Fprintf(e.stdout, "tx %d already is %s (version %s); nothing fetched\n", st.Existing, st.Digest, printable(st.Version))
+		return
+	}
+	fmt.Fprintf(e.stdout, "downloaded %s (version %s), not committed\n", d.Digest, printable(d.Version))
+	switch {
+	case st.Verified != "":
+		fmt.Fprintf(e.stdout, "  index signed by %s\n", printable(st.Verified))
+	case insecure:
+		fmt.Fprintf(e.stdout, "  index NOT verified (--insecure)\n")
+	}
+	printPullCounts(e, st)
+	fmt.Fprintf(e.stdout, "  apply with: bootctl pull --apply --tx %s\n", d.Digest)
+}
+
+func printPullCounts(e *env, st *repo.PullStats) {
+	delta := ""
+	switch st.Delta {
+	case "used":
+		delta = ", manifest as a delta"
+	case "fallback":
+		delta = ", whole manifest (delta unusable)"
+	}
+	fmt.Fprintf(e.stdout, "  %d objects: %d fetched (%s, %s on the wire), %d already present (%s, %d copied from another mode); %s of metadata%s\n",
+		st.Objects, st.Fetched, human(st.FetchedBytes), human(st.WireBytes), st.Present, human(st.PresentBytes), st.Copied, human(st.MetaBytes), delta)
 }
 
 // trustedKeys are the --trust files, then the host's and the root's
@@ -143,8 +247,7 @@ func printPull(e *env, tx *txstore.Tx, st *repo.PullStats, insecure bool) {
 	case insecure:
 		fmt.Fprintf(e.stdout, "  index NOT verified (--insecure)\n")
 	}
-	fmt.Fprintf(e.stdout, "  %d objects: %d fetched (%s, %s on the wire), %d already present (%s, %d copied from another mode)\n",
-		st.Objects, st.Fetched, human(st.FetchedBytes), human(st.WireBytes), st.Present, human(st.PresentBytes), st.Copied)
+	printPullCounts(e, st)
 }
 
 // versionColumn is a tx's remote version in list and status ("-" for a

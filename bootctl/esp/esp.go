@@ -27,8 +27,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/txboot/txboot/bootctl/efivars"
 	"github.com/txboot/txboot/initagent/rootdev"
+	"github.com/txboot/txboot/txstore/efivars"
 )
 
 // Sentinel errors, for errors.Is.

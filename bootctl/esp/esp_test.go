@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/txboot/txboot/bootctl/efivars"
+	"github.com/txboot/txboot/txstore/efivars"
 )
 
 const (

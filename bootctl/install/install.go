@@ -63,8 +63,6 @@ type Options struct {
 	// on a re-run: re-sync only). rootArg is what to save; "" when it
 	// comes from kernel/cmdline (read again on every sync).
 	Entries func(s *txstore.Store, tx *txstore.Tx, rootArg string) error
-
-	commitHook func(step string) // tests: txstore's commit hook
 }
 
 // Result says what Run did.
@@ -620,7 +618,7 @@ func (p *plan) install() (res *Result, err error) {
 	}
 	defer s.Close()
 	usr := t.path("usr")
-	tx, st, err := s.Commit(usr, txstore.CommitOptions{Summary: "bootctl install", Consume: true, Hook: p.o.commitHook})
+	tx, st, err := s.Commit(usr, txstore.CommitOptions{Summary: "bootctl install", Consume: true})
 	if err != nil {
 		s.Close()
 		if _, lerr := t.lstat("usr"); lerr != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/txboot/txboot/bootctl/systemd"
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/failpoint"
 	"golang.org/x/sys/unix"
 )
 
@@ -384,12 +385,15 @@ func TestInstallCommitFailureUndone(t *testing.T) {
 	var calls []entriesCall
 	opt := o.options(&calls)
 	before, espBefore := snapshot(t, o.root), snapshot(t, o.esp)
-	opt.commitHook = func(step string) {
-		if step == "objects-published" {
-			write(t, filepath.Join(o.root, "usr/lib/late"), "late", 0o644)
-		}
+	restore, err := failpoint.EnableFunc("commit/objects-published", func() error {
+		write(t, filepath.Join(o.root, "usr/lib/late"), "late", 0o644)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	_, err := Run(opt)
+	defer restore()
+	_, err = Run(opt)
 	if !errors.Is(err, txstore.ErrChanged) {
 		t.Fatalf("install: %v, want ErrChanged", err)
 	}

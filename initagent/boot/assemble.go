@@ -60,7 +60,7 @@ func (b *BindAssembler) FindInit(candidates []string) (string, error) {
 
 // FindInitIn resolves candidates inside root as a chroot would.
 func FindInitIn(root string, candidates []string) (string, error) {
-	var errs []string
+	var errs errList
 	for _, c := range candidates {
 		p, err := ResolveIn(root, c)
 		if err == nil {
@@ -74,9 +74,12 @@ func FindInitIn(root string, candidates []string) (string, error) {
 		if err == nil {
 			return c, nil
 		}
-		errs = append(errs, fmt.Sprintf("%s: %v", c, err))
+		errs = append(errs, fmt.Errorf("%s: %w", c, err))
 	}
-	return "", errors.New(strings.Join(errs, "; "))
+	if len(errs) == 0 {
+		return "", errors.New("no init candidates")
+	}
+	return "", errs
 }
 
 // ResolveIn resolves path inside root, following symlinks as if root were

@@ -41,11 +41,14 @@ type Assembler interface {
 	FindInit(candidates []string) (string, error)
 }
 
-// Failure is one tx that could not be booted, and why.
+// Failure is one tx that could not be booted, and why: Reason for people,
+// Err for errors.Is (ErrNotInStore, ErrDamaged, bootstate.ErrBad, …; its
+// message is Reason), Kind for the signature refusals boot.json reports.
 type Failure struct {
 	Tx     uint64      `json:"tx"`
 	Reason string      `json:"reason"`
 	Kind   FailureKind `json:"kind,omitempty"`
+	Err    error       `json:"-"`
 }
 
 // Result is the outcome of Choose.
@@ -85,15 +88,15 @@ func InitCandidates(requested string) []string {
 // fallback order of bootstate.FallbackOrder. Each failure is logged and
 // recorded in the store; the winner's try is recorded durably before
 // Choose returns, so a crash after this point still counts the try.
-func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, error) {
+func Choose(s Store, req Request, asm Assembler, logf Logf) (*Result, error) {
 	res := &Result{Requested: req.Tx}
 	if req.Trust.Err != nil {
 		// Fail closed before touching anything: which tx would be refused
 		// does not matter when no signature can be checked.
 		reason := req.Trust.Err.Error() + "; no tx is booted unchecked"
-		res.Failures = append(res.Failures, Failure{Tx: req.Tx, Reason: reason, Kind: FailTrustStore})
+		res.addFailure(req.Tx, fail(reason, ErrTrustStore, req.Trust.Err), FailTrustStore)
 		logf(2, "%s", reason)
-		return res, fmt.Errorf("%w: %s", ErrNothingBootable, reason)
+		return res, nothingBootable(res, reason)
 	}
 	if req.Trust.On() {
 		logf(5, "only txs signed by %s are booted", keyIDs(req.Trust.Keys))
@@ -122,20 +125,18 @@ func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, e
 		return res, fmt.Errorf("list transactions: %w", err)
 	}
 	if len(all) == 0 {
-		return res, fmt.Errorf("%w: the store holds no transactions", ErrNothingBootable)
+		return res, nothingBootable(res, "the store holds no transactions")
 	}
 	if res.Requested == 0 { // no default recorded: newest
 		res.Requested = all[len(all)-1].ID
 	}
-	cands := make([]bootstate.Candidate, len(all))
 	byID := map[uint64]*txstore.Tx{}
-	for i, t := range all {
-		cands[i] = bootstate.Candidate{ID: t.ID, State: t.State}
+	for _, t := range all {
 		byID[t.ID] = t
 	}
-	order := bootstate.FallbackOrder(res.Requested, cands)
+	order := bootstate.FallbackOrder(res.Requested, txstore.Candidates(all))
 	if byID[res.Requested] == nil {
-		res.Failures = append(res.Failures, Failure{Tx: res.Requested, Reason: fmt.Sprintf("tx %d is not in the store", res.Requested)})
+		res.addFailure(res.Requested, fail(fmt.Sprintf("tx %d is not in the store", res.Requested), ErrNotInStore), "")
 		logf(3, "requested tx %d is not in the store", res.Requested)
 	}
 	for _, id := range order {
@@ -143,12 +144,12 @@ func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, e
 		requested := id == res.Requested
 		// Unsigned is a refusal, not damage: the tx is not marked bad and
 		// spends no try, so signing it later makes it bootable.
-		reason, kind, keyID := checkSigned(req.Trust, t)
+		kind, keyID, ferr := checkSigned(req.Trust, t)
 		intrinsic := false
-		if reason == "" {
-			reason, intrinsic = tryOne(s, t, requested, req, asm, res, logf)
+		if ferr == nil {
+			intrinsic, ferr = tryOne(s, t, requested, req, asm, res, logf)
 		}
-		if reason == "" {
+		if ferr == nil {
 			res.SignedBy = keyID
 			if keyID != "" {
 				logf(5, "tx %d: %s signed by trusted key %s", id, t.Digest, keyID)
@@ -156,7 +157,8 @@ func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, e
 			settleOthers(s, all, res.Tx, logf)
 			return res, nil
 		}
-		res.Failures = append(res.Failures, Failure{Tx: id, Reason: reason, Kind: kind})
+		reason := ferr.Error()
+		res.addFailure(id, ferr, kind)
 		logf(3, "tx %d cannot be booted: %s", id, reason)
 		ev := txstore.Event{Kind: "boot-failed", Detail: reason}
 		_, err := s.Update(id, ev, func(t *txstore.Tx) error {
@@ -171,31 +173,29 @@ func Choose(s *txstore.Store, req Request, asm Assembler, logf Logf) (*Result, e
 			logf(4, "could not record the failure of tx %d: %v", id, err)
 		}
 	}
-	return res, fmt.Errorf("%w: tried %d", ErrNothingBootable, len(order))
+	return res, nothingBootable(res, fmt.Sprintf("tried %d", len(order)))
 }
 
-// tryOne returns "" on success, else the reason and whether the failure is
-// the tx's own (so it is marked bad) rather than the request's.
-func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm Assembler, res *Result, logf Logf) (string, bool) {
+// tryOne returns a nil error on success, else why (see Failure.Err) and
+// whether the failure is the tx's own (so it is marked bad) rather than the
+// request's.
+func tryOne(s Store, t *txstore.Tx, requested bool, req Request, asm Assembler, res *Result, logf Logf) (intrinsic bool, why error) {
 	force := requested && req.Force
 	if requested {
 		if req.DigestInvalid {
-			return "txboot.digest= on the command line is malformed, so the content pin cannot be checked", false
+			return false, fail("txboot.digest= on the command line is malformed, so the content pin cannot be checked", ErrDigestPin)
 		}
 		if req.Digest != "" && req.Digest != t.Digest {
-			return fmt.Sprintf("digest mismatch: the boot entry pins %s, the store has %s", req.Digest, t.Digest), false
-		}
-		if req.LoaderTx == t.ID && req.LoaderTriesLeft >= 0 && t.State != txstore.StateGood && t.State != txstore.StateBad && req.LoaderTriesLeft+1 < t.TriesLeft {
-			logf(6, "tx %d: adopting systemd-boot's counter: %d tries left after this boot (store had %d before it)", t.ID, req.LoaderTriesLeft, t.TriesLeft)
+			return false, fail(fmt.Sprintf("digest mismatch: the boot entry pins %s, the store has %s", req.Digest, t.Digest), ErrDigestPin)
 		}
 	}
 	// Would a try be allowed? (Decided on a copy; recorded only on success.)
 	probe := t.Boot
-	if requested {
-		adoptLoaderCounter(&probe, t.ID, req)
+	if requested && adoptLoaderCounter(&probe, t.ID, req) {
+		logf(6, "tx %d: adopting systemd-boot's counter: %d tries left after this boot (store had %d before it)", t.ID, req.LoaderTriesLeft, t.TriesLeft)
 	}
 	if err := probe.Attempt(force); err != nil {
-		return err.Error(), t.State != txstore.StateBad
+		return t.State != txstore.StateBad, fail(err.Error(), err)
 	}
 	if force && t.State == txstore.StateBad {
 		logf(4, "tx %d is marked bad (%s); booting it anyway because txboot.force=1", t.ID, t.LastFailure)
@@ -206,34 +206,34 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 	if req.Verify != txstore.VerifyOff {
 		probs, err := s.Verify(t.ID, req.Verify)
 		if err != nil {
-			return "verify: " + err.Error(), false
+			return false, fail("verify: "+err.Error(), ErrVerify, err)
 		}
 		if len(probs) > 0 && inStore(probs) {
 			// A new tree would link the same damaged objects: skip the
 			// re-blit and its second verify, and fall back at once.
 			res.Verify += time.Since(vstart)
-			return describe(probs) + " (damage in the store's objects: a re-blit cannot repair it)", true
+			return true, fail(describe(probs)+" (damage in the store's objects: a re-blit cannot repair it)", ErrDamaged)
 		}
 		if len(probs) > 0 {
 			logf(4, "tx %d: %s; re-blitting its tree from the store", t.ID, describe(probs))
 			if _, err := s.Reblit(t.ID); err != nil {
 				res.Verify += time.Since(vstart)
-				return fmt.Sprintf("%s; re-blit failed: %v", describe(probs), err), true
+				return true, fail(fmt.Sprintf("%s; re-blit failed: %v", describe(probs), err), ErrDamaged, err)
 			}
 			res.Reblitted = true
 			if probs, err = s.Verify(t.ID, req.Verify); err != nil || len(probs) > 0 {
 				res.Verify += time.Since(vstart)
 				if err != nil {
-					return "verify after re-blit: " + err.Error(), false
+					return false, fail("verify after re-blit: "+err.Error(), ErrVerify, err)
 				}
-				return "after re-blit: " + describe(probs), true
+				return true, fail("after re-blit: "+describe(probs), ErrDamaged)
 			}
 			logf(5, "tx %d: tree re-blitted and verified", t.ID)
 		}
 	} else if _, err := os.Lstat(tree); err != nil {
 		logf(4, "tx %d: tree missing; re-blitting (verification is off)", t.ID)
 		if _, err := s.Reblit(t.ID); err != nil {
-			return fmt.Sprintf("tree missing and re-blit failed: %v", err), true
+			return true, fail(fmt.Sprintf("tree missing and re-blit failed: %v", err), ErrDamaged, err)
 		}
 		res.Reblitted = true
 	}
@@ -242,13 +242,13 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 	astart := time.Now()
 	if err := asm.Mount(tree); err != nil {
 		res.Assemble += time.Since(astart)
-		return "assemble /usr: " + err.Error(), false
+		return false, fail("assemble /usr: "+err.Error(), ErrAssemble, err)
 	}
 	init, err := asm.FindInit(InitCandidates(req.Init))
 	if err != nil {
 		asm.Unmount()
 		res.Assemble += time.Since(astart)
-		return "no init: " + err.Error(), true
+		return true, fail("no init: "+err.Error(), ErrNoInit, err)
 	}
 	res.Assemble += time.Since(astart)
 
@@ -279,40 +279,38 @@ func tryOne(s *txstore.Store, t *txstore.Tx, requested bool, req Request, asm As
 		logf(2, "tx %d: the boot attempt cannot be recorded: %v; %s", t.ID, err, noCounting)
 		res.NoDatabase = err.Error()
 		res.Tx, res.Init, res.OnTrial = t, init, false
-		return "", false
+		return false, nil
 	}
 	if err != nil {
 		asm.Unmount()
-		return "could not record the boot attempt: " + err.Error(), false
+		return false, fail("could not record the boot attempt: "+err.Error(), ErrNotRecorded, err)
 	}
 	res.Tx, res.Init, res.OnTrial = updated, init, onTrial
-	return "", false
+	return false, nil
 }
 
-// adoptLoaderCounter: LoaderBootCountPath names the entry *after*
-// systemd-boot spent this boot's try, while the store spends it in
-// Attempt; so the store's count before this boot is the loader's plus one.
-func adoptLoaderCounter(b *bootstate.Boot, id uint64, req Request) {
-	if req.LoaderTx == id && req.LoaderTriesLeft >= 0 {
-		b.SyncTries(req.LoaderTriesLeft + 1)
-	}
+// adoptLoaderCounter applies bootstate's rule for systemd-boot's counter
+// when the loader's counted entry is this tx; it reports whether the
+// store's count went down.
+func adoptLoaderCounter(b *bootstate.Boot, id uint64, req Request) bool {
+	return req.LoaderTx == id && b.AdoptLoaderCounter(req.LoaderTriesLeft)
 }
 
-// settleOthers runs once a tx was chosen: a tx still on trial with no tries
-// left was not booted now (systemd-boot skips such entries by itself), so it
-// failed its trial: mark it bad, with the reason. If the default is bad and
-// the winner is good, the winner becomes the default.
-func settleOthers(s *txstore.Store, all []*txstore.Tx, winner *txstore.Tx, logf Logf) {
+// settleOthers runs once a tx was chosen: a tx whose trial is over
+// (bootstate.TrialOver) was not booted now (systemd-boot skips such entries
+// by itself), so it failed its trial: mark it bad, with the reason. Once a
+// good tx booted, a bad default moves by bootstate.HealDefault (to the
+// winner). A winner on trial proves nothing about which good tx works, so
+// then the default stays.
+func settleOthers(s Store, all []*txstore.Tx, winner *txstore.Tx, logf Logf) {
 	for _, o := range all {
-		if o.ID == winner.ID || o.State != txstore.StateTrying || o.TriesLeft > 0 {
+		if o.ID == winner.ID || !o.TrialOver() {
 			continue
 		}
 		why := fmt.Sprintf("not marked good after %d tries", o.Tries)
 		logf(4, "tx %d: %s; it is marked bad", o.ID, why)
 		if _, err := s.Update(o.ID, txstore.Event{Kind: "out-of-tries", Detail: why + fmt.Sprintf("; booted tx %d", winner.ID)}, func(x *txstore.Tx) error {
-			if x.State == txstore.StateTrying && x.TriesLeft <= 0 {
-				x.MarkBad(why)
-			}
+			x.FailTrial()
 			return nil
 		}); err != nil {
 			logf(4, "could not record tx %d as bad: %v", o.ID, err)
@@ -325,9 +323,14 @@ func settleOthers(s *txstore.Store, all []*txstore.Tx, winner *txstore.Tx, logf 
 	if err != nil || def == 0 || def == winner.ID {
 		return
 	}
-	if d, err := s.Get(def); err == nil && d.State == txstore.StateBad {
-		if err := s.SetDefault(winner.ID); err == nil {
-			logf(5, "default tx %d is bad; tx %d is the default now", def, winner.ID)
+	// Fresh records: this boot may have marked the default bad.
+	now, err := s.List()
+	if err != nil {
+		return
+	}
+	if nd := bootstate.HealDefault(def, txstore.Candidates(now), winner.ID); nd != 0 {
+		if err := s.SetDefault(nd); err == nil {
+			logf(5, "default tx %d is bad; tx %d is the default now", def, nd)
 		}
 	}
 }

@@ -2,40 +2,21 @@ package boot
 
 import (
 	"fmt"
-	"os"
+	"io"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // klog writes to /dev/kmsg with a "txboot:" prefix so messages land in the
 // kernel log (and on the console, by the kernel's loglevel rules, which is
-// how quiet and loglevel= are honoured).
+// how quiet and loglevel= are honoured). Until the kernel log is attached
+// (System.OpenKmsg), lines go to the console.
 type klog struct {
-	kmsg  *os.File
-	quiet bool
-	debug bool
+	kmsg  io.Writer // nil: not attached yet
+	con   io.Writer
+	debug bool // rd.txboot.debug; quiet needs nothing here, the kernel's loglevel does it
 }
 
-func newKlog() *klog { return &klog{} }
-
-// open attaches /dev/kmsg and, if the kernel could not give PID 1 a console
-// (no /dev/console in the initramfs), opens one for fds 0-2.
-func (k *klog) open() {
-	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
-		k.kmsg = f
-	}
-	if _, err := unix.FcntlInt(0, unix.F_GETFD, 0); err != nil {
-		if fd, err := unix.Open("/dev/console", unix.O_RDWR, 0); err == nil {
-			for i := 0; i < 3; i++ {
-				unix.Dup2(fd, i)
-			}
-			if fd > 2 {
-				unix.Close(fd)
-			}
-		}
-	}
-}
+func newKlog(con io.Writer) *klog { return &klog{con: con} }
 
 func (k *klog) logf(level int, format string, args ...any) {
 	if level >= 7 && !k.debug {
@@ -46,7 +27,7 @@ func (k *klog) logf(level int, format string, args ...any) {
 	}
 	msg := fmt.Sprintf(format, args...)
 	if k.kmsg == nil {
-		fmt.Fprintf(os.Stderr, "txboot: %s\n", msg)
+		fmt.Fprintf(k.con, "txboot: %s\n", msg)
 		return
 	}
 	for _, line := range strings.Split(msg, "\n") {
@@ -61,5 +42,5 @@ func (k *klog) logf(level int, format string, args ...any) {
 // console writes straight to the console: rescue instructions must be seen
 // even with quiet.
 func (k *klog) console(format string, args ...any) {
-	fmt.Fprintf(os.Stdout, format, args...)
+	fmt.Fprintf(k.con, format, args...)
 }

@@ -78,24 +78,24 @@ func LoadTrust(dir string) Trust {
 	return Trust{Keys: keys}
 }
 
-// checkSigned returns "" when trust is off or t carries a valid signature
-// of its digest by a trusted key (then also that key's ID); else the
-// reason and its kind.
-func checkSigned(trust Trust, t *txstore.Tx) (reason string, kind FailureKind, keyID string) {
+// checkSigned returns nil when trust is off or t carries a valid signature
+// of its digest by a trusted key (then also that key's ID); else why and
+// its kind.
+func checkSigned(trust Trust, t *txstore.Tx) (kind FailureKind, keyID string, why error) {
 	if !trust.On() {
-		return "", "", ""
+		return "", "", nil
 	}
 	if trust.Err != nil {
-		return trust.Err.Error(), FailTrustStore, ""
+		return FailTrustStore, "", fail(trust.Err.Error(), ErrTrustStore, trust.Err)
 	}
 	k, err := sign.VerifyTx(trust.Keys, t.Digest, t.Signatures)
 	switch {
 	case err == nil:
-		return "", "", k.ID
+		return "", k.ID, nil
 	case errors.Is(err, sign.ErrBadSignature):
-		return err.Error() + " (tampered signature, or a record edited to name another digest)", FailBadSignature, ""
+		return FailBadSignature, "", fail(err.Error()+" (tampered signature, or a record edited to name another digest)", ErrBadSignature, err)
 	default:
-		return err.Error() + "; the initramfs trusts " + keyIDs(trust.Keys), FailUnsigned, ""
+		return FailUnsigned, "", fail(err.Error()+"; the initramfs trusts "+keyIDs(trust.Keys), ErrUnsigned, err)
 	}
 }
 

@@ -145,14 +145,7 @@ type Config struct {
 	Init     string
 	InitArgs []string
 	Quiet    bool
-	// LogLevel is loglevel= (0..7), or -1 when not given or invalid.
-	LogLevel int
-	Console  []string
 
-	// RootWait is set by rootwait (any form). initagent never waits
-	// forever, even so: it waits at most RootTimeout, then falls back or
-	// opens the rescue shell, which is more useful in PID 1 than hanging.
-	RootWait bool
 	// RootDelay is rootdelay= (seconds, 0..MaxRootDelay, default 0): a
 	// pause before the first look for the root device.
 	RootDelay time.Duration
@@ -191,7 +184,6 @@ type Config struct {
 func defaults() Config {
 	return Config{
 		ReadOnly:    true,
-		LogLevel:    -1,
 		RootTimeout: DefaultRootTimeout,
 		Watchdog:    DefaultWatchdog,
 		Verify:      VerifyFast,
@@ -238,19 +230,13 @@ func Parse(s string) (Config, []Warning) {
 			}
 		case "quiet":
 			c.Quiet = true
-		case "loglevel":
-			c.LogLevel = -1
-			n, err := strconv.Atoi(p.Value)
-			if err != nil || n < 0 || n > 7 {
-				warn(p, "want an integer 0..7; ignored")
-			} else {
-				c.LogLevel = n
-			}
-		case "console":
-			c.Console = append(c.Console, p.Value)
+		case "loglevel", "console":
+			// The kernel's own; initagent logs through /dev/kmsg, which
+			// applies them.
 		case "rootwait":
-			// rootwait=N (Linux 6.5+) is a bounded wait; see RootWait.
-			c.RootWait = true
+			// Any form (rootwait=N is Linux 6.5+): initagent never waits
+			// forever even so, but at most RootTimeout, then falls back
+			// or rescues, which is more useful in PID 1 than hanging.
 		case "rootdelay":
 			c.RootDelay = seconds(p, 0, MaxRootDelay, 0, warn)
 		case "txboot.timeout":
@@ -294,6 +280,16 @@ func Parse(s string) (Config, []Warning) {
 		}
 	}
 	return c, ws
+}
+
+// BootedTx is the tx a command line boots and the digest it pins, by
+// Parse's rules: the last txboot.tx= wins, as the kernel does, and an
+// invalid one means the store's default (0); the digest is normalised, ""
+// when absent or invalid; nothing after "--" counts. bootctl reads
+// /proc/cmdline and entry options with it, so it never disagrees with PID 1.
+func BootedTx(s string) (id uint64, digest string) {
+	c, _ := Parse(s)
+	return c.Tx, c.Digest
 }
 
 // seconds parses a whole number of seconds in lo..hi. The range is checked

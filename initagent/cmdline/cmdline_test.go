@@ -111,18 +111,14 @@ func TestParse(t *testing.T) {
 
 		// quiet, loglevel, console
 		{"quiet", "quiet", mod(func(c *Config) { c.Quiet = true }), nil},
-		{"loglevel", "loglevel=7", mod(func(c *Config) { c.LogLevel = 7 }), nil},
-		{"loglevel 0", "loglevel=0", mod(func(c *Config) { c.LogLevel = 0 }), nil},
-		{"loglevel 8", "loglevel=8", mod(nil), []string{"loglevel"}},
-		{"loglevel neg", "loglevel=-1", mod(nil), []string{"loglevel"}},
-		{"loglevel word", "loglevel=debug", mod(nil), []string{"loglevel"}},
-		{"console many", "console=tty0 console=ttyS0,115200n8", mod(func(c *Config) {
-			c.Console = []string{"tty0", "ttyS0,115200n8"}
-		}), nil},
+		// The kernel's loglevel= and console= are consumed, not kept.
+		{"loglevel", "loglevel=7", mod(nil), nil},
+		{"loglevel word", "loglevel=debug", mod(nil), nil},
+		{"console many", "console=tty0 console=ttyS0,115200n8", mod(nil), nil},
 
 		// rootwait, rootdelay, txboot.timeout
-		{"rootwait", "rootwait", mod(func(c *Config) { c.RootWait = true }), nil},
-		{"rootwait secs", "rootwait=5", mod(func(c *Config) { c.RootWait = true }), nil},
+		{"rootwait", "rootwait", mod(nil), nil},
+		{"rootwait secs", "rootwait=5", mod(nil), nil},
 		{"rootdelay", "rootdelay=3", mod(func(c *Config) { c.RootDelay = 3 * time.Second }), nil},
 		{"rootdelay bad", "rootdelay=x", mod(nil), []string{"rootdelay"}},
 		{"rootdelay neg", "rootdelay=-3", mod(nil), []string{"rootdelay"}},
@@ -310,7 +306,7 @@ func TestParseFixtures(t *testing.T) {
 		{"txboot.cmdline", func(t *testing.T, c Config, ws []Warning) {
 			if c.Tx != 42 || c.Digest == "" || c.Verify != VerifyFull || !c.Shell ||
 				c.RootSpec.Kind != RootPartLabel || c.RootTimeout != 60*time.Second || c.Watchdog != 30*time.Second ||
-				len(c.Console) != 2 || len(ws) != 0 {
+				len(c.Unknown) != 1 || len(ws) != 0 { // panic=-1
 				t.Errorf("got %+v %v", c, ws)
 			}
 		}},
@@ -359,9 +355,6 @@ func checkInvariants(t *testing.T, in string, c Config, ws []Warning) {
 		case "txboot.watchdog", "txboot.timeout", "rootdelay":
 			t.Errorf("%s passed through as unknown", p.Key)
 		}
-	}
-	if c.LogLevel < -1 || c.LogLevel > 7 {
-		t.Errorf("LogLevel = %d", c.LogLevel)
 	}
 	if c.Init != "" && !strings.HasPrefix(c.Init, "/") {
 		t.Errorf("Init = %q", c.Init)

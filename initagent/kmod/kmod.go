@@ -24,10 +24,12 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/txboot/txboot/initagent/modlist"
 )
 
 // ListFile is the load list's name inside the module directory.
-const ListFile = "txboot.modules"
+const ListFile = modlist.ListFile
 
 // MaxModuleSize bounds a decompressed module, so a corrupt file cannot
 // exhaust the initramfs's memory.
@@ -119,7 +121,7 @@ func (s *Summary) add(r Result) {
 // without .ko and compression suffix, with '-' as '_'.
 func ModuleName(p string) string {
 	b := path.Base(filepath.ToSlash(p))
-	for _, ext := range []string{".zst", ".xz", ".gz"} {
+	for _, ext := range modlist.Compressions() {
 		b = strings.TrimSuffix(b, ext)
 	}
 	b = strings.TrimSuffix(b, ".ko")
@@ -158,10 +160,8 @@ func checkEntry(p string) error {
 	if path.IsAbs(p) || !filepath.IsLocal(p) || path.Clean(p) != p || strings.ContainsAny(p, "\x00\\") {
 		return fmt.Errorf("%w: not a clean relative path", ErrBadListEntry)
 	}
-	for _, ext := range []string{".ko", ".ko.zst", ".ko.xz", ".ko.gz"} {
-		if strings.HasSuffix(p, ext) && len(p) > len(ext) {
-			return nil
-		}
+	if _, ok := modlist.CutExt(p); ok {
+		return nil
 	}
 	return fmt.Errorf("%w: not a .ko file", ErrBadListEntry)
 }

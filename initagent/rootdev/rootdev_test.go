@@ -371,8 +371,10 @@ func TestWait(t *testing.T) {
 		if !errors.Is(err, ErrTimeout) {
 			t.Fatalf("err = %v, want ErrTimeout", err)
 		}
-		if d := time.Since(start); d < 150*time.Millisecond || d > 2*time.Second {
-			t.Errorf("waited %v", d)
+		// It must not give up early; how much later it returns depends on
+		// the machine's load, so that is not asserted.
+		if d := time.Since(start); d < 150*time.Millisecond {
+			t.Errorf("gave up after %v, before its 150ms timeout", d)
 		}
 		msg := err.Error()
 		for _, want := range []string{"UUID=99999999", "vda2 (ext4 UUID=\"" + rootUUID + "\" LABEL=\"txroot\"", "PARTLABEL=\"EFI System\"", "vdb6"} {
@@ -404,7 +406,8 @@ func TestWait(t *testing.T) {
 				t.Error(err)
 			}
 		}()
-		got, err := r.Wait(ctx, cmdline.RootSpec{Kind: cmdline.RootUUID, Value: rootUUID}, 5*time.Second, 10*time.Millisecond)
+		// The timeout only ends a hung test: Wait returns when the link appears.
+		got, err := r.Wait(ctx, cmdline.RootSpec{Kind: cmdline.RootUUID, Value: rootUUID}, time.Minute, 10*time.Millisecond)
 		if err != nil || got != filepath.Join(r.DevRoot, "sda") {
 			t.Errorf("Wait = %q, %v", got, err)
 		}

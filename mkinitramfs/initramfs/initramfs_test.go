@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 func TestParseModInfo(t *testing.T) {
@@ -347,7 +349,7 @@ func TestBuildErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.name == "dynamic init" {
 				if _, err := os.Stat(dynamic); err != nil {
-					t.Skip(dynamic + " not present")
+					testkit.Skip(t, dynamic+" not present")
 				}
 			}
 			oo := o

@@ -17,6 +17,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/txboot/txboot/initagent/modlist"
 )
 
 // Sentinel errors, for errors.Is.
@@ -30,19 +32,14 @@ var (
 // maxModuleSize bounds a decompressed module read at build time.
 const maxModuleSize = 512 << 20
 
-var moduleExts = []string{".ko", ".ko.zst", ".ko.xz", ".ko.gz"}
-
 // NormalizeName gives the kernel's spelling of a module name or alias:
 // '-' and '_' are the same to modprobe.
 func NormalizeName(s string) string { return strings.ReplaceAll(s, "-", "_") }
 
 // moduleName is the module name for a module file path.
 func moduleName(p string) (string, bool) {
-	b := path.Base(p)
-	for _, ext := range moduleExts {
-		if n, ok := strings.CutSuffix(b, ext); ok && n != "" {
-			return NormalizeName(n), true
-		}
+	if n, ok := modlist.CutExt(path.Base(p)); ok {
+		return NormalizeName(n), true
 	}
 	return "", false
 }
@@ -50,7 +47,7 @@ func moduleName(p string) (string, bool) {
 // uncompressedPath drops a compression suffix: modules are stored
 // uncompressed because the whole archive is compressed.
 func uncompressedPath(p string) string {
-	for _, ext := range []string{".zst", ".xz", ".gz"} {
+	for _, ext := range modlist.Compressions() {
 		if s, ok := strings.CutSuffix(p, ".ko"+ext); ok {
 			return s + ".ko"
 		}

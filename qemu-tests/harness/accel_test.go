@@ -54,16 +54,22 @@ func TestRunProbe(t *testing.T) {
 		}
 		return p
 	}
+	// The probe's timeout is behaviour only for the stand-ins that hang; for
+	// those that end on their own it is a safety net, long enough that a
+	// loaded machine never turns a pass into "no serial output". The banner
+	// case needs its echo to land before the timeout, so it gets 10s.
+	const ends, hangs = 2 * time.Minute, 2 * time.Second
 	for _, c := range []struct {
 		name, body, wantErr string
+		timeout             time.Duration
 	}{
-		{"ok", `echo "[    0.000000] Linux version 6.1.0"; echo "Kernel panic"; exit 0`, ""},
-		{"abort", `echo "qemu: warning: host doesn't support requested feature" >&2; echo "error: failed to set MSR 0x10a to 0x69" >&2; exit 134`, "failed to set MSR 0x10a"},
-		{"hang", `exec sleep 60`, "no serial output within"},
-		{"hang-after-banner", `echo "Linux version 6.1"; echo "Probing EDD"; exec sleep 60`, "did not finish"},
-		{"silent-exit", `exit 0`, "without serial output"},
+		{"ok", `echo "[    0.000000] Linux version 6.1.0"; echo "Kernel panic"; exit 0`, "", ends},
+		{"abort", `echo "qemu: warning: host doesn't support requested feature" >&2; echo "error: failed to set MSR 0x10a to 0x69" >&2; exit 134`, "failed to set MSR 0x10a", ends},
+		{"hang", `exec sleep 60`, "no serial output within", hangs},
+		{"hang-after-banner", `echo "Linux version 6.1"; echo "Probing EDD"; exec sleep 60`, "did not finish", 10 * time.Second},
+		{"silent-exit", `exit 0`, "without serial output", ends},
 	} {
-		err := runProbe(script(c.name, c.body), "/nonexistent-kernel", 2*time.Second)
+		err := runProbe(script(c.name, c.body), "/nonexistent-kernel", c.timeout)
 		if c.wantErr == "" {
 			if err != nil {
 				t.Errorf("%s: %v", c.name, err)

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 // Kernel is one Debian kernel package unpacked with dpkg -x by
@@ -118,11 +120,10 @@ func FindKernel(dir string, cloud bool) (Kernel, error) {
 
 // Firmware and bootloader paths from Debian's ovmf and systemd-boot-efi.
 const (
-	OVMFCode     = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	OVMFVars     = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-	SystemdBoot  = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-	QEMUBinary   = "qemu-system-x86_64"
-	ciEnvVarName = "CI"
+	OVMFCode    = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVars    = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	SystemdBoot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+	QEMUBinary  = "qemu-system-x86_64"
 )
 
 // requirements maps Need's names to the tools or files they stand for.
@@ -186,15 +187,9 @@ func Check(what string) error {
 	return errors.Join(errs...)
 }
 
-// IsCI reports whether this is a CI run (CI=true), where a missing
-// requirement is a failure rather than a skip.
-func IsCI() bool {
-	return os.Getenv(ciEnvVarName) == "true"
-}
-
 // Need skips the test when a requirement (see Check) is missing, or fails
-// it under CI=true: CI must have everything, and a skip there would hide a
-// broken install step.
+// it under CI=true (testkit.Skip): CI must have everything, and a skip
+// there would hide a broken install step.
 func Need(t testing.TB, what ...string) {
 	t.Helper()
 	var errs []error
@@ -204,10 +199,7 @@ func Need(t testing.TB, what ...string) {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		if IsCI() {
-			t.Fatalf("missing requirement (CI=true): %v", err)
-		}
-		t.Skipf("missing requirement: %v", err)
+		testkit.Skipf(t, "missing requirement: %v", err)
 	}
 }
 

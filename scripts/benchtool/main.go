@@ -16,10 +16,12 @@ import (
 	"os"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/blit"
+	"github.com/txboot/txboot/txstore/failpoint"
 )
 
 func main() {
@@ -130,11 +132,24 @@ func commit(root, dir string) error {
 	defer s.Close()
 	last := time.Now()
 	fmt.Fprintf(os.Stderr, "commit: open %.3fs", last.Sub(start).Seconds())
-	_, st, err := s.Commit(dir, txstore.CommitOptions{Consume: os.Getenv("TXBOOT_CONSUME") != "", Hook: func(step string) {
-		now := time.Now()
-		fmt.Fprintf(os.Stderr, ", %s +%.3fs%s", step, now.Sub(last).Seconds(), dirty())
-		last = now
-	}})
+	// Every step of the commit is a failpoint: time them there.
+	for _, name := range failpoint.Names() {
+		step, ok := strings.CutPrefix(name, "commit/")
+		if !ok {
+			continue
+		}
+		restore, err := failpoint.EnableFunc(name, func() error {
+			now := time.Now()
+			fmt.Fprintf(os.Stderr, ", %s +%.3fs%s", step, now.Sub(last).Seconds(), dirty())
+			last = now
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		defer restore()
+	}
+	_, st, err := s.Commit(dir, txstore.CommitOptions{Consume: os.Getenv("TXBOOT_CONSUME") != ""})
 	fmt.Fprintln(os.Stderr)
 	if err != nil {
 		return err

@@ -65,7 +65,7 @@ func (b *Boot) Attempt(force bool) error {
 	if b.TriesLeft <= 0 {
 		b.State = Bad
 		if b.LastFailure == "" {
-			b.LastFailure = fmt.Sprintf("not marked good after %d tries", b.Tries)
+			b.LastFailure = trialFailure(b.Tries)
 		}
 		if !force {
 			return fmt.Errorf("%w (%s)", ErrOutOfTries, b.LastFailure)

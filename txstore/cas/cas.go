@@ -522,19 +522,6 @@ func SetAttrs(fd int, mode, uid, gid uint32) error {
 	return nil
 }
 
-// FsyncDir makes a directory's entries durable.
-func FsyncDir(dir string) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open dir %s: %w", dir, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Fsync(fd); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
-}
-
 // Syncfs flushes the whole filesystem holding dir: one call instead of one
 // fsync per object when a commit writes thousands of them.
 func Syncfs(dir string) error {

@@ -8,6 +8,9 @@
 //	objects/<ab>/<hex>      object content, raw
 //	objects/<ab>/<hex>.zst  object content, zstd (only one of the two exists)
 //	txs/<hex>.objects.zst   per-tx object table (TableEntry lines), zstd
+//	deltas/<hex>-<parent hex>.zst  the manifest as a delta against its
+//	                        parent's, with the table lines of the new
+//	                        contents (delta.go); optional, a fetch shortcut
 //
 // Everything a reader takes from the network goes through the strict
 // parsers here, and every path is built by the helpers here from validated

@@ -13,12 +13,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/sign"
+	"github.com/txboot/txboot/txstore/testkit"
 	"github.com/txboot/txboot/txstore/testtree"
 	"golang.org/x/sys/unix"
 )
@@ -29,10 +31,10 @@ import (
 type nginxServer struct {
 	fast, slow       string // base URLs
 	fastLog, slowLog string
+	stop             func() // kills nginx (also at the test's end)
 }
 
-// needNginx finds nginx, or skips (fails under CI=true, as
-// qemu-tests/harness.Need does: CI must have everything).
+// needNginx finds nginx, or skips (fails under CI=true: testkit.Skip).
 func needNginx(t *testing.T) string {
 	t.Helper()
 	p, err := exec.LookPath("nginx")
@@ -40,10 +42,7 @@ func needNginx(t *testing.T) string {
 		if _, serr := os.Stat("/usr/sbin/nginx"); serr == nil {
 			return "/usr/sbin/nginx"
 		}
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("missing requirement (CI=true): nginx: %v (scripts/install-deps.sh installs nginx-light)", err)
-		}
-		t.Skipf("missing requirement: nginx: %v (apt-get install nginx-light)", err)
+		testkit.Skipf(t, "missing requirement: nginx: %v (scripts/install-deps.sh installs nginx-light)", err)
 	}
 	return p
 }
@@ -119,10 +118,14 @@ http {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
-		<-exited
-	})
+	var once sync.Once
+	ns.stop = func() {
+		once.Do(func() {
+			unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+			<-exited
+		})
+	}
+	t.Cleanup(ns.stop)
 	logs := func() string {
 		o, _ := os.ReadFile(filepath.Join(prefix, "stdout"))
 		el, _ := os.ReadFile(filepath.Join(prefix, "error.log"))
@@ -199,7 +202,7 @@ func hashesOf(t *testing.T, s *txstore.Store, tx *txstore.Tx) map[cas.Hash]bool 
 		t.Fatal(err)
 	}
 	out := map[cas.Hash]bool{}
-	for _, n := range needed(m) {
+	for _, n := range needed(m, nil) {
 		out[n.hash] = true
 	}
 	return out
@@ -254,9 +257,7 @@ func withStore(t *testing.T, root string, fn func(s *txstore.Store)) {
 // access logs).
 func TestPullNginx(t *testing.T) {
 	needNginx(t)
-	if testing.Short() {
-		t.Skip("builds bootctl and runs nginx")
-	}
+	testkit.SkipShort(t, "builds bootctl and runs nginx")
 	privPEM, pubPEM, err := sign.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -365,6 +366,14 @@ func TestPullNginx(t *testing.T) {
 	if n := objectGets(t, ns.fastLog) - before; n != newObjs || st2.Fetched != newObjs || st2.Present != len(h2)-newObjs {
 		t.Fatalf("update pull: %d GET /objects/, stats %+v; want %d fetched", n, st2, newObjs)
 	}
+	// The update's manifest came as a delta against tx1: neither its whole
+	// manifest nor its object table was fetched.
+	hex1, hex2 := strings.TrimPrefix(tx1.Digest, "sha256:"), strings.TrimPrefix(tx2.Digest, "sha256:")
+	if st2.Delta != "used" || logGets(t, ns.fastLog, "/manifests/"+hex2) != 0 || logGets(t, ns.fastLog, "/txs/"+hex2) != 0 ||
+		logGets(t, ns.fastLog, "/deltas/"+hex2+"-"+hex1+".zst") != 1 {
+		t.Fatalf("update pull: delta %q; GETs: manifest %d, table %d, delta %d", st2.Delta, logGets(t, ns.fastLog, "/manifests/"+hex2),
+			logGets(t, ns.fastLog, "/txs/"+hex2), logGets(t, ns.fastLog, "/deltas/"+hex2))
+	}
 
 	// 3. A big update pulled from the slow port by bootctl, SIGKILLed once
 	// some of its objects are in the store, then pulled again.
@@ -459,6 +468,83 @@ func TestPullNginx(t *testing.T) {
 		}
 	})
 	t.Logf("killed midway with %d of the %d objects in the store; the re-run fetched %d", present, len(h3), rest)
+
+	// 4. An update downloaded only (bootctl pull --download-only): the
+	// delta and only the new objects are fetched, nothing is committed;
+	// gc loses none of it; pull --apply commits it with no network.
+	files4 := map[string]string{}
+	for p, d := range files3 {
+		files4[p] = d
+	}
+	for p, d := range randomFiles("lib/data", 2, 2000, 5) {
+		files4[p] = d
+	}
+	tx4 := commitPublish(files4)
+	h4 := srcHashes(tx4)
+	new4 := 0
+	for h := range h4 {
+		if !h3[h] {
+			new4++
+		}
+	}
+	before = objectGets(t, ns.fastLog)
+	hex3, hex4 := strings.TrimPrefix(tx3.Digest, "sha256:"), strings.TrimPrefix(tx4.Digest, "sha256:")
+	out, err = exec.Command(bootctl, "--root", dstRoot, "pull", ns.fast, "--trust", pubFile, "--download-only").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "pull --apply") {
+		t.Fatalf("download-only: %v\n%s", err, out)
+	}
+	if n := objectGets(t, ns.fastLog) - before; n != new4 || logGets(t, ns.fastLog, "/manifests/"+hex4) != 0 ||
+		logGets(t, ns.fastLog, "/txs/"+hex4) != 0 || logGets(t, ns.fastLog, "/deltas/"+hex4+"-"+hex3+".zst") != 1 {
+		t.Fatalf("download-only: %d GET /objects/ (want %d), manifest %d, table %d, delta %d GETs", n, new4,
+			logGets(t, ns.fastLog, "/manifests/"+hex4), logGets(t, ns.fastLog, "/txs/"+hex4), logGets(t, ns.fastLog, "/deltas/"+hex4))
+	}
+	withStore(t, dstRoot, func(s *txstore.Store) {
+		if txs := mustList(t, s); len(txs) != txsBefore+1 {
+			t.Fatalf("download-only committed: %d txs", len(txs))
+		}
+	})
+	if out, err := exec.Command(bootctl, "--root", dstRoot, "gc").CombinedOutput(); err != nil {
+		t.Fatalf("gc: %v\n%s", err, out)
+	}
+	ns.stop() // apply needs no network
+	out, err = exec.Command(bootctl, "--root", dstRoot, "--json", "pull", "--apply").CombinedOutput()
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	var applied struct {
+		Tx txstore.Tx `json:"tx"`
+	}
+	if err := json.Unmarshal(out, &applied); err != nil || applied.Tx.Digest != tx4.Digest || applied.Tx.Origin != ns.fast {
+		t.Fatalf("apply output: %v\n%s", err, out)
+	}
+	withStore(t, dstRoot, func(s *txstore.Store) {
+		if probs, err := s.Verify(applied.Tx.ID, txstore.VerifyFull); err != nil || len(probs) != 0 {
+			t.Fatalf("applied tx %d: verify full: %v %v", applied.Tx.ID, probs, err)
+		}
+		if def, _ := s.Default(); def != applied.Tx.ID {
+			t.Fatalf("default %d, want the applied %d", def, applied.Tx.ID)
+		}
+	})
+
+	// 5. The same repository as a directory (file://), into a fresh store.
+	fileRoot := t.TempDir()
+	out, err = exec.Command(bootctl, "--root", fileRoot, "--json", "pull", "file://"+repoDir, "--trust", pubFile).CombinedOutput()
+	if err != nil {
+		t.Fatalf("file:// pull: %v\n%s", err, out)
+	}
+	if err := json.Unmarshal(out, &res); err != nil || res.Tx.Digest != tx4.Digest || res.Stats.Fetched != len(h4) {
+		t.Fatalf("file:// pull: %v\n%s", err, out)
+	}
+}
+
+// logGets counts GETs of paths starting with prefix in an nginx access log.
+func logGets(t *testing.T, log, prefix string) int {
+	t.Helper()
+	data, err := os.ReadFile(log)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Count(string(data), `"GET `+prefix)
 }
 
 func mustList(t *testing.T, s *txstore.Store) []*txstore.Tx {

@@ -21,6 +21,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/safefs"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/sign"
@@ -82,6 +83,7 @@ type PublishedTx struct {
 	Signed  bool   `json:"signed"`  // a signature was added to its entry
 	Objects int    `json:"objects"` // distinct objects it uses (new txs only)
 	Stored  int64  `json:"stored"`  // its index "stored"
+	Delta   bool   `json:"delta"`   // a manifest delta against its parent was written
 }
 
 // PublishStats say what Publish did.
@@ -204,13 +206,6 @@ func writeFile(d rdir, name string, data []byte, durable bool) error {
 	return nil
 }
 
-func fsyncDir(d rdir) error {
-	if err := unix.Fsync(d.fd); err != nil {
-		return fmt.Errorf("fsync %s: %w", d.path, err)
-	}
-	return nil
-}
-
 // readSmall reads d/name (not following a symlink), at most max bytes.
 // A missing file is (nil, nil).
 func readSmall(d rdir, name string, max int64) ([]byte, error) {
@@ -266,13 +261,14 @@ func lockRepo(d rdir, timeout time.Duration) (int, error) {
 // repo is an open, locked repository.
 type repo struct {
 	root, objects, manifests, txs rdir
+	deltas                        rdir
 	lockFD                        int
 	fans                          [256]rdir
 	names                         [256]map[string]bool // listing of each opened fan-out directory
 }
 
 func (r *repo) close() {
-	for _, d := range append(r.fans[:], r.root, r.objects, r.manifests, r.txs) {
+	for _, d := range append(r.fans[:], r.root, r.objects, r.manifests, r.txs, r.deltas) {
 		if d.fd >= 0 {
 			unix.Close(d.fd)
 		}
@@ -290,7 +286,7 @@ func openRepo(dir string, timeout time.Duration) (_ *repo, err error) {
 	for i := range r.fans {
 		r.fans[i].fd = -1
 	}
-	r.root.fd, r.objects.fd, r.manifests.fd, r.txs.fd = -1, -1, -1, -1
+	r.root.fd, r.objects.fd, r.manifests.fd, r.txs.fd, r.deltas.fd = -1, -1, -1, -1, -1
 	defer func() {
 		if err != nil {
 			r.close()
@@ -330,14 +326,14 @@ func openRepo(dir string, timeout time.Duration) (_ *repo, err error) {
 		if err := writeFile(r.root, ConfigPath, []byte(ConfigMarker), true); err != nil {
 			return nil, err
 		}
-		if err := fsyncDir(r.root); err != nil {
+		if err := fsx.SyncDirFd(r.root.fd, r.root.path); err != nil {
 			return nil, err
 		}
 	}
 	for _, s := range []struct {
 		d    *rdir
 		name string
-	}{{&r.objects, "objects"}, {&r.manifests, "manifests"}, {&r.txs, "txs"}} {
+	}{{&r.objects, "objects"}, {&r.manifests, "manifests"}, {&r.txs, "txs"}, {&r.deltas, "deltas"}} {
 		if *s.d, err = openSub(r.root, s.name); err != nil {
 			return nil, err
 		}
@@ -360,6 +356,9 @@ func openRepo(dir string, timeout time.Duration) (_ *repo, err error) {
 		}
 	}
 	if _, err := cleanTemps(r.txs); err != nil {
+		return nil, err
+	}
+	if _, err := cleanTemps(r.deltas); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -586,6 +585,8 @@ type newTx struct {
 	entry *IndexTx
 	m     *manifest.Manifest // nil when the index already has it
 	pub   *PublishedTx
+	// parent: the local parent tx, whose manifest a delta is made against.
+	parent *txstore.Tx
 }
 
 // mergeSigs adds to dst the signatures of add whose key is not in dst yet,
@@ -698,6 +699,7 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			if t.Parent != 0 {
 				if p, err := s.Get(t.Parent); err == nil && p.Digest != t.Digest {
 					e.Parent = p.Digest
+					n.parent = p
 				} else if err != nil && !errors.Is(err, txstore.ErrNotFound) {
 					return nil, fmt.Errorf("publish: %w", err)
 				}
@@ -803,15 +805,26 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 		st.BytesWritten += int64(len(mz) + len(tz))
+		if n.parent != nil {
+			dz, err := r.writeDelta(s, n, used, byHash)
+			if err != nil {
+				return nil, fmt.Errorf("publish: tx %d: %w", n.t.ID, err)
+			}
+			st.BytesWritten += int64(len(dz))
+			n.pub.Delta = dz != nil
+		}
 		n.entry.Stored, n.pub.Stored, n.pub.Objects = stored, stored, len(table)
 		ix.Txs = append(ix.Txs, *n.entry)
 		wrote = true
 	}
 	if wrote {
-		if err := fsyncDir(r.manifests); err != nil {
+		if err := fsx.SyncDirFd(r.manifests.fd, r.manifests.path); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
-		if err := fsyncDir(r.txs); err != nil {
+		if err := fsx.SyncDirFd(r.txs.fd, r.txs.path); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
+		if err := fsx.SyncDirFd(r.deltas.fd, r.deltas.path); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 	}
@@ -869,7 +882,7 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			if err := writeFile(r.root, SigPath, sd, true); err != nil {
 				return nil, fmt.Errorf("publish: %w", err)
 			}
-			if err := fsyncDir(r.root); err != nil {
+			if err := fsx.SyncDirFd(r.root.fd, r.root.path); err != nil {
 				return nil, fmt.Errorf("publish: %w", err)
 			}
 			st.BytesWritten += int64(len(sd))
@@ -879,7 +892,7 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 		if err := writeFile(r.root, IndexPath, data, true); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
-		if err := fsyncDir(r.root); err != nil {
+		if err := fsx.SyncDirFd(r.root.fd, r.root.path); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 		st.BytesWritten += int64(len(data))
@@ -950,4 +963,44 @@ func (r *repo) putAll(objs *cas.Store, jobs []*objJob, n int, hook func(string))
 		}
 	}
 	return nil
+}
+
+// writeDelta writes deltas/<hex>-<parent hex>.zst for new tx n (fsynced;
+// the caller fsyncs the directory before the index names n): the manifest
+// against its parent's, with the table lines of the contents the parent
+// does not use. A parent whose manifest cannot be loaded gets no delta
+// (nil, nil): pullers then fetch the whole manifest, as from a repository
+// without deltas.
+func (r *repo) writeDelta(s *txstore.Store, n *newTx, used map[cas.Hash]bool, byHash map[cas.Hash]*objJob) ([]byte, error) {
+	pm, err := s.Manifest(n.parent)
+	if err != nil {
+		return nil, nil
+	}
+	inParent := map[cas.Hash]bool{}
+	for i := range pm.Entries {
+		if e := &pm.Entries[i]; e.Type == manifest.File && e.Size > 0 {
+			inParent[e.Hash] = true
+		}
+	}
+	var table []TableEntry
+	for h := range used {
+		if !inParent[h] {
+			table = append(table, byHash[h].out)
+		}
+	}
+	text, err := MakeDelta(pm, n.m, table)
+	if err != nil {
+		return nil, err
+	}
+	hx, _ := DigestHex(n.t.Digest)
+	phx, err := DigestHex(n.parent.Digest)
+	if err != nil {
+		return nil, err
+	}
+	dp, _ := DeltaPath(hx, phx)
+	dz := w0().EncodeAll(text, nil)
+	if err := writeFile(r.deltas, filepath.Base(dp), dz, true); err != nil {
+		return nil, err
+	}
+	return dz, nil
 }

@@ -71,6 +71,9 @@ type PullOptions struct {
 	// Progress, if set, is called about every 200 ms while objects are
 	// fetched, and once at the end.
 	Progress func(Progress)
+	// Warn, if set, is told once when a manifest delta could not be used
+	// and the whole manifest is fetched instead.
+	Warn func(string)
 }
 
 // Progress is a snapshot of a running pull.
@@ -98,6 +101,12 @@ type PullStats struct {
 	Present      int   `json:"present_objects"`
 	PresentBytes int64 `json:"present_bytes"`
 	Copied       int   `json:"copied_objects"`
+	// MetaBytes: manifest, delta and object table bytes on the wire.
+	MetaBytes int64 `json:"meta_bytes"`
+	// Delta: "used" (the manifest came as a delta against a local parent),
+	// "fallback" (a delta was tried and could not be used), "" (no local
+	// parent).
+	Delta string `json:"delta,omitempty"`
 	// Existing: the store already had a tx with this digest (its id);
 	// nothing was fetched or committed.
 	Existing uint64        `json:"existing_tx,omitempty"`
@@ -116,75 +125,256 @@ type PullStats struct {
 // stay (GC removes them if no tx comes to use them) and a re-run fetches
 // only the rest.
 func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Tx, *PullStats, error) {
-	start := time.Now()
+	ft, err := fetchTx(ctx, s, f, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ft.existing != nil {
+		return ft.existing, ft.st, nil
+	}
+	defer ft.im.Close()
+	co := o.Commit
+	co.Version, co.Origin, co.Signatures = ft.it.Version, origin, ft.it.Signatures
+	tx, err := ft.im.Commit(ft.m, ft.raw, co)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pull %s: %w", ft.it.Digest, err)
+	}
+	if tx.Digest != ft.it.Digest { // same by construction; say so if not
+		return tx, nil, fmt.Errorf("pull: %w: committed tx %d has digest %s, want %s", ErrContent, tx.ID, tx.Digest, ft.it.Digest)
+	}
+	// A download of this tx is now committed: its record goes.
+	if ft.download != nil {
+		if err := s.RemoveDownload(ft.download.Digest); err != nil {
+			return tx, nil, fmt.Errorf("pull: committed tx %d: %w", tx.ID, err)
+		}
+	}
+	ft.st.Elapsed = time.Since(ft.start)
+	return tx, ft.st, nil
+}
+
+// Download is Pull up to and including storing the tx's objects and its
+// manifest object in the CAS, durable, and a download record
+// (txstore.Store.StoreDownload) naming digest, version, origin, parent and
+// signatures: no tree, no tx record, no default change. Store.ApplyDownload
+// commits it later without the network; GC keeps its objects meanwhile.
+// A store that already has a tx with the digest gets nothing (nil
+// download, stats.Existing set).
+func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Download, *PullStats, error) {
+	ft, err := fetchTx(ctx, s, f, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ft.existing != nil {
+		return nil, ft.st, nil
+	}
+	defer ft.im.Close()
+	// The manifest object goes with the last batch of objects: one syncfs
+	// for both, and StoreDownload finds it in place.
+	if err := stageManifest(ft.im, ft.raw); err != nil {
+		return nil, nil, fmt.Errorf("download %s: %w", ft.it.Digest, err)
+	}
+	if err := ft.im.Flush(); err != nil {
+		return nil, nil, fmt.Errorf("download %s: %w", ft.it.Digest, err)
+	}
+	d, err := s.StoreDownload(ft.m, ft.raw, txstore.Download{Version: ft.it.Version, Origin: origin,
+		Parent: ft.it.Parent, Signatures: ft.it.Signatures})
+	if err != nil {
+		return nil, nil, err
+	}
+	ft.st.Elapsed = time.Since(ft.start)
+	return d, ft.st, nil
+}
+
+// fetched is a tx whose objects are all in the Import (staged or
+// published), with its checked manifest.
+type fetched struct {
+	start    time.Time
+	it       *IndexTx
+	st       *PullStats
+	m        *manifest.Manifest
+	raw      []byte
+	im       *txstore.Import   // the caller closes it
+	existing *txstore.Tx       // the store already has the digest: nothing else is set
+	download *txstore.Download // a pending download of the same digest
+}
+
+// fetchTx is what Pull and Download share: config, index.json and
+// index.sig (checked against the trusted keys before anything in the index
+// is believed), the manifest (from a delta against a local parent when the
+// repository has one, else whole; its digest checked before it is parsed),
+// the object table (a hint for URLs and sizes), then only the objects the
+// store lacks, each checked against the manifest's size and SHA-256
+// before it enters the CAS.
+func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions) (*fetched, error) {
+	ft := &fetched{start: time.Now()}
 	o = o.withDefaults()
 	p := &puller{f: f, o: o}
 	if err := p.config(ctx); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	ix, verified, err := p.index(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	it, err := selectTx(ix, o.Tx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
+	ft.it = it
 	st := &PullStats{Digest: it.Digest, Version: it.Version, Verified: verified}
+	ft.st = st
 	// A tx with this digest is this content: committing it again would
 	// only make a twin.
 	txs, err := s.List()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for _, t := range txs {
 		if t.Digest == it.Digest {
 			st.Existing = t.ID
-			st.Elapsed = time.Since(start)
-			return t, st, nil
+			st.Elapsed = time.Since(ft.start)
+			ft.existing = t
+			return ft, nil
+		}
+	}
+	downloads, err := s.Downloads()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range downloads {
+		if d.Digest == it.Digest {
+			ft.download = d
 		}
 	}
 	dhex, err := DigestHex(it.Digest)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	m, raw, err := p.manifest(ctx, dhex, it.Digest)
-	if err != nil {
-		return nil, nil, err
+	// With the parent in the store, a delta names the few entries that
+	// changed and the table lines of their new contents.
+	var table map[string]TableEntry
+	var inserted []int
+	if base := localParent(s, it.Parent, txs, downloads); base != nil {
+		ft.m, ft.raw, inserted, table, err = p.delta(ctx, dhex, it, base, st)
+		switch {
+		case err == nil:
+			st.Delta = "used"
+		case ctx.Err() != nil || errors.As(err, new(permanentErr)):
+			return nil, err
+		default:
+			st.Delta = "fallback"
+			if o.Warn != nil {
+				o.Warn(fmt.Sprintf("manifest delta not usable (%v); fetching the whole manifest", err))
+			}
+			ft.m, ft.raw, inserted, table = nil, nil, nil, nil
+		}
 	}
-	needs := needed(m)
+	if ft.m == nil {
+		if ft.m, ft.raw, err = p.manifest(ctx, dhex, it.Digest, st); err != nil {
+			return nil, err
+		}
+	}
+	needs := needed(ft.m, nil)
 	st.Objects = len(needs)
 	for _, n := range needs {
 		st.Bytes += n.size
 	}
-	table, err := p.table(ctx, dhex, len(needs))
-	if err != nil {
-		return nil, nil, err
+	candidates := needs
+	if st.Delta == "used" {
+		// Objects of lines copied from the parent are in the store by the
+		// store's invariant; the commit checks each one anyway.
+		candidates = needed(ft.m, inserted)
+		inCand := map[cas.Hash]bool{}
+		for _, n := range candidates {
+			inCand[n.hash] = true
+		}
+		for _, n := range needs {
+			if !inCand[n.hash] {
+				st.Present++
+				st.PresentBytes += n.size
+			}
+		}
+	} else if table, err = p.table(ctx, dhex, len(needs), st); err != nil {
+		return nil, err
 	}
 
 	im, err := s.NewImport()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	defer im.Close()
-	fetch, err := p.plan(im, needs, st)
+	fetch, err := p.plan(im, candidates, st)
+	if err == nil {
+		err = p.fetchAll(ctx, im, fetch, table, st, ft.start)
+	}
 	if err != nil {
-		return nil, nil, err
+		im.Close()
+		return nil, err
 	}
-	if err := p.fetchAll(ctx, im, fetch, table, st, start); err != nil {
-		return nil, nil, err
+	ft.im = im
+	return ft, nil
+}
+
+// localParent returns the canonical manifest bytes and digest of the tx
+// (or pending download) with digest parent, or nil.
+func localParent(s *txstore.Store, parent string, txs []*txstore.Tx, downloads []*txstore.Download) *parentManifest {
+	if parent == "" {
+		return nil
 	}
-	co := o.Commit
-	co.Version, co.Origin, co.Signatures = it.Version, origin, it.Signatures
-	tx, err := im.Commit(m, raw, co)
+	for _, t := range txs {
+		if t.Digest == parent {
+			if raw, err := s.ManifestBytes(t.Manifest, t.Digest); err == nil {
+				return &parentManifest{digest: parent, raw: raw}
+			}
+		}
+	}
+	for _, d := range downloads {
+		if d.Digest == parent {
+			if raw, err := s.ManifestBytes(d.Manifest, d.Digest); err == nil {
+				return &parentManifest{digest: parent, raw: raw}
+			}
+		}
+	}
+	return nil
+}
+
+type parentManifest struct {
+	digest string
+	raw    []byte
+}
+
+// delta fetches deltas/<hex>-<parent hex>.zst and applies it to the local
+// parent's manifest; the result's digest is checked before it is parsed.
+func (p *puller) delta(ctx context.Context, dhex string, it *IndexTx, base *parentManifest, st *PullStats) (*manifest.Manifest, []byte, []int, map[string]TableEntry, error) {
+	phex, err := DigestHex(base.digest)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pull %s: %w", it.Digest, err)
+		return nil, nil, nil, nil, err
 	}
-	if tx.Digest != it.Digest { // same by construction; say so if not
-		return tx, nil, fmt.Errorf("pull: %w: committed tx %d has digest %s, want %s", ErrContent, tx.ID, tx.Digest, it.Digest)
+	path, err := DeltaPath(dhex, phex)
+	if err != nil {
+		return nil, nil, nil, nil, err
 	}
-	st.Elapsed = time.Since(start)
-	return tx, st, nil
+	z, err := p.get(ctx, path, manifest.MaxSize)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	st.MetaBytes += int64(len(z))
+	text, err := decompress(z, manifest.MaxSize)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("%s: %w: %w", p.f.URL(path), ErrBadDelta, err)
+	}
+	raw, inserted, tab, err := ApplyDelta(base.raw, text, base.digest, it.Digest)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("%s: %w", p.f.URL(path), err)
+	}
+	m, err := manifest.Decode(raw)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("%s: %w", p.f.URL(path), err)
+	}
+	table := make(map[string]TableEntry, len(tab))
+	for _, e := range tab {
+		table[e.Hash] = e
+	}
+	return m, raw, inserted, table, nil
 }
 
 func (o PullOptions) withDefaults() PullOptions {
@@ -333,7 +523,7 @@ func selectTx(ix *Index, want string) (*IndexTx, error) {
 // manifest fetches manifests/<hex>.zst and returns it decoded, with its
 // canonical bytes: decompressed with a size bound, hashed, compared with
 // the digest, and only then parsed.
-func (p *puller) manifest(ctx context.Context, dhex, digest string) (*manifest.Manifest, []byte, error) {
+func (p *puller) manifest(ctx context.Context, dhex, digest string, st *PullStats) (*manifest.Manifest, []byte, error) {
 	path, err := ManifestPath(dhex)
 	if err != nil {
 		return nil, nil, err
@@ -342,6 +532,7 @@ func (p *puller) manifest(ctx context.Context, dhex, digest string) (*manifest.M
 	if err != nil {
 		return nil, nil, err
 	}
+	st.MetaBytes += int64(len(z))
 	raw, err := decompress(z, manifest.MaxSize)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w: %w", p.f.URL(path), ErrContent, err)
@@ -358,7 +549,7 @@ func (p *puller) manifest(ctx context.Context, dhex, digest string) (*manifest.M
 
 // table fetches txs/<hex>.objects.zst. It is only a hint: a missing or
 // unreadable table means every object's URL is probed instead.
-func (p *puller) table(ctx context.Context, dhex string, n int) (map[string]TableEntry, error) {
+func (p *puller) table(ctx context.Context, dhex string, n int, st *PullStats) (map[string]TableEntry, error) {
 	path, err := TablePath(dhex)
 	if err != nil {
 		return nil, err
@@ -371,6 +562,7 @@ func (p *puller) table(ctx context.Context, dhex string, n int) (map[string]Tabl
 	if err != nil {
 		return nil, err
 	}
+	st.MetaBytes += int64(len(z))
 	out := map[string]TableEntry{}
 	text, err := decompress(z, limit)
 	if err != nil {
@@ -412,10 +604,20 @@ type need struct {
 	keys []cas.Key
 }
 
-func needed(m *manifest.Manifest) []*need {
+// needed lists the contents m uses; with only set, those of the entries
+// with these indexes.
+func needed(m *manifest.Manifest, only []int) []*need {
 	byHash := map[cas.Hash]*need{}
 	var out []*need
-	for i := range m.Entries {
+	n := len(m.Entries)
+	if only != nil {
+		n = len(only)
+	}
+	for x := 0; x < n; x++ {
+		i := x
+		if only != nil {
+			i = only[x]
+		}
 		e := &m.Entries[i]
 		if e.Type != manifest.File || e.Size == 0 {
 			continue
@@ -769,4 +971,27 @@ func (c *countReader) Read(p []byte) (int, error) {
 		c.progress.Add(int64(n))
 	}
 	return n, err
+}
+
+// stageManifest adds the manifest object of raw to the import unless the
+// store has it.
+func stageManifest(im *txstore.Import, raw []byte) error {
+	z, k := txstore.ManifestObject(raw)
+	if has, err := im.Has(k); err != nil || has {
+		return err
+	}
+	f, err := im.TempFile()
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(z); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", f.Name(), err)
+	}
+	return im.AddFile(f.Name(), k.Hash, int64(len(z)), []cas.Key{k})
 }

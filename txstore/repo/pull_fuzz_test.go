@@ -43,7 +43,7 @@ func FuzzPullManifest(f *testing.F) {
 	mp, _ := ManifestPath(dhex)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		p := &puller{f: memFetcher{mp: body}, o: PullOptions{Tries: 1}.withDefaults()}
-		m, raw, err := p.manifest(context.Background(), dhex, digest)
+		m, raw, err := p.manifest(context.Background(), dhex, digest, &PullStats{})
 		if err != nil {
 			return
 		}

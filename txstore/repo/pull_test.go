@@ -416,7 +416,7 @@ func TestPullResumes(t *testing.T) {
 		t.Fatalf("a failed pull recorded %d txs", len(txs2))
 	}
 	m, _ := ptStoreManifest(t, dir, txs[0].Digest)
-	total := int64(len(needed(m)))
+	total := int64(len(needed(m, nil)))
 	srv.setFault(nil)
 	srv.objects.Store(0)
 	tx, st, err := ptPull(t, dst, srv.URL, PullOptions{Insecure: true})
@@ -692,7 +692,7 @@ func TestNeededGroupsKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := needed(m)
+	n := needed(m, nil)
 	if len(n) != 1 || len(n[0].keys) != 2 || n[0].size != 1 {
 		t.Fatalf("needed %+v", n)
 	}

@@ -23,11 +23,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/txboot/txboot/bootctl/bls"
+	"github.com/txboot/txboot/txstore/loader"
 )
 
-// DefaultDir is where the kernel mounts efivarfs.
-const DefaultDir = "/sys/firmware/efi/efivars"
+// DefaultDir is where the kernel mounts efivarfs. A variable only so that
+// tests can point every default at a temporary directory, never the host's.
+var DefaultDir = "/sys/firmware/efi/efivars"
 
 // LoaderGUID is systemd-boot's vendor GUID for the Boot Loader Interface.
 const LoaderGUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
@@ -256,13 +257,14 @@ func (v *Vars) EntryOneShot() (string, error) { return v.ReadString(LoaderEntryO
 // as the boot loader renamed it: `\loader\entries\txboot-12+2-1.conf`.
 func (v *Vars) BootCountPath() (string, error) { return v.ReadString(LoaderBootCountPath) }
 
-// BootCountEntry reads LoaderBootCountPath and parses it (ParseBootCountPath).
-func (v *Vars) BootCountEntry() (dir string, name bls.Name, err error) {
+// BootCountEntry reads LoaderBootCountPath and parses it
+// (loader.ParseBootCountPath).
+func (v *Vars) BootCountEntry() (dir string, name loader.Name, err error) {
 	p, err := v.BootCountPath()
 	if err != nil {
-		return "", bls.Name{}, err
+		return "", loader.Name{}, err
 	}
-	return ParseBootCountPath(p)
+	return loader.ParseBootCountPath(p)
 }
 
 // DevicePartUUID is the partition UUID of the ESP systemd-boot started
@@ -436,29 +438,4 @@ func EncodeStringList(l []string) ([]byte, error) {
 		out = append(out, b...)
 	}
 	return out, nil
-}
-
-// ErrBadBootCountPath reports a LoaderBootCountPath value that does not name
-// an entry file.
-var ErrBadBootCountPath = errors.New("invalid LoaderBootCountPath")
-
-// ParseBootCountPath splits a LoaderBootCountPath value such as
-// `\loader\entries\txboot-12+2-1.conf` into the directory relative to the
-// ESP ("loader/entries") and the parsed entry file name.
-func ParseBootCountPath(p string) (dir string, name bls.Name, err error) {
-	s := strings.ReplaceAll(p, `\`, "/")
-	if !strings.HasPrefix(s, "/") {
-		return "", bls.Name{}, fmt.Errorf("%w: %q is not absolute", ErrBadBootCountPath, p)
-	}
-	parts := strings.Split(strings.TrimPrefix(s, "/"), "/")
-	for _, c := range parts[:len(parts)-1] {
-		if c == "" || c == "." || c == ".." {
-			return "", bls.Name{}, fmt.Errorf("%w: %q", ErrBadBootCountPath, p)
-		}
-	}
-	name, err = bls.ParseName(parts[len(parts)-1])
-	if err != nil {
-		return "", bls.Name{}, fmt.Errorf("%w: %w", ErrBadBootCountPath, err)
-	}
-	return strings.Join(parts[:len(parts)-1], "/"), name, nil
 }

@@ -7,14 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"slices"
-	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/txboot/txboot/bootctl/bls"
+	"github.com/txboot/txboot/txstore/loader"
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 var fixtures = New(filepath.Join("testdata", "efivars"))
@@ -43,7 +42,7 @@ func TestReadFixtures(t *testing.T) {
 		t.Fatalf("Entries = %q, %v", l, err)
 	}
 	dir, n, err := fixtures.BootCountEntry()
-	want := bls.Name{Base: "txboot-12", Counting: true, Left: 2, Done: 1, LeftDigits: 1, DoneDigits: 1}
+	want := loader.Name{Base: "txboot-12", Counting: true, Left: 2, Done: 1, LeftDigits: 1, DoneDigits: 1}
 	if err != nil || dir != "loader/entries" || n != want {
 		t.Fatalf("BootCountEntry = %q, %+v, %v", dir, n, err)
 	}
@@ -172,7 +171,7 @@ func TestImmutable(t *testing.T) {
 	}
 	p := filepath.Join(v.Dir, LoaderEntryOneShot+"-"+LoaderGUID)
 	if err := setFlags(p, fsImmutableFL, true); err != nil {
-		t.Skipf("cannot set the immutable flag here: %v", err)
+		testkit.Skipf(t, "cannot set the immutable flag here: %v", err)
 	}
 	t.Cleanup(func() { _ = setFlags(p, fsImmutableFL, false) })
 	if f, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
@@ -261,36 +260,6 @@ func TestStrings(t *testing.T) {
 	}
 }
 
-func TestParseBootCountPath(t *testing.T) {
-	tests := []struct {
-		in   string
-		dir  string
-		name string
-		err  error
-	}{
-		{`\loader\entries\txboot-12+2-1.conf`, "loader/entries", "txboot-12+2-1.conf", nil},
-		{`/loader/entries/txboot-12+3.conf`, "loader/entries", "txboot-12+3.conf", nil},
-		{`\txboot-1.conf`, "", "txboot-1.conf", nil},
-		{`loader\entries\a.conf`, "", "", ErrBadBootCountPath},
-		{`\loader\..\a.conf`, "", "", ErrBadBootCountPath},
-		{`\loader\\a.conf`, "", "", ErrBadBootCountPath},
-		{`\loader\entries\`, "", "", ErrBadBootCountPath},
-		{`\EFI\Linux\uki+3.efi`, "", "", ErrBadBootCountPath},
-		{"", "", "", ErrBadBootCountPath},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			dir, n, err := ParseBootCountPath(tt.in)
-			if !errors.Is(err, tt.err) {
-				t.Fatalf("error = %v, want %v", err, tt.err)
-			}
-			if err == nil && (dir != tt.dir || n.String() != tt.name) {
-				t.Fatalf("= %q, %q", dir, n.String())
-			}
-		})
-	}
-}
-
 func FuzzDecodeString(f *testing.F) {
 	f.Add(utf16le("txboot-1.conf\x00"))
 	f.Add([]byte{0x3d, 0xd8, 0x00, 0xde})
@@ -363,28 +332,6 @@ func FuzzDecodeVar(f *testing.F) {
 		}
 		if !bytes.Equal(EncodeVar(attrs, data), b) {
 			t.Fatalf("round trip of %x", b)
-		}
-	})
-}
-
-func FuzzParseBootCountPath(f *testing.F) {
-	f.Add(`\loader\entries\txboot-12+2-1.conf`)
-	f.Add(`/a/b.conf`)
-	f.Fuzz(func(t *testing.T, p string) {
-		dir, n, err := ParseBootCountPath(p)
-		if err != nil {
-			return
-		}
-		if strings.Contains(dir, `\`) || slices.Contains(strings.Split(dir, "/"), "..") {
-			t.Fatalf("dir %q from %q", dir, p)
-		}
-		if _, err := bls.ParseName(n.String()); err != nil {
-			t.Fatalf("name %q does not reparse: %v", n.String(), err)
-		}
-		if dir != "" {
-			if back, n2, err := ParseBootCountPath("/" + dir + "/" + n.String()); err != nil || back != dir || n2 != n {
-				t.Fatalf("reparse: %q %+v %v", back, n2, err)
-			}
 		}
 	})
 }

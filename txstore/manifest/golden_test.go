@@ -1,0 +1,175 @@
+package manifest_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/txboot/txboot/txstore/manifest"
+)
+
+// The golden files pin the on-disk manifest format: every tx's digest is
+// sha256 of this text, and boot entries pin that digest, so a change to the
+// encoding would orphan every existing tx. They are edited by hand, on
+// purpose (no -update flag): changing them is a format change.
+const (
+	goldenManifest = "testdata/golden.manifest"
+	goldenDigest   = "testdata/golden.digest"
+)
+
+// goldenEntry is one node of the golden tree, with the owner it gets when
+// the test can chown (as root); otherwise the scanned owner is replaced.
+type goldenEntry struct {
+	path, data, link string
+	dir              bool
+	mode             uint32
+	uid, gid         uint32
+}
+
+// goldenTree covers every line shape: directories (one read-only), regular,
+// executable, setuid and empty files, relative and absolute symlinks,
+// non-root owners, duplicate content, and names the encoding must escape
+// (space, '%', tab, newline, DEL).
+var goldenTree = []goldenEntry{
+	{path: ".", dir: true, mode: 0o755},
+	{path: "bin", dir: true, mode: 0o755},
+	{path: "bin/sh", data: "#!shell\n", mode: 0o755},
+	{path: "bin/su", data: "setuid binary", mode: 0o4755},
+	{path: "bin/ls", link: "sh"},
+	{path: "lib", dir: true, mode: 0o755},
+	{path: "lib/empty", data: "", mode: 0o644},
+	{path: "lib/os-release", data: "ID=txboot\n", mode: 0o644},
+	{path: "lib/modules", dir: true, mode: 0o755},
+	{path: "lib/modules/6.1.0-test", dir: true, mode: 0o755},
+	{path: "lib/modules/6.1.0-test/vmlinuz", data: "kernel image", mode: 0o644},
+	{path: "share", dir: true, mode: 0o755},
+	{path: "share/abs link", link: "/usr/lib/os-release"},
+	{path: "share/odd%name\tx", data: "odd", mode: 0o640, uid: 1000, gid: 100},
+	{path: "share/new\nline\x7f", data: "odd", mode: 0o444},
+	{path: "share/games", dir: true, mode: 0o2775, uid: 0, gid: 60},
+	{path: "share/ro", dir: true, mode: 0o555},
+}
+
+func buildGoldenTree(t *testing.T, dir string) {
+	t.Helper()
+	for _, e := range goldenTree {
+		p := filepath.Join(dir, e.path)
+		var err error
+		switch {
+		case e.dir && e.path != ".":
+			err = os.Mkdir(p, 0o700)
+		case e.link != "":
+			err = os.Symlink(e.link, p)
+		case !e.dir:
+			err = os.WriteFile(p, []byte(e.data), 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Modes last, deepest first, so read-only directories do not stop the
+	// writes; raw unix.Chmod keeps setuid/setgid bits os.Chmod would drop.
+	for i := len(goldenTree) - 1; i >= 0; i-- {
+		e := goldenTree[i]
+		p := filepath.Join(dir, e.path)
+		if os.Geteuid() == 0 {
+			if err := os.Lchown(p, int(e.uid), int(e.gid)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if e.link == "" {
+			if err := unix.Chmod(p, e.mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func goldenEntries(t *testing.T) []manifest.Entry {
+	t.Helper()
+	var es []manifest.Entry
+	for _, g := range goldenTree {
+		e := manifest.Entry{Path: g.path, UID: g.uid, GID: g.gid}
+		switch {
+		case g.dir:
+			e.Type, e.Mode = manifest.Dir, g.mode
+		case g.link != "":
+			e.Type, e.Target = manifest.Symlink, g.link
+		default:
+			e.Type, e.Mode, e.Size, e.Hash = manifest.File, g.mode, int64(len(g.data)), sha256.Sum256([]byte(g.data))
+		}
+		es = append(es, e)
+	}
+	m := &manifest.Manifest{Entries: es}
+	m.Sort()
+	return m.Entries
+}
+
+func readGolden(t *testing.T) (text []byte, digest string) {
+	t.Helper()
+	text, err := os.ReadFile(goldenManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.ReadFile(goldenDigest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return text, strings.TrimSuffix(string(d), "\n")
+}
+
+// TestGoldenScan: scanning the golden tree gives the golden text, byte for
+// byte, and the golden digest.
+func TestGoldenScan(t *testing.T) {
+	text, digest := readGolden(t)
+	dir := t.TempDir()
+	buildGoldenTree(t, dir)
+	m, err := manifest.Scan(dir, manifest.ScanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() != 0 {
+		// Only root can give files other owners; the scan records ours.
+		t.Log("not root: owners come from the table, not from the scan")
+		want := goldenEntries(t)
+		for i := range m.Entries {
+			if i < len(want) {
+				m.Entries[i].UID, m.Entries[i].GID = want[i].UID, want[i].GID
+			}
+		}
+	}
+	if got := m.Encode(); !bytes.Equal(got, text) {
+		t.Fatalf("the scanned tree encodes differently from %s (a format change orphans every tx):\n%s\nwant\n%s", goldenManifest, got, text)
+	}
+	if got := m.Digest(); got != digest {
+		t.Fatalf("digest %s, want %s (%s)", got, digest, goldenDigest)
+	}
+	if got := manifest.Digest(text); got != digest {
+		t.Fatalf("Digest(golden text) = %s, want %s", got, digest)
+	}
+}
+
+// TestGoldenDecode: the golden text decodes to exactly the entries of the
+// golden tree, and re-encodes to itself.
+func TestGoldenDecode(t *testing.T) {
+	text, digest := readGolden(t)
+	m, err := manifest.Decode(text)
+	if err != nil {
+		t.Fatalf("golden manifest no longer decodes: %v", err)
+	}
+	if want := goldenEntries(t); !reflect.DeepEqual(m.Entries, want) {
+		t.Fatalf("decoded\n%+v\nwant\n%+v", m.Entries, want)
+	}
+	if !bytes.Equal(m.Encode(), text) || m.Digest() != digest {
+		t.Fatalf("golden manifest does not re-encode to itself:\n%s", m.Encode())
+	}
+	if ks := m.Kernels(); !reflect.DeepEqual(ks, []string{"6.1.0-test"}) {
+		t.Errorf("kernels %q", ks)
+	}
+}
