@@ -1,19 +1,16 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/txboot/txboot/bootctl/bls"
+	"github.com/txboot/txboot/bootctl/health"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/bootinfo"
 	"github.com/txboot/txboot/txstore/bootstate"
@@ -225,64 +222,62 @@ func reboot(e *env) error {
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 }
 
-func init() {
+func markGoodVerb() *verb {
 	var ef entryFlags
-	register(&verb{name: "mark-good", args: "[ID]", help: "record that a tx (default: the booted one) is healthy; bless its entry",
-		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
-		run: func(e *env, args []string) error {
-			id, err := targetID(args)
-			if err != nil {
-				return err
-			}
-			s, err := e.openExisting(true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+	var id uint64
+	return &verb{name: "mark-good", args: "[ID]", help: "record that a tx (default: the booted one) is healthy; bless its entry",
+		pos: posArgs{max: 1, msg: "expected at most one transaction id"}, store: storeWrite,
+		flags: ef.register,
+		check: func(e *env, args []string) (err error) { id, err = targetID(args); return err },
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			return markGood(e, s, id, "bootctl mark-good", &ef)
-		}})
+		}}
+}
 
+func markBadVerb() *verb {
+	var ef entryFlags
 	var reason string
 	var rebootAfter bool
-	register(&verb{name: "mark-bad", args: "[ID] [--reason R] [--reboot]", help: "record that a tx is broken; it is never chosen again unless forced",
+	var id uint64
+	return &verb{name: "mark-bad", args: "[ID] [--reason R] [--reboot]", help: "record that a tx is broken; it is never chosen again unless forced",
+		pos: posArgs{max: 1, msg: "expected at most one transaction id"}, store: storeWrite,
 		flags: func(fs *flag.FlagSet) {
-			ef = entryFlags{}
 			ef.register(fs)
 			fs.StringVar(&reason, "reason", "marked bad by bootctl", "why (shown by status and log)")
 			fs.BoolVar(&rebootAfter, "reboot", false, "reboot afterwards")
 		},
-		run: func(e *env, args []string) error {
+		check: func(e *env, args []string) (err error) {
 			if err := checkText("--reason", reason); err != nil {
 				return err
 			}
-			id, err := targetID(args)
-			if err != nil {
-				return err
-			}
-			s, err := e.openExisting(true)
-			if err != nil {
-				return err
-			}
-			err = markBad(e, s, id, reason, &ef)
-			s.Close()
+			id, err = targetID(args)
+			return err
+		},
+		exec: func(e *env, s *txstore.Store, args []string) error {
+			err := markBad(e, s, id, reason, &ef)
+			s.Close() // the lock is released before the reboot
 			if err == nil && rebootAfter {
 				return reboot(e)
 			}
 			return err
-		}})
+		}}
+}
 
+// healthVerb opens the store itself: only after the checks (which may
+// take minutes), so the writer lock is not held while they run, and not
+// at all on a boot that is not on trial.
+func healthVerb() *verb {
+	var ef entryFlags
+	var rebootAfter bool
 	var checkTimeout time.Duration
-	register(&verb{name: "health", args: "[--reboot] [--check-timeout D]", help: "run health checks; mark the booted tx good, or bad (and reboot)",
+	return &verb{name: "health", args: "[--reboot] [--check-timeout D]", help: "run health checks; mark the booted tx good, or bad (and reboot)",
+		pos: posArgs{msg: "health takes no arguments"}, store: storeSelf,
 		flags: func(fs *flag.FlagSet) {
-			ef = entryFlags{}
 			ef.register(fs)
 			fs.BoolVar(&rebootAfter, "reboot", false, "reboot when a required check fails")
 			fs.DurationVar(&checkTimeout, "check-timeout", 2*time.Minute, "time limit per check")
 		},
-		run: func(e *env, args []string) error {
-			if len(args) != 0 {
-				return usagef("health takes no arguments")
-			}
+		exec: func(e *env, _ *txstore.Store, args []string) error {
 			id, err := targetID(nil)
 			if err != nil {
 				return err
@@ -290,17 +285,17 @@ func init() {
 			if bi, err := readBootInfo(); err == nil && bi.Booted == id && !bi.OnTrial && bi.NoDatabase == "" {
 				return healthNotOnTrial(e, id, &ef)
 			}
-			res := runHealth(e, checkTimeout)
+			res := health.Run(e.root, checkTimeout, e.stdout, e.stderr)
 			s, err := e.openExisting(true)
 			if err != nil {
 				return err
 			}
-			if res.failed == "" {
-				err = markGood(e, s, id, fmt.Sprintf("health: %d required, %d wanted checks; %d wanted failed", res.required, res.wanted, res.wantedFailed), &ef)
+			if res.Failed == "" {
+				err = markGood(e, s, id, fmt.Sprintf("health: %d required, %d wanted checks; %d wanted failed", res.Required, res.Wanted, res.WantedFailed), &ef)
 				s.Close()
 				return err
 			}
-			err = markBad(e, s, id, "health check failed: "+res.failed, &ef)
+			err = markBad(e, s, id, "health check failed: "+res.Failed, &ef)
 			s.Close()
 			if err != nil {
 				return err
@@ -308,17 +303,17 @@ func init() {
 			if rebootAfter {
 				return reboot(e)
 			}
-			return exitError{ExitFail, "health check failed: " + res.failed}
-		}})
+			return exitError{ExitFail, "health check failed: " + res.Failed}
+		}}
+}
 
-	register(&verb{name: "log", args: "[-n N]", help: "show the store's event log (boots, fallbacks, marks)",
-		flags: func(fs *flag.FlagSet) { fs.IntVar(&logN, "n", 50, "how many of the newest events") },
-		run: func(e *env, args []string) error {
-			s, err := e.openExisting(false)
-			if err != nil {
-				return err
-			}
-			evs, err := s.Events(logN)
+func logVerb() *verb {
+	var n int
+	return &verb{name: "log", args: "[-n N]", help: "show the store's event log (boots, fallbacks, marks)",
+		store: storeRead,
+		flags: func(fs *flag.FlagSet) { fs.IntVar(&n, "n", 50, "how many of the newest events") },
+		exec: func(e *env, s *txstore.Store, args []string) error {
+			evs, err := s.Events(n)
 			if err != nil {
 				return err
 			}
@@ -333,28 +328,24 @@ func init() {
 				fmt.Fprintf(e.stdout, "%s  %-12s %s%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), printable(ev.Kind), tx, printable(ev.Detail))
 			}
 			return nil
-		}})
+		}}
+}
 
+// efivarsFlag is --efivars, where set-default, rollback, boot-once and
+// status read and write systemd-boot's variables.
+func efivarsFlag(fs *flag.FlagSet, p *string, usage string) { fs.StringVar(p, "efivars", "", usage) }
+
+const efivarsUsage = "efivarfs directory (default /sys/firmware/efi/efivars)"
+
+func setDefaultVerb() *verb {
+	var ef entryFlags
 	var efiDir string
-	// set-default and rollback: entry settings, and where the menu's
-	// default lives.
-	defaultFlags := func(fs *flag.FlagSet) {
-		ef = entryFlags{}
-		ef.register(fs)
-		fs.StringVar(&efiDir, "efivars", "", "efivarfs directory (default /sys/firmware/efi/efivars)")
-	}
-	register(&verb{name: "set-default", args: "ID", help: "boot this tx by default (clears a default chosen in the boot menu)",
-		flags: defaultFlags,
-		run: func(e *env, args []string) error {
-			id, err := oneID(args)
-			if err != nil {
-				return err
-			}
-			s, err := e.openExisting(true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+	var id uint64
+	return &verb{name: "set-default", args: "ID", help: "boot this tx by default (clears a default chosen in the boot menu)",
+		pos: oneIDArg, store: storeWrite,
+		flags: func(fs *flag.FlagSet) { ef.register(fs); efivarsFlag(fs, &efiDir, efivarsUsage) },
+		check: func(e *env, args []string) (err error) { id, err = parseID(args[0]); return err },
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			if err := s.SetDefault(id); err != nil {
 				return err
 			}
@@ -363,19 +354,16 @@ func init() {
 			// would otherwise keep overriding the store's choice.
 			rerr := resync(e, s, &ef, entryWritten(id))
 			return errors.Join(rerr, clearMenuDefault(e, s, efiDir, id))
-		}})
+		}}
+}
 
-	register(&verb{name: "rollback", help: "make the previous good tx the default (clears a default chosen in the boot menu)",
-		flags: defaultFlags,
-		run: func(e *env, args []string) error {
-			if len(args) != 0 {
-				return usagef("rollback takes no arguments")
-			}
-			s, err := e.openExisting(true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+func rollbackVerb() *verb {
+	var ef entryFlags
+	var efiDir string
+	return &verb{name: "rollback", help: "make the previous good tx the default (clears a default chosen in the boot menu)",
+		pos: posArgs{msg: "rollback takes no arguments"}, store: storeWrite,
+		flags: func(fs *flag.FlagSet) { ef.register(fs); efivarsFlag(fs, &efiDir, efivarsUsage) },
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			def, err := s.Default()
 			if err != nil {
 				return err
@@ -400,21 +388,17 @@ func init() {
 				}
 			}
 			return exitError{ExitNotFound, fmt.Sprintf("no good tx older than %d to roll back to", from)}
-		}})
+		}}
+}
 
-	register(&verb{name: "boot-once", args: "ID", help: "boot this tx on the next boot only (systemd-boot LoaderEntryOneShot)",
-		flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&efiDir, "efivars", "", "efivarfs directory (default /sys/firmware/efi/efivars)")
-		},
-		run: func(e *env, args []string) error {
-			id, err := oneID(args)
-			if err != nil {
-				return err
-			}
-			s, err := e.openExisting(false)
-			if err != nil {
-				return err
-			}
+func bootOnceVerb() *verb {
+	var efiDir string
+	var id uint64
+	return &verb{name: "boot-once", args: "ID", help: "boot this tx on the next boot only (systemd-boot LoaderEntryOneShot)",
+		pos: oneIDArg, store: storeRead,
+		flags: func(fs *flag.FlagSet) { efivarsFlag(fs, &efiDir, efivarsUsage) },
+		check: func(e *env, args []string) (err error) { id, err = parseID(args[0]); return err },
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			t, err := s.Get(id)
 			if err != nil {
 				return err
@@ -433,14 +417,16 @@ func init() {
 			}
 			fmt.Fprintf(e.stdout, "next boot: tx %d (LoaderEntryOneShot=%s)\n", id, pat)
 			return nil
-		}})
-
-	register(&verb{name: "status", help: "what booted, what is default, what is on trial or bad, and why",
-		flags: func(fs *flag.FlagSet) { fs.StringVar(&efiDir, "efivars", "", "efivarfs directory") },
-		run:   runStatus(&efiDir)})
+		}}
 }
 
-var logN int
+func statusVerb() *verb {
+	var efiDir string
+	return &verb{name: "status", help: "what booted, what is default, what is on trial or bad, and why",
+		pos: posArgs{msg: "status takes no arguments"}, store: storeRead,
+		flags: func(fs *flag.FlagSet) { efivarsFlag(fs, &efiDir, "efivarfs directory") },
+		exec:  func(e *env, s *txstore.Store, args []string) error { return status(e, s, efiDir) }}
+}
 
 // hasEntry checks that tx id has a readable entry on the ESP.
 func hasEntry(e *env, s *txstore.Store, id uint64) error {
@@ -479,86 +465,6 @@ func clearMenuDefault(e *env, s *txstore.Store, efiDir string, id uint64) error 
 	return nil
 }
 
-type healthResult struct {
-	required, wanted, wantedFailed int
-	failed                         string // first required failure
-}
-
-// healthChecks lists checks: /usr/lib/txboot/health.d and /etc/txboot/health.d,
-// each with required/ and wanted/ (plain files in health.d count as
-// required). A same-named file in /etc overrides /usr/lib; one that is a
-// symlink to /dev/null masks it, as with systemd units.
-func healthChecks(root string) (req, want []string) {
-	found := map[string]map[string]string{"required": {}, "wanted": {}}
-	for _, base := range []string{"usr/lib/txboot/health.d", "etc/txboot/health.d"} {
-		for _, d := range []struct{ sub, kind string }{{"", "required"}, {"required", "required"}, {"wanted", "wanted"}} {
-			dir := filepath.Join(root, base, d.sub)
-			ents, err := os.ReadDir(dir)
-			if err != nil {
-				continue
-			}
-			for _, ent := range ents {
-				if !ent.IsDir() {
-					found[d.kind][ent.Name()] = filepath.Join(dir, ent.Name())
-				}
-			}
-		}
-	}
-	pick := func(m map[string]string) []string {
-		var names []string
-		for n, p := range m {
-			if t, err := os.Readlink(p); err == nil && t == "/dev/null" {
-				continue // masked
-			}
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		out := make([]string, len(names))
-		for i, n := range names {
-			out[i] = m[n]
-		}
-		return out
-	}
-	return pick(found["required"]), pick(found["wanted"])
-}
-
-func runHealth(e *env, timeout time.Duration) healthResult {
-	req, want := healthChecks(e.root)
-	var r healthResult
-	run := func(p string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, p)
-		cmd.Stdout, cmd.Stderr = e.stdout, e.stderr
-		err := cmd.Run()
-		if ctx.Err() != nil {
-			return fmt.Errorf("timed out after %s", timeout)
-		}
-		return err
-	}
-	for _, p := range req {
-		r.required++
-		if err := run(p); err != nil {
-			fmt.Fprintf(e.stdout, "health: FAIL (required) %s: %v\n", p, err)
-			if r.failed == "" {
-				r.failed = fmt.Sprintf("%s: %v", filepath.Base(p), err)
-			}
-		} else {
-			fmt.Fprintf(e.stdout, "health: ok   (required) %s\n", p)
-		}
-	}
-	for _, p := range want {
-		r.wanted++
-		if err := run(p); err != nil {
-			r.wantedFailed++
-			fmt.Fprintf(e.stdout, "health: fail (wanted)   %s: %v\n", p, err)
-		} else {
-			fmt.Fprintf(e.stdout, "health: ok   (wanted)   %s\n", p)
-		}
-	}
-	return r
-}
-
 type statusTx struct {
 	*txstore.Tx
 	Default bool `json:"default"`
@@ -593,126 +499,122 @@ type statusOut struct {
 	ESPShared  []string     `json:"esp_shared_with_fallback,omitempty"`
 }
 
-func runStatus(efiDir *string) func(e *env, args []string) error {
-	return func(e *env, args []string) error {
-		if len(args) != 0 {
-			return usagef("status takes no arguments")
+// status is the status verb, on a store opened read-only.
+func status(e *env, s *txstore.Store, efiDir string) error {
+	txs, def, err := snapshot(s)
+	if err != nil {
+		return err
+	}
+	out := statusOut{Default: def, OnTrial: []uint64{}, Bad: []uint64{}}
+	out.Booted = booted()
+	if bi, err := readBootInfo(); err == nil {
+		out.Requested = bi.Requested
+		if len(bi.Failures) > 0 {
+			out.BootFailures = bi.Failures
 		}
-		s, txs, def, err := e.snapshot()
-		if err != nil {
-			return err
+		out.Info = bi
+	}
+	keys := knownKeys(e, s, txs)
+	for _, t := range txs {
+		sig, by := signatureState(keys, t)
+		out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted, Signature: sig, SignedBy: by})
+		switch t.State {
+		case txstore.StatePending, txstore.StateTrying:
+			out.OnTrial = append(out.OnTrial, t.ID)
+		case txstore.StateBad:
+			out.Bad = append(out.Bad, t.ID)
 		}
-		out := statusOut{Default: def, OnTrial: []uint64{}, Bad: []uint64{}}
-		out.Booted = booted()
-		if bi, err := readBootInfo(); err == nil {
-			out.Requested = bi.Requested
-			if len(bi.Failures) > 0 {
-				out.BootFailures = bi.Failures
-			}
-			out.Info = bi
-		}
-		keys := knownKeys(e, s, txs)
-		for _, t := range txs {
-			sig, by := signatureState(keys, t)
-			out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted, Signature: sig, SignedBy: by})
-			switch t.State {
-			case txstore.StatePending, txstore.StateTrying:
-				out.OnTrial = append(out.OnTrial, t.ID)
-			case txstore.StateBad:
-				out.Bad = append(out.Bad, t.ID)
-			}
-		}
-		v := efivars.New(*efiDir)
-		out.LoaderEntry, _ = v.EntrySelected()
-		out.LoaderCounter, _ = v.BootCountPath()
-		out.MenuDefault, _ = v.EntryDefault()
-		if c, ok, _ := loadEntriesConfig(s, e.root, nil); ok {
-			out.ESP = c.espName()
-			if hr, err := healESP(s, c); err != nil {
-				fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", err)
-			} else {
-				out.ESPRepairs = hr.Repairs
-				for _, p := range hr.Shared {
-					out.ESPShared = append(out.ESPShared, p.Path)
-				}
-			}
-			if files, err := bls.List(c.ESP, bls.DefaultPrefix); err == nil {
-				for _, f := range files {
-					out.Entries = append(out.Entries, f.File)
-				}
-			}
-		}
-		out.Events, _ = s.Events(5)
-		if e.json {
-			if err := e.printJSON(out); err != nil {
-				return err
-			}
-			return unrepaired(out.ESPRepairs)
-		}
-		w := e.stdout
-		if out.Booted != 0 {
-			fmt.Fprintf(w, "Booted:   tx %d", out.Booted)
-			if out.Requested != 0 && out.Requested != out.Booted {
-				fmt.Fprintf(w, " (fell back from tx %d)", out.Requested)
-			}
-			if out.Info != nil && out.Info.SignedBy != "" {
-				fmt.Fprintf(w, " (signature checked at boot: key %s)", printable(out.Info.SignedBy))
-			}
-			fmt.Fprintln(w)
-			if out.Info != nil {
-				for _, f := range out.Info.Failures {
-					fmt.Fprintf(w, "          tx %d failed this boot: %s\n", f.Tx, printable(f.Reason))
-				}
-			}
+	}
+	v := efivars.New(efiDir)
+	out.LoaderEntry, _ = v.EntrySelected()
+	out.LoaderCounter, _ = v.BootCountPath()
+	out.MenuDefault, _ = v.EntryDefault()
+	if c, ok, _ := loadEntriesConfig(s, e.root, nil); ok {
+		out.ESP = c.espName()
+		if hr, err := healESP(s, c); err != nil {
+			fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", err)
 		} else {
-			fmt.Fprintln(w, "Booted:   (not booted by txboot)")
+			out.ESPRepairs = hr.Repairs
+			for _, p := range hr.Shared {
+				out.ESPShared = append(out.ESPShared, p.Path)
+			}
 		}
-		fmt.Fprintf(w, "Default:  tx %d\n", def)
-		if out.LoaderEntry != "" {
-			fmt.Fprintf(w, "Loader:   %s", printable(out.LoaderEntry))
-			if out.LoaderCounter != "" {
-				fmt.Fprintf(w, " (counting: %s)", printable(out.LoaderCounter))
+		if files, err := bls.List(c.ESP, bls.DefaultPrefix); err == nil {
+			for _, f := range files {
+				out.Entries = append(out.Entries, f.File)
 			}
-			fmt.Fprintln(w)
 		}
-		if out.MenuDefault != "" {
-			fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", printable(out.MenuDefault))
-		}
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tSIGNED\tVERSION\tDIGEST\tFLAGS\tSUMMARY / LAST FAILURE")
-		for i := len(out.Transactions) - 1; i >= 0; i-- {
-			t := out.Transactions[i]
-			var flags []string
-			if t.Booted {
-				flags = append(flags, "booted")
-			}
-			if t.Default {
-				flags = append(flags, "default")
-			}
-			if t.Pinned {
-				flags = append(flags, "pinned")
-			}
-			note := t.Summary
-			if t.LastFailure != "" {
-				note = "FAILED: " + t.LastFailure
-			}
-			tries := "-"
-			if t.State == txstore.StatePending || t.State == txstore.StateTrying {
-				tries = fmt.Sprint(t.TriesLeft)
-			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, signedColumn(t.Signature, t.SignedBy),
-				versionColumn(t.Tx), shortDigest(t.Digest), strings.Join(flags, ","), printable(note))
-		}
-		tw.Flush()
-		if out.ESP != "" {
-			fmt.Fprintf(w, "\nEntries on %s: %s\n", printable(out.ESP), printable(strings.Join(out.Entries, " ")))
-			for _, r := range out.ESPRepairs {
-				fmt.Fprintf(w, "  %s\n", printable(r.String()))
-			}
-			for _, p := range out.ESPShared {
-				fmt.Fprintf(w, "  the fallback entry shares %s with the default's (the ESP had no room for its own copy at the last sync)\n", printable(p))
-			}
+	}
+	out.Events, _ = s.Events(5)
+	if e.json {
+		if err := e.printJSON(out); err != nil {
+			return err
 		}
 		return unrepaired(out.ESPRepairs)
 	}
+	w := e.stdout
+	if out.Booted != 0 {
+		fmt.Fprintf(w, "Booted:   tx %d", out.Booted)
+		if out.Requested != 0 && out.Requested != out.Booted {
+			fmt.Fprintf(w, " (fell back from tx %d)", out.Requested)
+		}
+		if out.Info != nil && out.Info.SignedBy != "" {
+			fmt.Fprintf(w, " (signature checked at boot: key %s)", printable(out.Info.SignedBy))
+		}
+		fmt.Fprintln(w)
+		if out.Info != nil {
+			for _, f := range out.Info.Failures {
+				fmt.Fprintf(w, "          tx %d failed this boot: %s\n", f.Tx, printable(f.Reason))
+			}
+		}
+	} else {
+		fmt.Fprintln(w, "Booted:   (not booted by txboot)")
+	}
+	fmt.Fprintf(w, "Default:  tx %d\n", def)
+	if out.LoaderEntry != "" {
+		fmt.Fprintf(w, "Loader:   %s", printable(out.LoaderEntry))
+		if out.LoaderCounter != "" {
+			fmt.Fprintf(w, " (counting: %s)", printable(out.LoaderCounter))
+		}
+		fmt.Fprintln(w)
+	}
+	if out.MenuDefault != "" {
+		fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", printable(out.MenuDefault))
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tSIGNED\tVERSION\tDIGEST\tFLAGS\tSUMMARY / LAST FAILURE")
+	for i := len(out.Transactions) - 1; i >= 0; i-- {
+		t := out.Transactions[i]
+		var flags []string
+		if t.Booted {
+			flags = append(flags, "booted")
+		}
+		if t.Default {
+			flags = append(flags, "default")
+		}
+		if t.Pinned {
+			flags = append(flags, "pinned")
+		}
+		note := t.Summary
+		if t.LastFailure != "" {
+			note = "FAILED: " + t.LastFailure
+		}
+		tries := "-"
+		if t.State == txstore.StatePending || t.State == txstore.StateTrying {
+			tries = fmt.Sprint(t.TriesLeft)
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, tries, signedColumn(t.Signature, t.SignedBy),
+			versionColumn(t.Tx), shortDigest(t.Digest), strings.Join(flags, ","), printable(note))
+	}
+	tw.Flush()
+	if out.ESP != "" {
+		fmt.Fprintf(w, "\nEntries on %s: %s\n", printable(out.ESP), printable(strings.Join(out.Entries, " ")))
+		for _, r := range out.ESPRepairs {
+			fmt.Fprintf(w, "  %s\n", printable(r.String()))
+		}
+		for _, p := range out.ESPShared {
+			fmt.Fprintf(w, "  the fallback entry shares %s with the default's (the ESP had no room for its own copy at the last sync)\n", printable(p))
+		}
+	}
+	return unrepaired(out.ESPRepairs)
 }

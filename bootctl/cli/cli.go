@@ -35,20 +35,90 @@ type env struct {
 	timeout time.Duration
 	stdout  io.Writer
 	stderr  io.Writer
-	fs      *flag.FlagSet
 }
 
+// verb is one bootctl command. Each is made by a constructor listed in
+// allVerbs (verbs.go), called anew for every Main call: the options its
+// flags fill belong to that one call and never leak into the next.
 type verb struct {
 	name  string
-	args  string
+	args  string // the usage after the name, e.g. "ID [--full]"
 	help  string
-	run   func(e *env, args []string) error
-	flags func(fs *flag.FlagSet) // verb-specific flags
+	pos   posArgs   // positional arguments; Main checks the count
+	store storeMode // how Main opens the store before exec
+
+	// writeWhen, when set, makes a storeRead verb open the store writable
+	// when it returns true; asked after check (fsck --repair).
+	writeWhen func() bool
+	// openOpts adjusts the options Main opens the store with (verify:
+	// HashOnce; fsck: NoCleanup).
+	openOpts func(*txstore.Options)
+
+	flags func(fs *flag.FlagSet) // verb-specific flags, into the verb's own options
+	// check runs after the count check and before the store is opened:
+	// validating flags and arguments, reading keys. It writes nothing,
+	// so a bad command line creates no store.
+	check func(e *env, args []string) error
+	// exec does the work, with the store opened by store (nil for
+	// storeNone and storeSelf). Main closes the store afterwards; a verb
+	// may close it earlier (mark-bad before a reboot): Close is idempotent.
+	exec func(e *env, s *txstore.Store, args []string) error
+
+	// run is the older form, a verb passed to register: it checks its
+	// own arguments and opens the store itself.
+	run func(e *env, args []string) error
 }
 
-var verbs []*verb
+// posArgs declares a verb's positional arguments.
+type posArgs struct {
+	min, max int    // max < 0: no upper bound
+	msg      string // the error when the count is wrong (%d: the count given); default generated
+}
 
-func register(v *verb) { verbs = append(verbs, v) }
+// storeMode is how a verb needs the store.
+type storeMode int
+
+const (
+	storeNone   storeMode = iota // never opened
+	storeRead                    // an existing store, read-only: works while a writer holds the lock
+	storeWrite                   // an existing store, writable: the one writer (exit 5 when busy)
+	storeCreate                  // writable, created when missing
+	storeSelf                    // opened by the verb itself, at a point it chooses (health: after its checks)
+)
+
+// registered holds the verbs still passed to register by init() blocks
+// (repo_verbs.go, repo_pull_verb.go) until they become constructors;
+// allVerbs lists them after the others.
+var registered []*verb
+
+// register adds a verb of the older form: run, with flags that fill
+// package variables. New verbs are constructors in allVerbs.
+func register(v *verb) {
+	v.store, v.pos = storeSelf, posArgs{max: -1}
+	registered = append(registered, v)
+}
+
+// countErr is the usage error for a wrong number of arguments, or nil.
+func (p posArgs) countErr(name string, n int) error {
+	if n >= p.min && (p.max < 0 || n <= p.max) {
+		return nil
+	}
+	if strings.Contains(p.msg, "%d") {
+		return usagef(p.msg, n)
+	}
+	if p.msg != "" {
+		return usageError{p.msg}
+	}
+	switch {
+	case p.max == 0:
+		return usagef("%s takes no arguments", name)
+	case p.min == p.max:
+		return usagef("%s takes %d argument(s), got %d", name, p.min, n)
+	case p.max < 0:
+		return usagef("%s takes at least %d argument(s), got %d", name, p.min, n)
+	}
+	return usagef("%s takes %d to %d arguments, got %d", name, p.min, p.max, n)
+}
 
 // usageError is a bad command line.
 type usageError struct{ msg string }
@@ -90,7 +160,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	}
 	var v *verb
-	for _, c := range verbs {
+	for _, c := range allVerbs() {
 		if c.name == rest[0] {
 			v = c
 		}
@@ -105,19 +175,52 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if v.flags != nil {
 		v.flags(fs)
 	}
-	e.fs = fs
+	usageLine := strings.TrimSpace("bootctl " + v.name + " " + v.args)
 	if err := fs.Parse(interleave(fs, rest[1:])); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stdout, "usage: bootctl %s %s\n  %s\n\noptions:\n", v.name, v.args, v.help)
+			fmt.Fprintf(stdout, "usage: %s\n  %s\n\noptions:\n", usageLine, v.help)
 			fs.SetOutput(stdout)
 			fs.PrintDefaults()
 			return ExitOK
 		}
-		fmt.Fprintf(stderr, "bootctl %s: %v\nusage: bootctl %s %s\n", v.name, err, v.name, v.args)
+		fmt.Fprintf(stderr, "bootctl %s: %v\nusage: %s\n", v.name, err, usageLine)
 		return ExitUsage
 	}
-	err := v.run(e, fs.Args())
-	return report(stderr, v.name, err)
+	if v.run != nil {
+		return report(stderr, v.name, v.run(e, fs.Args()))
+	}
+	if err := v.pos.countErr(v.name, fs.NArg()); err != nil {
+		fmt.Fprintf(stderr, "bootctl %s: %v\nusage: %s\n", v.name, err, usageLine)
+		return ExitUsage
+	}
+	return report(stderr, v.name, v.invoke(e, fs.Args()))
+}
+
+// invoke runs a constructed verb: check, the store opened as declared,
+// exec, the store closed.
+func (v *verb) invoke(e *env, args []string) error {
+	if v.check != nil {
+		if err := v.check(e, args); err != nil {
+			return err
+		}
+	}
+	mode := v.store
+	if mode == storeRead && v.writeWhen != nil && v.writeWhen() {
+		mode = storeWrite
+	}
+	var s *txstore.Store
+	if mode != storeNone && mode != storeSelf {
+		o := txstore.Options{ReadOnly: mode == storeRead, Create: mode == storeCreate, Timeout: e.timeout}
+		if v.openOpts != nil {
+			v.openOpts(&o)
+		}
+		var err error
+		if s, err = txstore.Open(e.root, o); err != nil {
+			return err
+		}
+		defer s.Close()
+	}
+	return v.exec(e, s, args)
 }
 
 // interleave lets flags follow positional arguments ("verify 3 --full").
@@ -195,10 +298,10 @@ func report(stderr io.Writer, name string, err error) int {
 func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: bootctl [--root PATH] [--json] COMMAND [ARGS]")
 	fmt.Fprintln(w, "\ncommands:")
-	vs := append([]*verb(nil), verbs...)
+	vs := allVerbs()
 	sort.Slice(vs, func(i, j int) bool { return vs[i].name < vs[j].name })
 	for _, v := range vs {
-		fmt.Fprintf(w, "  %-34s %s\n", v.name+" "+v.args, v.help)
+		fmt.Fprintf(w, "  %-34s %s\n", strings.TrimSpace(v.name+" "+v.args), v.help)
 	}
 	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 failed, 2 usage, 3 verify found problems, 4 not found, 5 store busy")
 }
@@ -211,18 +314,14 @@ func (e *env) openExisting(write bool) (*txstore.Store, error) {
 	return txstore.Open(e.root, txstore.Options{ReadOnly: !write, Timeout: e.timeout})
 }
 
-// snapshot opens the store read-only and reads every record and the default.
-func (e *env) snapshot() (*txstore.Store, []*txstore.Tx, uint64, error) {
-	s, err := e.openExisting(false)
-	if err != nil {
-		return nil, nil, 0, err
-	}
+// snapshot reads every record and the default.
+func snapshot(s *txstore.Store) ([]*txstore.Tx, uint64, error) {
 	txs, err := s.List()
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, 0, err
 	}
 	def, err := s.Default()
-	return s, txs, def, err
+	return txs, def, err
 }
 
 func (e *env) printJSON(v any) error {
@@ -253,13 +352,6 @@ func parseID(s string) (uint64, error) {
 		return 0, usagef("%q is not a transaction id (a positive integer)", s)
 	}
 	return id, nil
-}
-
-func oneID(args []string) (uint64, error) {
-	if len(args) != 1 {
-		return 0, usagef("expected one transaction id, got %d arguments", len(args))
-	}
-	return parseID(args[0])
 }
 
 // procCmdline may be overridden in tests.

@@ -6,14 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/txboot/txboot/bootctl/bls"
+	"github.com/txboot/txboot/bootctl/initrd"
 	"github.com/txboot/txboot/txstore"
-	"github.com/txboot/txboot/txstore/fsx"
 )
 
 // entriesConfig is saved in the store by `entries sync` so later verbs
@@ -181,18 +180,18 @@ func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Rep
 			continue // no kernel in this /usr (nothing to boot from the menu), or going away
 		}
 		kver := t.Kernels[len(t.Kernels)-1]
-		initrd := initrdPath(s, t.ID)
-		if !fileExists(initrd) && t.State != txstore.StateBad {
-			if err := buildInitrd(s, t, "", ""); err != nil {
+		img := initrdPath(s, t.ID)
+		if !fileExists(img) && t.State != txstore.StateBad {
+			if err := initrd.Build(s, t, "", ""); err != nil {
 				early = append(early, bls.Problem{TxID: t.ID, Err: err})
 				continue
 			}
 		}
-		if !fileExists(initrd) {
+		if !fileExists(img) {
 			continue
 		}
 		infos = append(infos, bls.TxInfo{ID: t.ID, Digest: t.Digest, Kernel: kver,
-			KernelPath: filepath.Join(s.TreeDir(t.ID), "lib/modules", kver, "vmlinuz"), InitrdPath: initrd,
+			KernelPath: filepath.Join(s.TreeDir(t.ID), "lib/modules", kver, "vmlinuz"), InitrdPath: img,
 			OSName: bls.OSName(s.TreeDir(t.ID)),
 			Good:   t.State == txstore.StateGood, Bad: t.State == txstore.StateBad, TriesLeft: t.TriesLeft, Pinned: t.Pinned})
 	}
@@ -217,59 +216,7 @@ func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Rep
 	return &rep, nil
 }
 
-// buildInitrd builds the initrd for tx t's newest kernel with mkinitramfs,
-// from the tx's own modules, written atomically into the store.
-func buildInitrd(s *txstore.Store, t *txstore.Tx, mkinitramfs, initagent string) error {
-	if len(t.Kernels) == 0 {
-		return nil
-	}
-	kver := t.Kernels[len(t.Kernels)-1]
-	tree := s.TreeDir(t.ID)
-	mk := findTool(mkinitramfs, "mkinitramfs", filepath.Join(tree, "lib/txboot/mkinitramfs"))
-	ia := findTool(initagent, "initagent", filepath.Join(tree, "lib/txboot/initagent"))
-	if mk == "" || ia == "" {
-		return fmt.Errorf("tx %d has kernel %s but mkinitramfs or initagent was not found (pass --mkinitramfs and --initagent)", t.ID, kver)
-	}
-	out := initrdPath(s, t.ID)
-	if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
-		return err
-	}
-	args := []string{"--kver", kver, "--kmoddir", tree, "--init", ia, "-o", out, "-q"}
-	if bb := filepath.Join(tree, "bin/busybox"); fileExists(bb) {
-		args = append(args, "--add-file", bb+":/bin/busybox")
-	}
-	trust, err := initrdTrust(s, t)
-	if err != nil {
-		return fmt.Errorf("build initrd for tx %d: %w", t.ID, err)
-	}
-	args = append(args, trust...)
-	cmd := exec.Command(mk, args...)
-	if outb, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build initrd for tx %d: %v: %s", t.ID, err, outb)
-	}
-	return fsx.SyncDir(filepath.Dir(out))
-}
-
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// findTool: explicit flag, then the tx's own copy, then next to bootctl, then $PATH.
-func findTool(flagVal, name, inTree string) string {
-	if flagVal != "" {
-		return flagVal
-	}
-	if fileExists(inTree) {
-		return inTree
-	}
-	if self, err := os.Executable(); err == nil {
-		if p := filepath.Join(filepath.Dir(self), name); fileExists(p) {
-			return p
-		}
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	return ""
-}
 
 func printSync(e *env, rep *bls.Report) {
 	if rep == nil {
@@ -351,20 +298,20 @@ func resync(e *env, s *txstore.Store, f *entryFlags, checks ...func(*bls.Report)
 	return nil
 }
 
-func init() {
+func entriesVerb() *verb {
 	var ef entryFlags
-	register(&verb{name: "entries", args: "sync [--esp ESP] [--root-arg V] [--options S] [--keep N]",
-		help:  "write the bootloader entries (BLS, systemd-boot counting) for the txs",
-		flags: func(fs *flag.FlagSet) { ef = entryFlags{}; ef.register(fs) },
-		run: func(e *env, args []string) error {
-			if len(args) != 1 || args[0] != "sync" {
-				return usagef("usage: bootctl entries sync [--esp ESP] [--root-arg V] [--options S] [--keep N]")
+	const usage = "usage: bootctl entries sync [--esp ESP] [--root-arg V] [--options S] [--keep N]"
+	return &verb{name: "entries", args: "sync [--esp ESP] [--root-arg V] [--options S] [--keep N]",
+		help: "write the bootloader entries (BLS, systemd-boot counting) for the txs",
+		pos:  posArgs{min: 1, max: 1, msg: "entries takes one subcommand, sync"}, store: storeWrite,
+		flags: ef.register,
+		check: func(e *env, args []string) error {
+			if args[0] != "sync" {
+				return usagef("%s", usage)
 			}
-			s, err := e.openExisting(true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+			return nil
+		},
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			c, ok, err := loadEntriesConfig(s, e.root, &ef)
 			if err != nil {
 				return err
@@ -401,7 +348,7 @@ func init() {
 				fmt.Fprintln(e.stdout, "entries: up to date")
 			}
 			return nil
-		}})
+		}}
 }
 
 var errNoBooted = errors.New("no transaction id given and the booted one is unknown (not booted by txboot?)")

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"io"
 	"path/filepath"
 
 	"github.com/txboot/txboot/bootctl/bls"
@@ -45,17 +44,6 @@ func healESP(s *txstore.Store, c entriesConfig) (*bls.HealReport, error) {
 		return nil, fmt.Errorf("check the ESP %s: %w", c.espName(), err)
 	}
 	return &rep, nil
-}
-
-// printRepairs puts repaired files on w and unrepaired ones on stderr.
-func printRepairs(e *env, w io.Writer, reps []bls.Repair) {
-	for _, r := range reps {
-		if r.Err == nil {
-			fmt.Fprintf(w, "%s\n", printable(r.String()))
-		} else {
-			fmt.Fprintf(e.stderr, "bootctl: warning: %s\n", printable(r.String()))
-		}
-	}
 }
 
 // unrepaired is the exit error of a verb that found a kernel or initrd on

@@ -8,24 +8,18 @@ import (
 	"github.com/txboot/txboot/txstore"
 )
 
-// fsck is thin: the checks and the rebuild live in txstore (fsck.go).
-func init() {
+// fsckVerb is thin: the checks and the rebuild live in txstore (fsck.go).
+func fsckVerb() *verb {
 	var repair bool
-	register(&verb{name: "fsck", args: "[--repair]", help: "check store.db; --repair rebuilds it from the trees and manifests",
+	return &verb{name: "fsck", args: "[--repair]", help: "check store.db; --repair rebuilds it from the trees and manifests",
+		store: storeRead, writeWhen: func() bool { return repair },
+		// NoCleanup: a writer's cleanup lists the records to find
+		// leftover trees, which a damaged database cannot do.
+		openOpts: func(o *txstore.Options) { o.NoCleanup = true },
 		flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&repair, "repair", false, "rebuild a damaged store.db (the old one is kept as store.db.corrupt-TIME)")
 		},
-		run: func(e *env, args []string) error {
-			if len(args) != 0 {
-				return usagef("fsck takes no arguments")
-			}
-			// NoCleanup: a writer's cleanup lists the records to find
-			// leftover trees, which a damaged database cannot do.
-			s, err := txstore.Open(e.root, txstore.Options{ReadOnly: !repair, NoCleanup: true, Timeout: e.timeout})
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			rep, err := s.Fsck()
 			if err != nil {
 				return err
@@ -64,7 +58,7 @@ func init() {
 				fmt.Fprintf(e.stdout, "no manifest matches a tree; set aside as %s\n", printable(p))
 			}
 			return nil
-		}})
+		}}
 }
 
 func printFsck(e *env, rep *txstore.FsckReport) {

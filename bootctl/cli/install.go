@@ -7,25 +7,25 @@ import (
 	"path/filepath"
 
 	"github.com/txboot/txboot/bootctl/bls"
+	"github.com/txboot/txboot/bootctl/initrd"
 	"github.com/txboot/txboot/bootctl/install"
 	"github.com/txboot/txboot/txstore"
 )
 
-func init() {
+// installVerb: install.Run opens (and creates) the store itself, after it
+// has checked ROOT and the ESP.
+func installVerb() *verb {
 	var ef entryFlags
 	var mkinitramfs, initagent string
-	register(&verb{name: "install", args: "--root ROOT --esp ESP [--root-arg SPEC] [--options S] [--keep N]",
+	return &verb{name: "install", args: "--root ROOT --esp ESP [--root-arg SPEC] [--options S] [--keep N]",
 		help: "turn the OS tree ROOT (merged /usr) into a txboot system: its /usr becomes tx 1; systemd-boot and entries on ESP",
+		pos:  posArgs{msg: "install takes no arguments (the OS tree is --root ROOT)"}, store: storeSelf,
 		flags: func(fs *flag.FlagSet) {
-			ef = entryFlags{}
 			ef.register(fs)
 			fs.StringVar(&mkinitramfs, "mkinitramfs", "", "mkinitramfs to install and build the initrd with (default: next to bootctl, or $PATH)")
 			fs.StringVar(&initagent, "initagent", "", "initagent to install as the initrd's /init (default: next to bootctl, or $PATH)")
 		},
-		run: func(e *env, args []string) error {
-			if len(args) != 0 {
-				return usagef("install takes no arguments (the OS tree is --root ROOT)")
-			}
+		exec: func(e *env, _ *txstore.Store, args []string) error {
 			if ef.esp == "" {
 				return usagef("install needs --esp ESP (the mounted EFI system partition, or a directory to copy onto one)")
 			}
@@ -38,7 +38,7 @@ func init() {
 				return fmt.Errorf("find the running bootctl: %w", err)
 			}
 			o := install.Options{Root: e.root, ESP: ef.esp, RootArg: ef.rootArg, Options: ef.options, OptionsSet: ef.optionsSet,
-				Bootctl: self, Initagent: findTool(initagent, "initagent", ""), Mkinitramfs: findTool(mkinitramfs, "mkinitramfs", ""),
+				Bootctl: self, Initagent: initrd.FindTool(initagent, "initagent", ""), Mkinitramfs: initrd.FindTool(mkinitramfs, "mkinitramfs", ""),
 				Timeout: e.timeout, Log: e.stdout}
 			o.Entries = func(s *txstore.Store, tx *txstore.Tx, rootArg string) error {
 				f := ef
@@ -54,7 +54,7 @@ func init() {
 				}
 				if tx != nil {
 					// The tree's own tools, just installed there.
-					if err := buildInitrd(s, tx, "", ""); err != nil {
+					if err := initrd.Build(s, tx, "", ""); err != nil {
 						return err
 					}
 					fmt.Fprintf(e.stdout, "install: initrd for %s: %s\n", tx.Kernels[len(tx.Kernels)-1], initrdPath(s, tx.ID))
@@ -86,5 +86,5 @@ func init() {
 				fmt.Fprintf(e.stdout, "installed: tx %d boots from %s (systemd-boot; entries in %s)\n", res.Tx.ID, ef.esp, bls.EntriesDir)
 			}
 			return nil
-		}})
+		}}
 }

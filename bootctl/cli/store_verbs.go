@@ -7,53 +7,56 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/txboot/txboot/bootctl/initrd"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/sign"
 )
 
-func init() {
-	var summary, mkinitramfs, initagent, signKey string
-	var tries int
-	var noDefault, consume bool
-	var cef entryFlags
-	register(&verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default] [--consume] [--sign KEY] [--esp ESP]",
+// oneIDArg: the verb takes exactly one transaction id.
+var oneIDArg = posArgs{min: 1, max: 1, msg: "expected one transaction id, got %d arguments"}
+
+// commitOpts are commit's flags.
+type commitOpts struct {
+	summary, mkinitramfs, initagent, signKey string
+	tries                                    int // 0: txstore's default (3)
+	noDefault, consume                       bool
+	ef                                       entryFlags
+	signer                                   func(string) []sign.Signature // from signKey, by check
+}
+
+func commitVerb() *verb {
+	o := &commitOpts{}
+	return &verb{name: "commit", args: "DIR [--summary S] [--tries N] [--no-default] [--consume] [--sign KEY] [--esp ESP]",
 		help: "store DIR (the new /usr's contents) as a new transaction",
+		pos:  posArgs{min: 1, max: 1, msg: "commit takes one directory"}, store: storeCreate,
 		flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&summary, "summary", "", "one-line description")
-			tries = 0 // txstore's default (3)
-			fs.Func("tries", "boot tries before the tx counts as bad, 1..99 (default 3)", rangeFlag(&tries, 1, 99, "--tries must be 1..99"))
-			fs.BoolVar(&noDefault, "no-default", false, "do not make the new tx the default")
-			fs.BoolVar(&consume, "consume", false, "take DIR's files into the store by hardlink instead of copying, and remove DIR afterwards")
-			fs.StringVar(&signKey, "sign", "", "ed25519 private key (PEM): sign the new tx's digest into its record")
-			fs.StringVar(&mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
-			fs.StringVar(&initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
-			cef = entryFlags{}
-			cef.register(fs)
+			fs.StringVar(&o.summary, "summary", "", "one-line description")
+			fs.Func("tries", "boot tries before the tx counts as bad, 1..99 (default 3)", rangeFlag(&o.tries, 1, 99, "--tries must be 1..99"))
+			fs.BoolVar(&o.noDefault, "no-default", false, "do not make the new tx the default")
+			fs.BoolVar(&o.consume, "consume", false, "take DIR's files into the store by hardlink instead of copying, and remove DIR afterwards")
+			fs.StringVar(&o.signKey, "sign", "", "ed25519 private key (PEM): sign the new tx's digest into its record")
+			fs.StringVar(&o.mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
+			fs.StringVar(&o.initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
+			o.ef.register(fs)
 		},
-		run: func(e *env, args []string) error {
-			if len(args) != 1 {
-				return usagef("commit takes one directory")
-			}
-			if err := checkText("--summary", summary); err != nil {
+		check: func(e *env, args []string) error {
+			if err := checkText("--summary", o.summary); err != nil {
 				return err
 			}
-			// The key is read before anything is committed: a bad key
-			// must not leave an unsigned tx behind.
-			var signer func(string) []sign.Signature
-			if signKey != "" {
-				k, err := sign.LoadPrivateKey(signKey)
+			// The key is read before anything is committed (or a store
+			// created): a bad key must not leave an unsigned tx behind.
+			if o.signKey != "" {
+				k, err := sign.LoadPrivateKey(o.signKey)
 				if err != nil {
 					return err
 				}
-				signer = func(d string) []sign.Signature { return []sign.Signature{sign.SignTx(k, d)} }
+				o.signer = func(d string) []sign.Signature { return []sign.Signature{sign.SignTx(k, d)} }
 			}
-			s, err := e.open(true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+			return nil
+		},
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			e.progress("committing %s…", args[0])
-			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: summary, Tries: tries, NoDefault: noDefault, Consume: consume, Sign: signer})
+			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: o.summary, Tries: o.tries, NoDefault: o.noDefault, Consume: o.consume, Sign: o.signer})
 			e.progressDone()
 			if err != nil {
 				return err
@@ -67,27 +70,26 @@ func init() {
 				if err := e.printJSON(map[string]any{"tx": tx, "stats": st}); err != nil {
 					return err
 				}
-				return kernelSide(e, s, tx, mkinitramfs, initagent, &cef)
+				return kernelSide(e, s, tx, o.mkinitramfs, o.initagent, &o.ef)
 			}
 			fmt.Fprintf(e.stdout, "committed tx %d %s\n", tx.ID, tx.Digest)
-			if signer != nil && len(tx.Signatures) > 0 {
+			if o.signer != nil && len(tx.Signatures) > 0 {
 				fmt.Fprintf(e.stdout, "  signed by key %s\n", tx.Signatures[len(tx.Signatures)-1].KeyID)
 			}
 			fmt.Fprintf(e.stdout, "  %d entries, %d files, %s; %d new objects (%s), %d deduplicated\n",
 				st.Entries, st.Files, human(st.Bytes), st.NewObjects, human(st.NewBytes), st.Deduplicated)
-			if consume {
+			if o.consume {
 				fmt.Fprintf(e.stdout, "  %d new objects taken by hardlink; %s removed\n", st.Linked, args[0])
 			}
 			fmt.Fprintf(e.stdout, "  scan+hash %s, store %s, blit %s, total %s\n",
 				ms(st.Scan), ms(st.Store), ms(st.BlitTime), ms(st.Total))
-			return kernelSide(e, s, tx, mkinitramfs, initagent, &cef)
-		}})
+			return kernelSide(e, s, tx, o.mkinitramfs, o.initagent, &o.ef)
+		}}
+}
 
-	register(&verb{name: "list", help: "list transactions", run: func(e *env, args []string) error {
-		if len(args) != 0 {
-			return usagef("list takes no arguments")
-		}
-		_, txs, def, err := e.snapshot()
+func listVerb() *verb {
+	return &verb{name: "list", help: "list transactions", store: storeRead, exec: func(e *env, s *txstore.Store, args []string) error {
+		txs, def, err := snapshot(s)
 		if err != nil {
 			return err
 		}
@@ -108,50 +110,46 @@ func init() {
 				t.Created.Local().Format("2006-01-02 15:04"), versionColumn(t), shortDigest(t.Digest), strings.Join(flags, ","), printable(t.Summary))
 		}
 		return tw.Flush()
-	}})
+	}}
+}
 
-	register(&verb{name: "show", args: "ID", help: "show one transaction", run: func(e *env, args []string) error {
-		id, err := oneID(args)
-		if err != nil {
-			return err
-		}
-		s, err := e.openExisting(false)
-		if err != nil {
-			return err
-		}
-		t, err := s.Get(id)
-		if err != nil {
-			return err
-		}
-		if e.json {
-			return e.printJSON(t)
-		}
-		fmt.Fprintf(e.stdout, "tx %d\n  digest:   %s\n  parent:   %d\n  created:  %s\n  summary:  %s\n  entries:  %d (%s)\n  kernels:  %s\n  state:    %s (tries left %d, spent %d)\n  pinned:   %v\n  tree:     %s\n",
-			t.ID, t.Digest, t.Parent, t.Created.Local().Format(time.RFC3339), printable(t.Summary), t.Entries, human(t.Bytes),
-			printable(strings.Join(t.Kernels, " ")), t.State, t.TriesLeft, t.Tries, t.Pinned, s.TreeDir(t.ID))
-		if t.Version != "" || t.Origin != "" {
-			fmt.Fprintf(e.stdout, "  version:  %s (pulled from %s)\n", printable(t.Version), printable(t.Origin))
-		}
-		if t.LastFailure != "" {
-			fmt.Fprintf(e.stdout, "  failure:  %s\n", printable(t.LastFailure))
-		}
-		return nil
-	}})
+func showVerb() *verb {
+	var id uint64
+	return &verb{name: "show", args: "ID", help: "show one transaction", pos: oneIDArg, store: storeRead,
+		check: func(e *env, args []string) (err error) { id, err = parseID(args[0]); return err },
+		exec:  func(e *env, s *txstore.Store, args []string) error { return show(e, s, id) }}
+}
 
+func show(e *env, s *txstore.Store, id uint64) error {
+	t, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return e.printJSON(t)
+	}
+	fmt.Fprintf(e.stdout, "tx %d\n  digest:   %s\n  parent:   %d\n  created:  %s\n  summary:  %s\n  entries:  %d (%s)\n  kernels:  %s\n  state:    %s (tries left %d, spent %d)\n  pinned:   %v\n  tree:     %s\n",
+		t.ID, t.Digest, t.Parent, t.Created.Local().Format(time.RFC3339), printable(t.Summary), t.Entries, human(t.Bytes),
+		printable(strings.Join(t.Kernels, " ")), t.State, t.TriesLeft, t.Tries, t.Pinned, s.TreeDir(t.ID))
+	if t.Version != "" || t.Origin != "" {
+		fmt.Fprintf(e.stdout, "  version:  %s (pulled from %s)\n", printable(t.Version), printable(t.Origin))
+	}
+	if t.LastFailure != "" {
+		fmt.Fprintf(e.stdout, "  failure:  %s\n", printable(t.LastFailure))
+	}
+	return nil
+}
+
+func verifyVerb() *verb {
 	var full bool
-	register(&verb{name: "verify", args: "[ID] [--full]", help: "check trees against manifests (all txs without ID)",
+	return &verb{name: "verify", args: "[ID] [--full]", help: "check trees against manifests (all txs without ID)",
+		pos: posArgs{max: 1, msg: "verify takes at most one id"}, store: storeRead,
+		// One command: an object shared by several txs is re-hashed once.
+		openOpts: func(o *txstore.Options) { o.HashOnce = true },
 		flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&full, "full", false, "re-hash every object (slow, reads all content)")
 		},
-		run: func(e *env, args []string) error {
-			if len(args) > 1 {
-				return usagef("verify takes at most one id")
-			}
-			// One command: an object shared by several txs is re-hashed once.
-			s, err := txstore.Open(e.root, txstore.Options{ReadOnly: true, Timeout: e.timeout, HashOnce: true})
-			if err != nil {
-				return err
-			}
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			var ids []uint64
 			if len(args) == 1 {
 				id, err := parseID(args[0])
@@ -222,27 +220,25 @@ func init() {
 				return exitError{ExitProblems, fmt.Sprintf("%d of %d transaction(s) failed verification", bad, len(ids))}
 			}
 			return nil
-		}})
+		}}
+}
 
+func pruneVerb() *verb {
 	var keep int
 	var noGC bool
-	register(&verb{name: "prune", args: "[--keep N] [--no-gc]", help: "remove all but the N newest, pinned, default and booted txs",
+	return &verb{name: "prune", args: "[--keep N] [--no-gc]", help: "remove all but the N newest, pinned, default and booted txs",
+		store: storeCreate,
 		flags: func(fs *flag.FlagSet) {
 			fs.IntVar(&keep, "keep", 5, "how many of the newest txs to keep")
 			fs.BoolVar(&noGC, "no-gc", false, "do not remove unreferenced objects afterwards")
 		},
-		run: func(e *env, args []string) error {
-			if len(args) != 0 {
-				return usagef("prune takes no arguments")
-			}
+		check: func(e *env, args []string) error {
 			if keep < 1 {
 				return usagef("--keep must be at least 1")
 			}
-			s, err := e.open(true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+			return nil
+		},
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			// Entries first, under prune's locks: none may point at a tx
 			// that is gone, and the plan cannot change before the removal.
 			c, haveEntries, err := loadEntriesConfig(s, e.root, nil)
@@ -296,17 +292,11 @@ func init() {
 				return fmt.Errorf("gc: %w (prune itself succeeded: removed %d tx(s) %v; only gc failed)", gcErr, len(res.Removed), res.Removed)
 			}
 			return nil
-		}})
+		}}
+}
 
-	register(&verb{name: "gc", help: "remove objects no transaction references", run: func(e *env, args []string) error {
-		if len(args) != 0 {
-			return usagef("gc takes no arguments")
-		}
-		s, err := e.open(true)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
+func gcVerb() *verb {
+	return &verb{name: "gc", help: "remove objects no transaction references", store: storeCreate, exec: func(e *env, s *txstore.Store, args []string) error {
 		gc, err := s.GC()
 		if err != nil {
 			if gc != nil && !e.json { // what it did before it found the damage
@@ -319,30 +309,25 @@ func init() {
 		}
 		fmt.Fprintf(e.stdout, "gc: %d objects referenced, removed %d, freed %s\n", gc.Referenced, gc.Removed, human(gc.FreedBytes))
 		return nil
-	}})
+	}}
+}
 
-	for _, pin := range []bool{true, false} {
-		name, help := "pin", "keep a transaction through prune"
-		if !pin {
-			name, help = "unpin", "let prune remove a transaction again"
-		}
-		register(&verb{name: name, args: "ID", help: help, run: func(e *env, args []string) error {
-			id, err := oneID(args)
-			if err != nil {
-				return err
-			}
-			s, err := e.openExisting(true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+// pinVerb is pin (pin true) or unpin.
+func pinVerb(pin bool) *verb {
+	name, help := "pin", "keep a transaction through prune"
+	if !pin {
+		name, help = "unpin", "let prune remove a transaction again"
+	}
+	var id uint64
+	return &verb{name: name, args: "ID", help: help, pos: oneIDArg, store: storeWrite,
+		check: func(e *env, args []string) (err error) { id, err = parseID(args[0]); return err },
+		exec: func(e *env, s *txstore.Store, args []string) error {
 			if err := s.SetPinned(id, pin); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "tx %d %sned\n", id, name)
 			return nil
-		}})
-	}
+		}}
 }
 
 // manifestName names tx id's manifest object for a problem report.
@@ -385,7 +370,7 @@ func kernelSide(e *env, s *txstore.Store, tx *txstore.Tx, mkinitramfs, initagent
 	if err != nil || !ok {
 		return err
 	}
-	if err := buildInitrd(s, tx, mkinitramfs, initagent); err != nil {
+	if err := initrd.Build(s, tx, mkinitramfs, initagent); err != nil {
 		return err
 	}
 	if len(tx.Kernels) > 0 && !e.json {

@@ -3,85 +3,11 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"sort"
-	"strings"
 
+	"github.com/txboot/txboot/bootctl/initrd"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/sign"
 )
-
-// Where trusted keys live: a tx ships its vendor's keys in its own /usr,
-// the system adds its own in /etc. Both go into every initrd bootctl
-// builds (mkinitramfs --trust).
-const (
-	treeTrustDir = "lib/txboot/trusted.d" // inside a tx's /usr
-	etcTrustDir  = "etc/txboot/trusted.d" // under --root
-)
-
-// ErrTrustFile is a trusted-key file that cannot be used.
-var ErrTrustFile = errors.New("trusted key file cannot be used")
-
-// trustFiles lists base/rel/*.pem without following a symlink anywhere
-// beneath base: a tx's tree is resolved against the host's root by the
-// kernel, so a link there would read a host file as the tx's key. A
-// missing directory holds no keys; a symlink, a non-regular *.pem or one
-// that is not an ed25519 public key is an error naming the path.
-func trustFiles(base, rel string) ([]string, error) {
-	p := base
-	for _, c := range strings.Split(rel, "/") {
-		p = filepath.Join(p, c)
-		fi, err := os.Lstat(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("trusted keys: %w", err)
-		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("trusted keys: %s: %w: not a directory (symlinks are not followed)", p, ErrTrustFile)
-		}
-	}
-	ents, err := os.ReadDir(p)
-	if err != nil {
-		return nil, fmt.Errorf("trusted keys: %w", err)
-	}
-	var out []string
-	for _, e := range ents {
-		if !strings.HasSuffix(e.Name(), ".pem") {
-			continue // the convention sign.LoadTrustDirs follows
-		}
-		f := filepath.Join(p, e.Name())
-		if !e.Type().IsRegular() {
-			return nil, fmt.Errorf("trusted keys: %s: %w: not a regular file (symlinks are not followed)", f, ErrTrustFile)
-		}
-		if _, err := sign.LoadPublicKey(f); err != nil {
-			return nil, fmt.Errorf("trusted keys: %w", err)
-		}
-		out = append(out, f)
-	}
-	sort.Strings(out)
-	return out, nil
-}
-
-// initrdTrust is the --trust arguments for tx t's initrd.
-func initrdTrust(s *txstore.Store, t *txstore.Tx) ([]string, error) {
-	own, err := trustFiles(s.TreeDir(t.ID), treeTrustDir)
-	if err != nil {
-		return nil, fmt.Errorf("tx %d: %w", t.ID, err)
-	}
-	sys, err := trustFiles(s.Root, etcTrustDir)
-	if err != nil {
-		return nil, err
-	}
-	var args []string
-	for _, f := range append(own, sys...) {
-		args = append(args, "--trust", f)
-	}
-	return args, nil
-}
 
 // Signature states in status.
 const (
@@ -97,15 +23,15 @@ const (
 func knownKeys(e *env, s *txstore.Store, txs []*txstore.Tx) []sign.PublicKey {
 	var files []string
 	add := func(base, rel string) {
-		fs, err := trustFiles(base, rel)
+		fs, err := initrd.TrustFiles(base, rel)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", err)
 		}
 		files = append(files, fs...)
 	}
-	add(s.Root, etcTrustDir)
+	add(s.Root, initrd.EtcTrustDir)
 	for _, t := range txs {
-		add(s.TreeDir(t.ID), treeTrustDir)
+		add(s.TreeDir(t.ID), initrd.TreeTrustDir)
 	}
 	var keys []sign.PublicKey
 	seen := map[string]bool{}

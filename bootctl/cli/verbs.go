@@ -1,0 +1,18 @@
+package cli
+
+// allVerbs is every bootctl verb, made fresh: Main looks the command up
+// here and the help printer lists these. A new verb is a constructor
+// added to this list.
+func allVerbs() []*verb {
+	vs := []*verb{
+		// store_verbs.go
+		commitVerb(), listVerb(), showVerb(), verifyVerb(), pruneVerb(), gcVerb(), pinVerb(true), pinVerb(false),
+		// boot_verbs.go
+		markGoodVerb(), markBadVerb(), healthVerb(), logVerb(), setDefaultVerb(), rollbackVerb(), bootOnceVerb(), statusVerb(),
+		// entries.go, fsck.go, install.go
+		entriesVerb(), fsckVerb(), installVerb(),
+	}
+	// Verbs still registered by init() (publish, keygen, pull) until they
+	// become constructors too.
+	return append(vs, registered...)
+}
