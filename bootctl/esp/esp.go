@@ -362,7 +362,7 @@ func (f *Finder) mountPrivately(uuid, dev string) (*ESP, error) {
 		if lerr := load("vfat"); lerr == nil {
 			err = mnt(dev, dir, "vfat", flags, "umask=0077")
 		} else {
-			err = fmt.Errorf("%w (loading the vfat module: %v)", err, lerr)
+			err = fmt.Errorf("%w (loading the vfat module: %w)", err, lerr)
 		}
 	}
 	if err != nil {
