@@ -51,7 +51,8 @@ func downloadKey(digest string) ([]byte, error) {
 }
 
 // StoreDownload records a download of the tx whose manifest is m, with
-// canonical encoding raw. Every object m names must already be published
+// canonical encoding raw (d.Manifest may name its manifest object when the
+// caller stored it, see ManifestObject). Every object m names must already be published
 // in the CAS (Import.Flush); they are not checked here (ApplyDownload's
 // commit checks them). Order: the manifest object (staged, syncfs, renamed,
 // syncfs again so every earlier rename is durable too), then the record in
@@ -83,10 +84,25 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 	defer removeTree(work)
 	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
 	defer objs.Close()
-	zbytes, mkey := ManifestObject(raw)
-	has, err := objs.Has(mkey)
-	if err != nil {
-		return nil, fmt.Errorf("download %s: %w", digest, err)
+	// A caller that staged the manifest object itself (ManifestObject)
+	// names it in d.Manifest: no second encoding. ApplyDownload and GC
+	// check the object against the digest either way.
+	var zbytes []byte
+	var mkey cas.Key
+	has := false
+	if d.Manifest != "" {
+		if mkey, err = manifestKey(d.Manifest); err != nil {
+			return nil, err
+		}
+		if has, err = objs.Has(mkey); err != nil {
+			return nil, fmt.Errorf("download %s: %w", digest, err)
+		}
+	}
+	if !has {
+		zbytes, mkey = ManifestObject(raw)
+		if has, err = objs.Has(mkey); err != nil {
+			return nil, fmt.Errorf("download %s: %w", digest, err)
+		}
 	}
 	if !has {
 		tmp, err := objs.StageBytes(zbytes, mkey)

@@ -170,14 +170,15 @@ func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o
 	defer ft.im.Close()
 	// The manifest object goes with the last batch of objects: one syncfs
 	// for both, and StoreDownload finds it in place.
-	if err := stageManifest(ft.im, ft.raw); err != nil {
+	mobj, err := stageManifest(ft.im, ft.raw)
+	if err != nil {
 		return nil, nil, fmt.Errorf("download %s: %w", ft.it.Digest, err)
 	}
 	if err := ft.im.Flush(); err != nil {
 		return nil, nil, fmt.Errorf("download %s: %w", ft.it.Digest, err)
 	}
 	d, err := s.StoreDownload(ft.m, ft.raw, txstore.Download{Version: ft.it.Version, Origin: origin,
-		Parent: ft.it.Parent, Signatures: ft.it.Signatures})
+		Parent: ft.it.Parent, Signatures: ft.it.Signatures, Manifest: mobj})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -974,24 +975,24 @@ func (c *countReader) Read(p []byte) (int, error) {
 }
 
 // stageManifest adds the manifest object of raw to the import unless the
-// store has it.
-func stageManifest(im *txstore.Import, raw []byte) error {
+// store has it, and returns its name (hex hash).
+func stageManifest(im *txstore.Import, raw []byte) (string, error) {
 	z, k := txstore.ManifestObject(raw)
 	if has, err := im.Has(k); err != nil || has {
-		return err
+		return k.Hash.String(), err
 	}
 	f, err := im.TempFile()
 	if err != nil {
-		return err
+		return "", err
 	}
 	if _, err := f.Write(z); err != nil {
 		f.Close()
 		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", f.Name(), err)
+		return "", fmt.Errorf("write %s: %w", f.Name(), err)
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", f.Name(), err)
+		return "", fmt.Errorf("write %s: %w", f.Name(), err)
 	}
-	return im.AddFile(f.Name(), k.Hash, int64(len(z)), []cas.Key{k})
+	return k.Hash.String(), im.AddFile(f.Name(), k.Hash, int64(len(z)), []cas.Key{k})
 }
