@@ -29,14 +29,15 @@ if [ ! -d "$CACHE/big/usr" ]; then
 fi
 
 now() { date +%s.%N; }
-# t CMD...: run CMD after a sync, print its wall time in seconds.
+# t CMD...: run CMD after a sync, print its wall time in seconds (3
+# decimals below 1 s, where 10 ms is a large share of the ratio).
 t() {
   sync
   local t0 t1
   t0=$(now)
   "$@" >/dev/null 2>"$RUN/err" || { echo "bench: $* failed:" >&2; cat "$RUN/err" >&2; exit 1; }
   t1=$(now)
-  echo "$t0 $t1" | awk '{printf "%.2f", $2-$1}'
+  echo "$t0 $t1" | awk '{d=$2-$1; printf (d < 1 ? "%.3f" : "%.2f"), d}'
 }
 ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.2f×", $1/$2; else print "-" }'; }
 med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
