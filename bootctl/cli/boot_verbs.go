@@ -490,6 +490,8 @@ type statusOut struct {
 	ESP           string          `json:"esp,omitempty"`
 	Info          *bootInfo       `json:"-"`
 	Events        []txstore.Event `json:"recent_events,omitempty"`
+	// Downloads: pending pull --download-only, oldest first.
+	Downloads []*txstore.Download `json:"downloads"`
 
 	// ESPRepairs: kernels and initrds on the ESP that did not match the
 	// SHA-256 in their path (or were missing), rewritten from the store or
@@ -546,6 +548,7 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 		}
 	}
 	out.Events, _ = s.Events(5)
+	out.Downloads = pendingDownloads(e, s)
 	if e.json {
 		if err := e.printJSON(out); err != nil {
 			return err
@@ -607,6 +610,10 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 			versionColumn(t.Tx), shortDigest(t.Digest), strings.Join(flags, ","), printable(note))
 	}
 	tw.Flush()
+	if len(out.Downloads) > 0 {
+		fmt.Fprintln(w)
+		printDownloads(w, out.Downloads)
+	}
 	if out.ESP != "" {
 		fmt.Fprintf(w, "\nEntries on %s: %s\n", printable(out.ESP), printable(strings.Join(out.Entries, " ")))
 		for _, r := range out.ESPRepairs {

@@ -63,10 +63,6 @@ type verb struct {
 	// storeNone and storeSelf). Main closes the store afterwards; a verb
 	// may close it earlier (mark-bad before a reboot): Close is idempotent.
 	exec func(e *env, s *txstore.Store, args []string) error
-
-	// run is the older form, a verb passed to register: it checks its
-	// own arguments and opens the store itself.
-	run func(e *env, args []string) error
 }
 
 // posArgs declares a verb's positional arguments.
@@ -85,18 +81,6 @@ const (
 	storeCreate                  // writable, created when missing
 	storeSelf                    // opened by the verb itself, at a point it chooses (health: after its checks)
 )
-
-// registered holds the verbs still passed to register by init() blocks
-// (repo_verbs.go, repo_pull_verb.go) until they become constructors;
-// allVerbs lists them after the others.
-var registered []*verb
-
-// register adds a verb of the older form: run, with flags that fill
-// package variables. New verbs are constructors in allVerbs.
-func register(v *verb) {
-	v.store, v.pos = storeSelf, posArgs{max: -1}
-	registered = append(registered, v)
-}
 
 // countErr is the usage error for a wrong number of arguments, or nil.
 func (p posArgs) countErr(name string, n int) error {
@@ -185,9 +169,6 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "bootctl %s: %v\nusage: %s\n", v.name, err, usageLine)
 		return ExitUsage
-	}
-	if v.run != nil {
-		return report(stderr, v.name, v.run(e, fs.Args()))
 	}
 	if err := v.pos.countErr(v.name, fs.NArg()); err != nil {
 		fmt.Fprintf(stderr, "bootctl %s: %v\nusage: %s\n", v.name, err, usageLine)
@@ -304,10 +285,6 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-34s %s\n", strings.TrimSpace(v.name+" "+v.args), v.help)
 	}
 	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 failed, 2 usage, 3 verify found problems, 4 not found, 5 store busy")
-}
-
-func (e *env) open(write bool) (*txstore.Store, error) {
-	return txstore.Open(e.root, txstore.Options{ReadOnly: !write, Create: write, Timeout: e.timeout})
 }
 
 func (e *env) openExisting(write bool) (*txstore.Store, error) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/repo"
+	"github.com/txboot/txboot/txstore/testtree"
 )
 
 // TestPullDownloadApplyVerb: pull --download-only from a file:// repository
@@ -89,5 +90,88 @@ func TestPullDownloadApplyVerb(t *testing.T) {
 	}
 	if out := mustRun(t, "--root", dst2, "gc"); !strings.Contains(out, "removed") || strings.Contains(out, "removed 0") {
 		t.Fatalf("gc after discard: %s", out)
+	}
+}
+
+// TestListStatusDownloads: list and status name each pending download
+// (pull --download-only) with the command that applies it, in text and in
+// --json; once applied it is gone from both.
+func TestListStatusDownloads(t *testing.T) {
+	oldInfo, oldCmd := bootInfoPath, procCmdline
+	t.Cleanup(func() { bootInfoPath, procCmdline = oldInfo, oldCmd })
+	bootInfoPath = filepath.Join(t.TempDir(), "no-boot.json")
+	procCmdline = filepath.Join(t.TempDir(), "no-cmdline")
+	src := t.TempDir()
+	mustRun(t, "--root", src, "commit", tree(t), "--summary", "base")
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	mustRun(t, "--root", src, "publish", "--repo", repoDir, "--version", "v2", "1")
+	dst := t.TempDir()
+	mustRun(t, "--root", dst, "commit", tree(t, testtree.File{Path: "lib/local", Data: "l", Mode: 0o644}))
+	efi := t.TempDir()
+
+	// None yet: no line, an empty list.
+	for _, args := range [][]string{{"list"}, {"status", "--efivars", efi}} {
+		if out := mustRun(t, append([]string{"--root", dst}, args...)...); strings.Contains(out, "downloaded") {
+			t.Errorf("%s without downloads:\n%s", args[0], out)
+		}
+	}
+	mustRun(t, "--root", dst, "pull", "file://"+repoDir, "--insecure", "--download-only")
+	s, err := txstore.Open(dst, txstore.Options{ReadOnly: true, Timeout: txstore.DefaultTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := s.Downloads()
+	s.Close()
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("downloads %v %v", ds, err)
+	}
+	want := "downloaded, not applied: v2 " + ds[0].Digest + " (bootctl pull --apply --tx v2)\n"
+	for _, args := range [][]string{{"list"}, {"status", "--efivars", efi}} {
+		out := mustRun(t, append([]string{"--root", dst}, args...)...)
+		if strings.Count(out, want) != 1 {
+			t.Errorf("%s: want one line %q:\n%s", args[0], want, out)
+		}
+		out = mustRun(t, append([]string{"--root", dst, "--json"}, args...)...)
+		var res struct {
+			Downloads []txstore.Download `json:"downloads"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("%s --json: %v\n%s", args[0], err, out)
+		}
+		if len(res.Downloads) != 1 || res.Downloads[0].Digest != ds[0].Digest || res.Downloads[0].Version != "v2" {
+			t.Errorf("%s --json downloads %+v:\n%s", args[0], res.Downloads, out)
+		}
+	}
+	mustRun(t, "--root", dst, "pull", "--apply", "--tx", "v2")
+	for _, args := range [][]string{{"list"}, {"status", "--efivars", efi}} {
+		if out := mustRun(t, append([]string{"--root", dst}, args...)...); strings.Contains(out, "downloaded") {
+			t.Errorf("%s after apply:\n%s", args[0], out)
+		}
+		out := mustRun(t, append([]string{"--root", dst, "--json"}, args...)...)
+		if !strings.Contains(out, `"downloads": []`) {
+			t.Errorf("%s --json after apply: want an empty downloads list:\n%s", args[0], out)
+		}
+	}
+}
+
+// TestApplyArg: the --tx the list/status hint names picks that download:
+// its version only when FindDownload would resolve it to this one.
+func TestApplyArg(t *testing.T) {
+	dg := func(c byte) string { return "sha256:" + strings.Repeat(string(c), 64) }
+	ds := []*txstore.Download{
+		{Digest: dg('a'), Version: "2.0"},        // a newer one has 2.0 too
+		{Digest: dg('b'), Version: "2.0"},        // the newest 2.0
+		{Digest: dg('c')},                        // no version
+		{Digest: dg('d'), Version: "latest"},     // means the newest download
+		{Digest: dg('e'), Version: "a b"},        // needs quoting
+		{Digest: dg('f'), Version: "-x"},         // reads as a flag
+		{Digest: dg('1'), Version: dg('2')},      // reads as a digest
+		{Digest: dg('3'), Version: "v1.2+deb~1"}, // plain
+	}
+	want := []string{dg('a'), "2.0", dg('c'), dg('d'), dg('e'), dg('f'), dg('1'), "v1.2+deb~1"}
+	for i := range ds {
+		if got := applyArg(ds, i); got != want[i] {
+			t.Errorf("download %d (version %q): --tx %s, want %s", i, ds[i].Version, got, want[i])
+		}
 	}
 }

@@ -19,130 +19,143 @@ import (
 // ROOT/usr/lib/txboot/trusted.d).
 const hostTrustDir = "/etc/txboot/trusted.d"
 
-func init() {
-	var want, mkinitramfs, initagent string
-	var trust []string
-	var insecure, noDefault, downloadOnly, apply, discard bool
-	var tries, workers int
-	var pef entryFlags
-	register(&verb{name: "pull", args: "URL [--tx latest|VERSION|sha256:…] [--trust PUBKEY …] [--insecure] [--download-only] | --apply|--discard [--tx …]",
+// pullOpts are pull's flags and what check makes of them.
+type pullOpts struct {
+	want, mkinitramfs, initagent                      string
+	trust                                             []string
+	insecure, noDefault, downloadOnly, apply, discard bool
+	tries, workers                                    int
+	ef                                                entryFlags
+	keys                                              []sign.PublicKey // trusted, by check
+	fetcher                                           repo.Fetcher     // for the URL, by check
+}
+
+// local: --apply or --discard, from the store alone.
+func (o *pullOpts) local() bool { return o.apply || o.discard }
+
+func pullVerb() *verb {
+	o := &pullOpts{}
+	return &verb{name: "pull", args: "URL [--tx latest|VERSION|sha256:…] [--trust PUBKEY …] [--insecure] [--download-only] | --apply|--discard [--tx …]",
 		help: "fetch a transaction from a repository (only the objects the store lacks) and commit it",
+		pos:  posArgs{max: 1, msg: "pull takes one repository URL"}, store: storeCreate,
+		// A download is applied or discarded in an existing store: a
+		// missing one is "no store" (exit 4), not an empty new one.
+		openOpts: func(so *txstore.Options) { so.Create = !o.local() },
 		flags: func(fs *flag.FlagSet) {
-			want, trust, insecure, noDefault, tries, workers = "latest", nil, false, false, 0, 0
-			downloadOnly, apply, discard = false, false, false
-			fs.BoolVar(&downloadOnly, "download-only", false, "fetch the tx's objects and manifest into the store (durable) without committing it; 'pull --apply' commits it later")
-			fs.BoolVar(&apply, "apply", false, "commit a downloaded tx (--tx picks it, default the newest download) from the store alone, no URL, no network")
-			fs.BoolVar(&discard, "discard", false, "drop a downloaded tx's record (--tx picks it); gc then frees its objects")
-			fs.StringVar(&want, "tx", "latest", "which tx: latest, a version, or its digest sha256:…")
+			fs.BoolVar(&o.downloadOnly, "download-only", false, "fetch the tx's objects and manifest into the store (durable) without committing it; 'pull --apply' commits it later")
+			fs.BoolVar(&o.apply, "apply", false, "commit a downloaded tx (--tx picks it, default the newest download) from the store alone, no URL, no network")
+			fs.BoolVar(&o.discard, "discard", false, "drop a downloaded tx's record (--tx picks it); gc then frees its objects")
+			fs.StringVar(&o.want, "tx", "latest", "which tx: latest, a version, or its digest sha256:…")
 			fs.Func("trust", "a trusted public key (PEM) for index.sig; repeatable (also "+hostTrustDir+" and ROOT/usr/lib/txboot/trusted.d)", func(p string) error {
-				trust = append(trust, p)
+				o.trust = append(o.trust, p)
 				return nil
 			})
-			fs.BoolVar(&insecure, "insecure", false, "pull even when no trusted key signed the index (a trusted key whose signature does not verify still fails)")
-			fs.BoolVar(&noDefault, "no-default", false, "do not make the new tx the default")
-			fs.Func("tries", "boot tries before the tx counts as bad, 1..99 (default 3)", rangeFlag(&tries, 1, 99, "--tries must be 1..99"))
-			fs.Func("workers", "parallel downloads, 1..64 (default 12)", rangeFlag(&workers, 1, 64, "--workers must be 1..64"))
-			fs.StringVar(&mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
-			fs.StringVar(&initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
-			pef = entryFlags{}
-			pef.register(fs)
+			fs.BoolVar(&o.insecure, "insecure", false, "pull even when no trusted key signed the index (a trusted key whose signature does not verify still fails)")
+			fs.BoolVar(&o.noDefault, "no-default", false, "do not make the new tx the default")
+			fs.Func("tries", "boot tries before the tx counts as bad, 1..99 (default 3)", rangeFlag(&o.tries, 1, 99, "--tries must be 1..99"))
+			fs.Func("workers", "parallel downloads, 1..64 (default 12)", rangeFlag(&o.workers, 1, 64, "--workers must be 1..64"))
+			fs.StringVar(&o.mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
+			fs.StringVar(&o.initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
+			o.ef.register(fs)
 		},
-		run: func(e *env, args []string) error {
-			if apply || discard {
-				if len(args) != 0 || downloadOnly || (apply && discard) {
+		check: func(e *env, args []string) error {
+			if o.local() {
+				if len(args) != 0 || o.downloadOnly || (o.apply && o.discard) {
 					return usagef("pull --apply and --discard take no URL and exclude each other and --download-only")
 				}
-				return pullLocal(e, want, apply, noDefault, tries, mkinitramfs, initagent, &pef)
+				return nil
 			}
 			if len(args) != 1 {
 				return usagef("pull takes one repository URL")
 			}
-			keys, err := trustedKeys(e.root, trust)
+			keys, err := trustedKeys(e.root, o.trust)
 			if err != nil {
 				return err
 			}
-			conns := workers
+			o.keys = keys
+			conns := o.workers
 			if conns == 0 {
 				conns = repo.DefaultWorkers
 			}
-			f, err := repo.NewFetcher(args[0], conns)
-			if err != nil {
+			if o.fetcher, err = repo.NewFetcher(args[0], conns); err != nil {
 				return usagef("%v", err)
 			}
-			if h, ok := f.(*repo.HTTPFetcher); ok {
+			return nil
+		},
+		exec: func(e *env, s *txstore.Store, args []string) error {
+			if h, ok := o.fetcher.(*repo.HTTPFetcher); ok {
 				defer h.CloseIdle()
 			}
-			s, err := e.open(true)
-			if err != nil {
-				return err
+			if o.local() {
+				return pullLocal(e, s, o)
 			}
-			defer s.Close()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
-			defer stop()
-			e.progress("pulling %s…", args[0])
-			po := repo.PullOptions{
-				Tx: want, Trusted: keys, Insecure: insecure, Workers: workers,
-				Commit:   txstore.CommitOptions{Tries: tries, NoDefault: noDefault},
-				Progress: func(p repo.Progress) { e.progress("%s", progressLine(p)) },
-				Warn: func(msg string) {
-					e.progressDone()
-					fmt.Fprintf(e.stderr, "bootctl pull: %s\n", msg)
-				},
-			}
-			if downloadOnly {
-				d, st, err := repo.Download(ctx, s, f, args[0], po)
-				e.progressDone()
-				if errors.Is(err, repo.ErrNoTx) {
-					return exitError{ExitNotFound, err.Error()}
-				}
-				if err != nil {
-					return err
-				}
-				if e.json {
-					return e.printJSON(map[string]any{"download": d, "stats": st})
-				}
-				printDownload(e, d, st, insecure)
-				return nil
-			}
-			tx, st, err := repo.Pull(ctx, s, f, args[0], po)
+			return pull(e, s, args[0], o)
+		}}
+}
+
+// pull fetches the tx o.want from url into s and commits it (or, with
+// --download-only, only stores it).
+func pull(e *env, s *txstore.Store, url string, o *pullOpts) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
+	defer stop()
+	e.progress("pulling %s…", url)
+	po := repo.PullOptions{
+		Tx: o.want, Trusted: o.keys, Insecure: o.insecure, Workers: o.workers,
+		Commit:   txstore.CommitOptions{Tries: o.tries, NoDefault: o.noDefault},
+		Progress: func(p repo.Progress) { e.progress("%s", progressLine(p)) },
+		Warn: func(msg string) {
 			e.progressDone()
-			if errors.Is(err, repo.ErrNoTx) {
-				return exitError{ExitNotFound, err.Error()}
-			}
-			if err != nil {
-				return err
-			}
-			if e.json {
-				if err := e.printJSON(map[string]any{"tx": tx, "stats": st}); err != nil {
-					return err
-				}
-			} else {
-				printPull(e, tx, st, insecure)
-			}
-			if st.Existing != 0 {
-				return nil
-			}
-			// As after commit: the tx's initrd, then the entries.
-			return kernelSide(e, s, tx, mkinitramfs, initagent, &pef)
-		}})
+			fmt.Fprintf(e.stderr, "bootctl pull: %s\n", msg)
+		},
+	}
+	if o.downloadOnly {
+		d, st, err := repo.Download(ctx, s, o.fetcher, url, po)
+		e.progressDone()
+		if errors.Is(err, repo.ErrNoTx) {
+			return exitError{ExitNotFound, err.Error()}
+		}
+		if err != nil {
+			return err
+		}
+		if e.json {
+			return e.printJSON(map[string]any{"download": d, "stats": st})
+		}
+		printDownload(e, d, st, o.insecure)
+		return nil
+	}
+	tx, st, err := repo.Pull(ctx, s, o.fetcher, url, po)
+	e.progressDone()
+	if errors.Is(err, repo.ErrNoTx) {
+		return exitError{ExitNotFound, err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	if e.json {
+		if err := e.printJSON(map[string]any{"tx": tx, "stats": st}); err != nil {
+			return err
+		}
+	} else {
+		printPull(e, tx, st, o.insecure)
+	}
+	if st.Existing != 0 {
+		return nil
+	}
+	// As after commit: the tx's initrd, then the entries.
+	return kernelSide(e, s, tx, o.mkinitramfs, o.initagent, &o.ef)
 }
 
 // pullLocal is pull --apply (commit a download from the store alone) and
 // pull --discard (drop its record).
-func pullLocal(e *env, want string, apply, noDefault bool, tries int, mkinitramfs, initagent string, pef *entryFlags) error {
-	s, err := e.openExisting(true)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	d, err := s.FindDownload(want)
+func pullLocal(e *env, s *txstore.Store, o *pullOpts) error {
+	d, err := s.FindDownload(o.want)
 	if errors.Is(err, txstore.ErrNoDownload) {
 		return exitError{ExitNotFound, err.Error()}
 	}
 	if err != nil {
 		return err
 	}
-	if !apply {
+	if !o.apply {
 		if err := s.RemoveDownload(d.Digest); err != nil {
 			return err
 		}
@@ -152,7 +165,7 @@ func pullLocal(e *env, want string, apply, noDefault bool, tries int, mkinitramf
 		fmt.Fprintf(e.stdout, "discarded download %s (version %s); 'bootctl gc' frees its objects\n", d.Digest, printable(d.Version))
 		return nil
 	}
-	tx, existed, err := s.ApplyDownload(d, txstore.CommitOptions{Tries: tries, NoDefault: noDefault})
+	tx, existed, err := s.ApplyDownload(d, txstore.CommitOptions{Tries: o.tries, NoDefault: o.noDefault})
 	if err != nil {
 		return err
 	}
@@ -168,7 +181,7 @@ func pullLocal(e *env, want string, apply, noDefault bool, tries int, mkinitramf
 	if existed {
 		return nil
 	}
-	return kernelSide(e, s, tx, mkinitramfs, initagent, pef)
+	return kernelSide(e, s, tx, o.mkinitramfs, o.initagent, &o.ef)
 }
 
 func printDownload(e *env, d *txstore.Download, st *repo.PullStats, insecure bool) {

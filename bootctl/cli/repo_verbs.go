@@ -19,128 +19,147 @@ import (
 // ErrExists: keygen refuses to overwrite a key file.
 var ErrExists = errors.New("file exists (not overwritten)")
 
-func init() {
-	var repoDir, keyPath, version, out string
-	register(&verb{name: "publish", args: "--repo DIR [--key KEY] [--version V] [ID ...]",
+// publishOpts are publish's flags and what check makes of them.
+type publishOpts struct {
+	repoDir, keyPath, version string
+	ids                       []uint64           // from the arguments, by check
+	key                       ed25519.PrivateKey // from keyPath, by check
+}
+
+func publishVerb() *verb {
+	o := &publishOpts{}
+	return &verb{name: "publish", args: "--repo DIR [--key KEY] [--version V] [ID ...]",
 		help: "write txs (default: the default tx) into the static repository DIR (signed with --key)",
+		pos:  posArgs{max: -1}, store: storeRead,
+		// Signing also writes the signature into the local record.
+		writeWhen: func() bool { return o.key != nil },
 		flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&repoDir, "repo", "", "repository directory (created when missing)")
-			fs.StringVar(&keyPath, "key", "", "ed25519 private key (PEM) to sign the index and the txs with")
-			fs.StringVar(&version, "version", "", "version string of the tx in the index (default: its summary, else tx-ID); one tx only")
+			fs.StringVar(&o.repoDir, "repo", "", "repository directory (created when missing)")
+			fs.StringVar(&o.keyPath, "key", "", "ed25519 private key (PEM) to sign the index and the txs with")
+			fs.StringVar(&o.version, "version", "", "version string of the tx in the index (default: its summary, else tx-ID); one tx only")
 		},
-		run: func(e *env, args []string) error {
-			if repoDir == "" {
+		check: func(e *env, args []string) error {
+			if o.repoDir == "" {
 				return usagef("publish needs --repo DIR")
 			}
-			ids := make([]uint64, 0, len(args))
 			for _, a := range args {
 				id, err := parseID(a)
 				if err != nil {
 					return err
 				}
-				ids = append(ids, id)
+				o.ids = append(o.ids, id)
 			}
-			if version != "" {
-				if len(ids) > 1 {
-					return usagef("--version names one tx; %d given", len(ids))
+			if o.version != "" {
+				if len(o.ids) > 1 {
+					return usagef("--version names one tx; %d given", len(o.ids))
 				}
-				if err := checkText("--version", version); err != nil {
+				if err := checkText("--version", o.version); err != nil {
 					return err
 				}
 			}
-			var key ed25519.PrivateKey
-			if keyPath != "" {
-				k, err := sign.LoadPrivateKey(keyPath)
+			if o.keyPath != "" {
+				k, err := sign.LoadPrivateKey(o.keyPath)
 				if err != nil {
 					return err
 				}
-				key = k
-			}
-			// Signing also writes the signature into the local record.
-			s, err := e.openExisting(key != nil)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if len(ids) == 0 {
-				def, err := s.Default()
-				if err != nil {
-					return err
-				}
-				if def == 0 {
-					return fmt.Errorf("publish: %w: no default tx (name one)", txstore.ErrNotFound)
-				}
-				ids = []uint64{def}
-			}
-			e.progress("publishing to %s…", repoDir)
-			st, err := repo.Publish(s, repoDir, ids, repo.PublishOptions{Key: key, Version: version, Timeout: e.timeout})
-			e.progressDone()
-			if err != nil {
-				return err
-			}
-			if e.json {
-				return e.printJSON(st)
-			}
-			for _, t := range st.Txs {
-				what := "already published"
-				if t.New {
-					what = fmt.Sprintf("published, %d objects (%s stored)", t.Objects, human(t.Stored))
-				}
-				if t.Signed {
-					what += ", signature added"
-				}
-				fmt.Fprintf(e.stdout, "tx %d %s %q: %s\n", t.ID, t.Digest, printable(t.Version), what)
-			}
-			fmt.Fprintf(e.stdout, "  %d new objects, %s written; %d objects already there (%s skipped)\n",
-				st.NewObjects, human(st.BytesWritten), st.SkippedObjects, human(st.BytesSkipped))
-			switch {
-			case !st.IndexWritten:
-				fmt.Fprintf(e.stdout, "  index unchanged; %s\n", ms(st.Duration))
-			case st.IndexSigned:
-				fmt.Fprintf(e.stdout, "  index written and signed; %s\n", ms(st.Duration))
-			default:
-				fmt.Fprintf(e.stdout, "  index written (unsigned); %s\n", ms(st.Duration))
+				o.key = k
 			}
 			return nil
-		}})
+		},
+		exec: func(e *env, s *txstore.Store, args []string) error { return publish(e, s, o) }}
+}
 
-	register(&verb{name: "keygen", args: "--out PREFIX",
+// publish is the publish verb, after check.
+func publish(e *env, s *txstore.Store, o *publishOpts) error {
+	ids := o.ids
+	if len(ids) == 0 {
+		def, err := s.Default()
+		if err != nil {
+			return err
+		}
+		if def == 0 {
+			return fmt.Errorf("publish: %w: no default tx (name one)", txstore.ErrNotFound)
+		}
+		ids = []uint64{def}
+	}
+	e.progress("publishing to %s…", o.repoDir)
+	st, err := repo.Publish(s, o.repoDir, ids, repo.PublishOptions{Key: o.key, Version: o.version, Timeout: e.timeout})
+	e.progressDone()
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return e.printJSON(st)
+	}
+	for _, t := range st.Txs {
+		what := "already published"
+		if t.New {
+			what = fmt.Sprintf("published, %d objects (%s stored)", t.Objects, human(t.Stored))
+		}
+		if t.Signed {
+			what += ", signature added"
+		}
+		fmt.Fprintf(e.stdout, "tx %d %s %q: %s\n", t.ID, t.Digest, printable(t.Version), what)
+	}
+	fmt.Fprintf(e.stdout, "  %d new objects, %s written; %d objects already there (%s skipped)\n",
+		st.NewObjects, human(st.BytesWritten), st.SkippedObjects, human(st.BytesSkipped))
+	switch {
+	case !st.IndexWritten:
+		fmt.Fprintf(e.stdout, "  index unchanged; %s\n", ms(st.Duration))
+	case st.IndexSigned:
+		fmt.Fprintf(e.stdout, "  index written and signed; %s\n", ms(st.Duration))
+	default:
+		fmt.Fprintf(e.stdout, "  index written (unsigned); %s\n", ms(st.Duration))
+	}
+	return nil
+}
+
+func keygenVerb() *verb {
+	var out string
+	return &verb{name: "keygen", args: "--out PREFIX",
 		help: "make an ed25519 signing key: PREFIX.key (private, 0600) and PREFIX.pem (public)",
+		pos:  posArgs{msg: "keygen takes --out PREFIX and no arguments"}, store: storeNone,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&out, "out", "", "path prefix of the two files")
 		},
-		run: func(e *env, args []string) error {
-			if out == "" || len(args) != 0 {
+		check: func(e *env, args []string) error {
+			if out == "" {
 				return usagef("keygen takes --out PREFIX and no arguments")
 			}
-			priv, pub, err := sign.GenerateKey()
-			if err != nil {
-				return fmt.Errorf("keygen: %w", err)
-			}
-			keyFile, pubFile := out+".key", out+".pem"
-			for _, p := range []string{keyFile, pubFile} {
-				if _, err := os.Lstat(p); err == nil {
-					return fmt.Errorf("keygen: %s: %w", p, ErrExists)
-				}
-			}
-			if err := createDurable(keyFile, priv, 0o600); err != nil {
-				return fmt.Errorf("keygen: %w", err)
-			}
-			if err := createDurable(pubFile, pub, 0o644); err != nil {
-				os.Remove(keyFile) // nothing half made: no private key without its public half
-				return fmt.Errorf("keygen: %w", err)
-			}
-			k, err := sign.ParsePublicKey(pub)
-			if err != nil {
-				return fmt.Errorf("keygen: %w", err)
-			}
-			id := sign.KeyID(k)
-			if e.json {
-				return e.printJSON(map[string]string{"key_id": id, "private": keyFile, "public": pubFile})
-			}
-			fmt.Fprintf(e.stdout, "key %s\n  private: %s (keep it secret)\n  public:  %s (install in /etc/txboot/trusted.d/ or pass to pull --trust)\n", id, keyFile, pubFile)
 			return nil
-		}})
+		},
+		exec: func(e *env, _ *txstore.Store, args []string) error { return keygen(e, out) }}
+}
+
+// keygen writes PREFIX.key and PREFIX.pem, neither of which may exist.
+func keygen(e *env, out string) error {
+	priv, pub, err := sign.GenerateKey()
+	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	keyFile, pubFile := out+".key", out+".pem"
+	for _, p := range []string{keyFile, pubFile} {
+		if _, err := os.Lstat(p); err == nil {
+			return fmt.Errorf("keygen: %s: %w", p, ErrExists)
+		}
+	}
+	if err := createDurable(keyFile, priv, 0o600); err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if err := createDurable(pubFile, pub, 0o644); err != nil {
+		os.Remove(keyFile) // nothing half made: no private key without its public half
+		return fmt.Errorf("keygen: %w", err)
+	}
+	k, err := sign.ParsePublicKey(pub)
+	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	id := sign.KeyID(k)
+	if e.json {
+		return e.printJSON(map[string]string{"key_id": id, "private": keyFile, "public": pubFile})
+	}
+	fmt.Fprintf(e.stdout, "key %s\n  private: %s (keep it secret)\n  public:  %s (install in /etc/txboot/trusted.d/ or pass to pull --trust)\n", id, keyFile, pubFile)
+	return nil
 }
 
 // createDurable writes a new file p that must not exist yet: a temp file

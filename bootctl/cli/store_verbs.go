@@ -3,6 +3,7 @@ package cli
 import (
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -93,8 +94,9 @@ func listVerb() *verb {
 		if err != nil {
 			return err
 		}
+		ds := pendingDownloads(e, s)
 		if e.json {
-			return e.printJSON(map[string]any{"default": def, "transactions": txs})
+			return e.printJSON(map[string]any{"default": def, "transactions": txs, "downloads": ds})
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tSTATE\tTRIES\tCREATED\tVERSION\tDIGEST\tFLAGS\tSUMMARY")
@@ -109,8 +111,59 @@ func listVerb() *verb {
 			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, t.TriesLeft,
 				t.Created.Local().Format("2006-01-02 15:04"), versionColumn(t), shortDigest(t.Digest), strings.Join(flags, ","), printable(t.Summary))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		printDownloads(e.stdout, ds)
+		return nil
 	}}
+}
+
+// pendingDownloads are the store's downloads (pull --download-only) for
+// list and status, never nil. An unreadable record is a warning there, not
+// a failure: both are what one runs to see what is wrong.
+func pendingDownloads(e *env, s *txstore.Store) []*txstore.Download {
+	ds, err := s.Downloads()
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bootctl: warning: pending downloads: %v\n", err)
+	}
+	if ds == nil {
+		ds = []*txstore.Download{}
+	}
+	return ds
+}
+
+// printDownloads prints one line per pending download, with the command
+// that applies it.
+func printDownloads(w io.Writer, ds []*txstore.Download) {
+	for i, d := range ds {
+		version := ""
+		if d.Version != "" {
+			version = printable(d.Version) + " "
+		}
+		fmt.Fprintf(w, "downloaded, not applied: %s%s (bootctl pull --apply --tx %s)\n", version, d.Digest, applyArg(ds, i))
+	}
+}
+
+// applyArg is what --tx takes to pick ds[i] (oldest first, as
+// Store.Downloads lists them): its version when that is a plain word that
+// FindDownload resolves to ds[i] (no newer download with that version),
+// else its digest.
+func applyArg(ds []*txstore.Download, i int) string {
+	v := ds[i].Version
+	plain := v != "" && v != "latest" && !strings.HasPrefix(v, "sha256:") &&
+		strings.IndexFunc(v, func(r rune) bool {
+			return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("._+~:@-", r))
+		}) < 0 && v[0] != '-'
+	for _, d := range ds[i+1:] {
+		if d.Version == v {
+			plain = false
+		}
+	}
+	if plain {
+		return v
+	}
+	return ds[i].Digest
 }
 
 func showVerb() *verb {

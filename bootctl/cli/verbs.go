@@ -4,15 +4,14 @@ package cli
 // here and the help printer lists these. A new verb is a constructor
 // added to this list.
 func allVerbs() []*verb {
-	vs := []*verb{
+	return []*verb{
 		// store_verbs.go
 		commitVerb(), listVerb(), showVerb(), verifyVerb(), pruneVerb(), gcVerb(), pinVerb(true), pinVerb(false),
 		// boot_verbs.go
 		markGoodVerb(), markBadVerb(), healthVerb(), logVerb(), setDefaultVerb(), rollbackVerb(), bootOnceVerb(), statusVerb(),
 		// entries.go, fsck.go, install.go
 		entriesVerb(), fsckVerb(), installVerb(),
+		// repo_verbs.go, repo_pull_verb.go
+		publishVerb(), keygenVerb(), pullVerb(),
 	}
-	// Verbs still registered by init() (publish, keygen, pull) until they
-	// become constructors too.
-	return append(vs, registered...)
 }

@@ -27,14 +27,11 @@ func TestVerbDeclarations(t *testing.T) {
 		if v.help == "" {
 			t.Errorf("%s: no help text", v.name)
 		}
-		if (v.exec == nil) == (v.run == nil) {
-			t.Errorf("%s: needs exactly one of exec (constructors) and run (register)", v.name)
+		if v.exec == nil {
+			t.Errorf("%s: no exec", v.name)
 		}
 		if !strings.Contains(usage, "  "+strings.TrimSpace(v.name+" "+v.args)) {
 			t.Errorf("%s: not in bootctl help:\n%s", v.name, usage)
-		}
-		if v.run != nil {
-			continue // registered the old way: checks its own arguments
 		}
 		if v.pos.min < 0 || (v.pos.max >= 0 && v.pos.max < v.pos.min) {
 			t.Errorf("%s: positional arguments %d..%d", v.name, v.pos.min, v.pos.max)
@@ -58,11 +55,14 @@ func TestVerbDeclarations(t *testing.T) {
 // before it runs: one too few or too many is a usage error (exit 2) that
 // shows the verb's usage line, and nothing is opened or created.
 func TestVerbArgCount(t *testing.T) {
+	// Counts some verbs must declare (with flags that would otherwise
+	// make the call valid), besides what each declares.
+	explicit := map[string][][]string{
+		"keygen": {{"--out", filepath.Join(t.TempDir(), "k"), "extra"}},
+		"pull":   {{"file:///a", "file:///b", "--insecure"}},
+	}
 	for _, v := range allVerbs() {
-		if v.run != nil {
-			continue
-		}
-		var bad [][]string
+		bad := explicit[v.name]
 		if v.pos.max >= 0 {
 			bad = append(bad, strings.Fields(strings.Repeat("1 ", v.pos.max+1)))
 		}
@@ -71,7 +71,7 @@ func TestVerbArgCount(t *testing.T) {
 		}
 		for _, args := range bad {
 			root := t.TempDir()
-			code, _, errs := run(t, append([]string{"--root", root, v.name}, args...)...)
+			code, _, errs := run(t, append([]string{"--timeout", "50ms", "--root", root, v.name}, args...)...)
 			if code != ExitUsage || !strings.Contains(errs, "usage: bootctl "+strings.TrimSpace(v.name+" "+v.args)+"\n") {
 				t.Errorf("%s %v: exit %d, stderr %q; want %d with its usage line", v.name, args, code, errs, ExitUsage)
 			}
@@ -103,6 +103,8 @@ func TestVerbStoreMode(t *testing.T) {
 	defer holder.Close()
 	esp := t.TempDir()
 	efi := t.TempDir()
+	_, key := keygenFiles(t, filepath.Join(dir, "signer"))
+	pullURL := "file://" + t.TempDir() // opens; the store is busy before anything is fetched
 	tests := []struct {
 		args []string
 		busy bool
@@ -129,8 +131,12 @@ func TestVerbStoreMode(t *testing.T) {
 		{[]string{"fsck", "--repair"}, true, 0},
 		{[]string{"install", "--esp", esp}, true, 0},
 		{[]string{"publish", "--repo", filepath.Join(dir, "repo"), "1"}, false, 0},
+		{[]string{"publish", "--repo", filepath.Join(dir, "repo2"), "--key", key, "1"}, true, 0}, // signing writes the record
 		{[]string{"keygen", "--out", filepath.Join(dir, "key")}, false, 0},
 		{[]string{"pull", "--apply"}, true, 0},
+		{[]string{"pull", "--discard"}, true, 0},
+		{[]string{"pull", pullURL, "--insecure"}, true, 0},
+		{[]string{"pull", pullURL, "--insecure", "--download-only"}, true, 0},
 	}
 	byName := map[string]*verb{}
 	for _, v := range allVerbs() {
@@ -145,7 +151,7 @@ func TestVerbStoreMode(t *testing.T) {
 			continue
 		}
 		covered[name] = true
-		if v.run == nil && v.store != storeSelf && v.writeWhen == nil {
+		if v.store != storeSelf && v.writeWhen == nil {
 			if writes := v.store == storeWrite || v.store == storeCreate; writes != tt.busy {
 				t.Errorf("%s declares store mode %d, but the table says busy=%v", name, v.store, tt.busy)
 			}
