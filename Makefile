@@ -7,7 +7,7 @@ export TXBOOT_KERNEL_DIR ?= $(CURDIR)/.cache/kernels
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w -buildid='
 BINS := bin/bootctl bin/initagent bin/mkinitramfs
 
-.PHONY: all build deps test unit qemu-test demo demo-debian bench lint fuzz clean
+.PHONY: all build deps test unit qemu-test torture demo demo-debian bench lint fuzz clean
 
 all: build
 
@@ -38,7 +38,13 @@ unit: build
 	$(GO) test -count=1 -short $$($(GO) list ./... | grep -v qemu-tests)
 
 qemu-test: deps build
-	$(GO) test -count=1 -timeout 20m -v ./qemu-tests/
+	$(GO) test -count=1 -timeout 28m -v ./qemu-tests/
+
+# Power cuts in QEMU (qemu-tests/torture_test.go): TORTURE_CUTS cuts
+# (default 200; make test runs 40), TXBOOT_TORTURE_SEED replays a run.
+TORTURE_CUTS ?= 200
+torture: deps build
+	TXBOOT_TORTURE_CUTS=$(TORTURE_CUTS) $(GO) test -count=1 -timeout 180m -v -run '^TestPowerCut' ./qemu-tests/
 
 demo: deps build
 	bash scripts/demo.sh

@@ -36,6 +36,7 @@ const tortureBootWait = 3 * time.Minute
 var (
 	tortureStatusRe    = regexp.MustCompile(`TXTEST status rc=(\d+) (.*)`)
 	tortureVerifyRe    = regexp.MustCompile(`TXTEST verify rc=(\d+) (.*)`)
+	tortureFullRe      = regexp.MustCompile(`TXTEST verify-full (\d+) rc=(\d+) (.*)`)
 	tortureCommittedRe = regexp.MustCompile(`(?:committed|pulled|applied) tx (\d+) (sha256:[0-9a-f]{64})`)
 	tortureBootingRe   = regexp.MustCompile(`txboot: booting tx (\d+) \(([^)]*)\)`)
 	tortureStartRe     = regexp.MustCompile(`TXTEST step-start (\S+)`)
@@ -43,6 +44,8 @@ var (
 	tortureCheckRe     = regexp.MustCompile(`TXTEST check-done|BOOT FAILED|Kernel panic|rescue shell`)
 	tortureInitRe      = regexp.MustCompile(`txboot: `)
 	tortureRecordRe    = regexp.MustCompile(`txboot: booting tx|BOOT FAILED|Kernel panic`)
+	// The record of a commit or pull (its output line), or the step's end.
+	tortureRecordOrEndRe = regexp.MustCompile(`(?:committed|pulled|applied) tx \d+ sha256:|TXTEST step-end`)
 )
 
 // tortureSteps are the workload steps and their weights.
@@ -83,8 +86,10 @@ type torture struct {
 	known map[uint64]string
 	// mayGo: txs a prune since the last check was allowed to remove.
 	mayGo map[uint64]bool
-	last  tortureStatus // the last check's status
-	est   map[string]time.Duration
+	// fullDone: txs verified in full once (their objects never change).
+	fullDone map[uint64]bool
+	last     tortureStatus // the last check's status
+	est      map[string]time.Duration
 	// bootToRecord: time from initagent's first line to its "booting tx"
 	// line (the try is recorded just before), for cuts in the boot.
 	bootToRecord time.Duration
@@ -158,7 +163,7 @@ func newTorture(t *testing.T, seed int64) *torture {
 	}
 	t.Logf("built torture disk in %s", time.Since(start).Round(time.Millisecond))
 	tt := &torture{t: t, sys: sys, rng: rand.New(rand.NewSource(seed)), seed: seed,
-		known: map[uint64]string{}, mayGo: map[uint64]bool{}, dist: map[string]int{},
+		known: map[uint64]string{}, mayGo: map[uint64]bool{}, fullDone: map[uint64]bool{}, dist: map[string]int{},
 		est:          map[string]time.Duration{},
 		bootToRecord: 2 * time.Second,
 		fpNames:      map[string][]string{}}
@@ -253,17 +258,11 @@ func (tt *torture) plan() map[string]string {
 		step = "prune"
 	}
 	p := newPlan(tt.seed, "")
-	pick := func(not uint64) uint64 {
-		var c []uint64
-		for _, id := range ids {
-			if id != not {
-				c = append(c, id)
-			}
+	pick := func() uint64 {
+		if len(ids) == 0 {
+			tt.t.Fatal("no tx known") // the booted one always is
 		}
-		if len(c) == 0 {
-			return 0
-		}
-		return c[tt.rng.Intn(len(c))]
+		return ids[tt.rng.Intn(len(ids))]
 	}
 	switch step {
 	case "commit", "consume":
@@ -277,15 +276,12 @@ func (tt *torture) plan() map[string]string {
 	case "sync":
 		p["ARGS"] = "--keep " + strconv.Itoa(2+tt.rng.Intn(3))
 	case "mark-good", "set-default":
-		p["ARGS"] = strconv.FormatUint(pick(0), 10)
+		p["ARGS"] = strconv.FormatUint(pick(), 10)
 	case "mark-bad":
-		// Never the booted tx: it was just proven, and something must
-		// stay bootable whatever the workload does.
-		if id := pick(tt.last.Booted); id != 0 {
-			p["ARGS"] = strconv.FormatUint(id, 10) + " --reason torture"
-		} else {
-			step = "sync"
-		}
+		// The guest takes the first that is not the booted tx.
+		c := slices.Clone(ids)
+		tt.rng.Shuffle(len(c), func(i, j int) { c[i], c[j] = c[j], c[i] })
+		p["CANDIDATES"] = joinIDs(c)
 	case "pull":
 		vs := tt.sys.RepoVersions
 		p["ARGS"] = "--tx " + vs[tt.rng.Intn(len(vs))]
@@ -295,6 +291,14 @@ func (tt *torture) plan() map[string]string {
 	}
 	p["STEP"] = step
 	return p
+}
+
+func joinIDs(ids []uint64) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.FormatUint(id, 10)
+	}
+	return strings.Join(s, " ")
 }
 
 // cycle boots the disk, checks the previous cut's state, runs one step and
@@ -316,6 +320,14 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 	tt.cycles++
 	plan["CYCLE"] = strconv.Itoa(tt.cycles)
 	final := plan["STEP"] == "none"
+	if !final { // the last check verifies every tx in full
+		var v []uint64
+		for id := range tt.fullDone {
+			v = append(v, id)
+		}
+		slices.Sort(v)
+		plan["VERIFIED"] = joinIDs(v)
+	}
 	step := plan["STEP"]
 	if err := tt.sys.WritePlan(plan); err != nil {
 		t.Fatal(err)
@@ -370,6 +382,7 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 	if m[0] != "TXTEST check-done" {
 		tt.fail(vm, "boot via %s: %s", choice.Entry, m[0])
 	}
+	checked := vm.Elapsed()
 	out := vm.Output()
 	tt.check(vm, out)
 	if final {
@@ -380,6 +393,7 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 		tt.fail(vm, "step %s did not start: %v", step, err)
 	}
 	started := time.Now()
+	toStart := vm.Elapsed()
 	est, ok := tt.est[step]
 	if !ok {
 		est = 3 * time.Second
@@ -396,16 +410,33 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 			time.Sleep(time.Duration(tt.rng.Int63n(int64(300 * time.Millisecond))))
 		}
 	} else {
-		d = time.Duration(tt.rng.Int63n(int64(est*5/4) + 1))
-		// Learn how long the step takes from the runs it finishes.
-		if _, err := vm.Expect(tortureEndRe, d); err == nil {
-			tt.est[step] = (est*2 + time.Since(started)) / 3
-			if rest := d - time.Since(started); rest > 0 {
-				time.Sleep(rest) // still cut at the instant drawn
+		window := est
+		rec, isCommit := tt.est[step+"/record"]
+		if step == "commit" || step == "consume" || step == "pull" {
+			// The store's part (up to the record) is short next to the
+			// initrd and the entries: aim half of the cuts at it.
+			if !isCommit {
+				rec = est / 2
 			}
-		} else {
+			if tt.rng.Intn(2) == 0 {
+				window = rec
+			}
+		}
+		d = time.Duration(tt.rng.Int63n(int64(window*5/4) + 1))
+		deadline := started.Add(d)
+		// Learn how long the step and its record take from the runs that
+		// get there; still cut at the instant drawn.
+		if step == "commit" || step == "consume" || step == "pull" {
+			if m, err := vm.Expect(tortureRecordOrEndRe, d); err == nil && !strings.HasPrefix(m[0], "TXTEST") {
+				tt.est[step+"/record"] = (rec*2 + time.Since(started)) / 3
+			}
+		}
+		if _, err := vm.Expect(tortureEndRe, max(0, time.Until(deadline))); err == nil {
+			tt.est[step] = (est*2 + time.Since(started)) / 3
+		} else if window == est {
 			tt.est[step] = max(est, d*11/10)
 		}
+		time.Sleep(time.Until(deadline))
 	}
 	selfExit := false
 	select {
@@ -436,8 +467,8 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 		how = strings.TrimPrefix(fp, failpoint.EnvVar+"=")
 	}
 	tt.dist[step+": "+how]++
-	t.Logf("cycle %d: entry %s, booted tx %d, step %s %s %s: cut at %s (%s)", tt.cycles, choice.Entry, tt.last.Booted,
-		step, plan["ARGS"], fp, d.Round(time.Millisecond), how)
+	t.Logf("cycle %d: entry %s, booted tx %d, check %s, step %s %s %s at %s: cut after %s (%s)", tt.cycles, choice.Entry, tt.last.Booted,
+		checked.Round(100*time.Millisecond), step, plan["ARGS"], fp, toStart.Round(100*time.Millisecond), time.Since(started).Round(time.Millisecond), how)
 }
 
 // howFar says where in the step the cut landed.
@@ -503,12 +534,27 @@ func (tt *torture) check(vm *harness.VM, out string) {
 		}
 		verified[v.ID] = true
 	}
+	full := map[uint64]bool{}
+	for _, f := range tortureFullRe.FindAllStringSubmatch(out, -1) {
+		id, _ := strconv.ParseUint(f[1], 10, 64)
+		if f[2] != "0" {
+			tt.fail(vm, "tx %d does not verify in full: %s", id, f[3])
+		}
+		full[id] = true
+	}
 	present := map[uint64]string{}
 	for _, tx := range st.Transactions {
 		present[tx.ID] = tx.Digest
 		if !verified[tx.ID] {
 			tt.fail(vm, "tx %d was not verified", tx.ID)
 		}
+		if !full[tx.ID] && !tt.fullDone[tx.ID] {
+			tt.fail(vm, "tx %d was never verified in full", tx.ID)
+		}
+	}
+	tt.fullDone = map[uint64]bool{}
+	for id := range present {
+		tt.fullDone[id] = true
 	}
 	for id, digest := range tt.known {
 		got, ok := present[id]

@@ -21,6 +21,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/safefs"
 	"github.com/txboot/txboot/txstore/manifest"
@@ -58,6 +59,17 @@ func keepZst(stored, size int64) bool { return 8*stored <= 7*size }
 // and compressed with EncodeAll; bigger ones are streamed.
 const smallObject = 256 << 10
 
+// Failpoints of Publish, in order (TestPublishCrash crashes at each).
+var (
+	fpObjectsHalf      = failpoint.New("publish/objects-half")
+	fpObjectsWritten   = failpoint.New("publish/objects-written")
+	fpObjectsSynced    = failpoint.New("publish/objects-synced")
+	fpManifestsWritten = failpoint.New("publish/manifests-written")
+	fpRecorded         = failpoint.New("publish/recorded")
+	fpSigWritten       = failpoint.New("publish/sig-written")
+	fpIndexWritten     = failpoint.New("publish/index-written")
+)
+
 // PublishOptions tune Publish.
 type PublishOptions struct {
 	// Key signs the index and every published tx's digest; the tx
@@ -67,11 +79,9 @@ type PublishOptions struct {
 	// Version overrides the index version of every tx published (default:
 	// the tx's summary, else "tx-<id>").
 	Version string
-	Workers int           // parallel object writers; 0 = 2×GOMAXPROCS
-	Timeout time.Duration // waiting for the repository lock; 0 = txstore.DefaultTimeout
-	// Hook, if set, is called between the steps; tests crash there.
-	Hook func(step string)
-	Now  func() time.Time // index "updated"; nil = time.Now
+	Workers int              // parallel object writers; 0 = 2×GOMAXPROCS
+	Timeout time.Duration    // waiting for the repository lock; 0 = txstore.DefaultTimeout
+	Now     func() time.Time // index "updated"; nil = time.Now
 }
 
 // PublishedTx is one tx Publish was asked for.
@@ -610,10 +620,6 @@ func mergeSigs(dst *[]sign.Signature, add []sign.Signature) bool {
 // Publish again completes the work.
 func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*PublishStats, error) {
 	start := time.Now()
-	hook := o.Hook
-	if hook == nil {
-		hook = func(string) {}
-	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -750,7 +756,7 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 	}
-	if err := r.putAll(s.Objects(), jobs, o.Workers, hook); err != nil {
+	if err := r.putAll(s.Objects(), jobs, o.Workers); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}
 	for _, j := range jobs {
@@ -762,13 +768,17 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			st.BytesSkipped += j.out.Stored
 		}
 	}
-	hook("objects-written")
+	if err := fpObjectsWritten.Inject(); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
 	if len(jobs) > 0 {
 		if err := unix.Syncfs(r.root.fd); err != nil {
 			return nil, fmt.Errorf("publish: syncfs %s: %w", dir, err)
 		}
 	}
-	hook("objects-synced")
+	if err := fpObjectsSynced.Inject(); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
 
 	// Manifests and object tables, each durable before the index names it.
 	wrote := false
@@ -828,7 +838,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 	}
-	hook("manifests-written")
+	if err := fpManifestsWritten.Inject(); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
 	for _, n := range txs {
 		if !n.pub.New {
 			n.pub.Stored = n.entry.Stored
@@ -853,7 +865,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			}
 		}
 	}
-	hook("recorded")
+	if err := fpRecorded.Inject(); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
 
 	if changed {
 		ix.Format, ix.Updated = FormatVersion, o.Now().UTC()
@@ -887,7 +901,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			}
 			st.BytesWritten += int64(len(sd))
 			st.IndexSigned = true
-			hook("sig-written")
+			if err := fpSigWritten.Inject(); err != nil {
+				return nil, fmt.Errorf("publish: %w", err)
+			}
 		}
 		if err := writeFile(r.root, IndexPath, data, true); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
@@ -897,7 +913,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 		}
 		st.BytesWritten += int64(len(data))
 		st.IndexWritten = true
-		hook("index-written")
+		if err := fpIndexWritten.Inject(); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
 	}
 	for _, n := range txs {
 		st.Txs = append(st.Txs, *n.pub)
@@ -925,7 +943,7 @@ func w0() *zstd.Encoder {
 }
 
 // putAll runs put over jobs on n goroutines; the first error stops them.
-func (r *repo) putAll(objs *cas.Store, jobs []*objJob, n int, hook func(string)) error {
+func (r *repo) putAll(objs *cas.Store, jobs []*objJob, n int) error {
 	if n > len(jobs) {
 		n = len(jobs)
 	}
@@ -951,7 +969,11 @@ func (r *repo) putAll(objs *cas.Store, jobs []*objJob, n int, hook func(string))
 					return
 				}
 				if done.Add(1) == half {
-					hook("objects-half")
+					if err := fpObjectsHalf.Inject(); err != nil {
+						errs[g] = err
+						failed.Store(true)
+						return
+					}
 				}
 			}
 		}(g)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/sign"
 	"github.com/txboot/txboot/txstore/testtree"
@@ -27,7 +29,7 @@ import (
 )
 
 // TestMain lets the test binary act as a publishing child that kills
-// itself at a named step (TXBOOT_CRASH_AT).
+// itself at a named failpoint (TXBOOT_FAILPOINTS).
 func TestMain(m *testing.M) {
 	if root := os.Getenv("TXBOOT_PUBLISH_ROOT"); root != "" {
 		os.Exit(publishChild(root))
@@ -47,12 +49,8 @@ func publishChild(root string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	at := os.Getenv("TXBOOT_CRASH_AT")
-	_, err = Publish(s, os.Getenv("TXBOOT_PUBLISH_REPO"), []uint64{2}, PublishOptions{Key: key, Workers: 2, Hook: func(step string) {
-		if step == at {
-			unix.Kill(unix.Getpid(), unix.SIGKILL)
-		}
-	}})
+	// The parent's TXBOOT_FAILPOINTS kills it at a step.
+	_, err = Publish(s, os.Getenv("TXBOOT_PUBLISH_REPO"), []uint64{2}, PublishOptions{Key: key, Workers: 2})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -622,6 +620,11 @@ func TestPublishCrash(t *testing.T) {
 	keyDir := t.TempDir()
 	key, keys, keyPath := newKey(t, keyDir, "vendor")
 	steps := []string{"objects-half", "objects-written", "objects-synced", "manifests-written", "recorded", "sig-written", "index-written"}
+	for _, n := range failpoint.Names() {
+		if step, ok := strings.CutPrefix(n, "publish/"); ok && !slices.Contains(steps, step) {
+			t.Errorf("failpoint %s is not tested", n)
+		}
+	}
 	for _, step := range steps {
 		t.Run(step, func(t *testing.T) {
 			root := newStore(t, 2, txstore.CommitOptions{})
@@ -629,7 +632,7 @@ func TestPublishCrash(t *testing.T) {
 			publish(t, root, repo, []uint64{1}, PublishOptions{Key: key})
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), "TXBOOT_PUBLISH_ROOT="+root, "TXBOOT_PUBLISH_REPO="+repo,
-				"TXBOOT_PUBLISH_KEY="+keyPath, "TXBOOT_CRASH_AT="+step)
+				"TXBOOT_PUBLISH_KEY="+keyPath, failpoint.EnvVar+"=publish/"+step+"=crash")
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
