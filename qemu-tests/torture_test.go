@@ -486,8 +486,11 @@ func (tt *torture) howFar(step, fp, out string, ended []string) string {
 	return "while it ran"
 }
 
-// allowPrune: a prune with --keep keep may remove any tx but the keep
-// newest, the default and the booted one.
+// allowPrune: a prune with --keep keep may remove any tx but the default,
+// the booted one and the keep newest that are not bad (bootstate.Keep
+// counts bad txs last, so a newer bad tx may go while an older one stays;
+// the newest good tx is kept too, but the host does not know which txs are
+// good, so it does not hold the prune to that here: TestKeep does).
 func (tt *torture) allowPrune(keep int) {
 	ids := make([]uint64, 0, len(tt.known))
 	for id := range tt.known {
@@ -495,8 +498,15 @@ func (tt *torture) allowPrune(keep int) {
 	}
 	slices.Sort(ids)
 	slices.Reverse(ids)
-	for i, id := range ids {
-		if i >= keep && id != tt.last.Default && id != tt.last.Booted {
+	n := 0
+	for _, id := range ids {
+		// Sure to stay: within the keep newest not-bad ones (the default
+		// and the booted tx take their slots there too, as in Keep).
+		newest := n < keep && !slices.Contains(tt.last.Bad, id)
+		if newest {
+			n++
+		}
+		if !newest && id != tt.last.Default && id != tt.last.Booted {
 			tt.mayGo[id] = true
 		}
 	}
