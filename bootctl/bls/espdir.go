@@ -51,6 +51,25 @@ func openESP(p string) (*espDir, error) {
 
 func (d *espDir) Close() error { return unix.Close(d.fd) }
 
+// openEntriesDir opens loader/entries beneath the ESP's root handle, one
+// component at a time (a symlinked loader/ or entries/ is not followed).
+// A missing one is (nil, nil): no entries. The caller closes the result.
+func (d *espDir) openEntriesDir() (*espDir, error) {
+	loader, err := d.openDir(path.Dir(EntriesDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer loader.Close()
+	entries, err := loader.openDir(path.Base(EntriesDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return entries, err
+}
+
 func (d *espDir) path(name string) string { return filepath.Join(d.abs, name) }
 func (d *espDir) relPath(name string) string {
 	if d.rel == "" {

@@ -119,19 +119,8 @@ func Heal(cfg HealConfig, txs []TxInfo) (HealReport, error) {
 		return r, err
 	}
 	defer esp.Close()
-	loader, err := esp.openDir(path.Dir(EntriesDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return r, nil
-	}
-	if err != nil {
-		return r, err
-	}
-	defer loader.Close()
-	entries, err := loader.openDir(path.Base(EntriesDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return r, nil
-	}
-	if err != nil {
+	entries, err := esp.openEntriesDir()
+	if err != nil || entries == nil {
 		return r, err
 	}
 	defer entries.Close()

@@ -3,8 +3,6 @@ package bls
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"path"
 	"sort"
 	"strings"
 
@@ -36,19 +34,8 @@ func List(esp, prefix string) ([]EntryFile, error) {
 	}
 	defer root.Close()
 	// Not followed if a symlink: status must not list entries elsewhere.
-	loader, err := root.openDir(path.Dir(EntriesDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer loader.Close()
-	dir, err := loader.openDir(path.Base(EntriesDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	dir, err := root.openEntriesDir()
+	if err != nil || dir == nil {
 		return nil, err
 	}
 	defer dir.Close()

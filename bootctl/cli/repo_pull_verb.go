@@ -111,11 +111,8 @@ func pull(e *env, s *txstore.Store, url string, o *pullOpts) error {
 	if o.downloadOnly {
 		d, st, err := repo.Download(ctx, s, o.fetcher, url, po)
 		e.progressDone()
-		if errors.Is(err, repo.ErrNoTx) {
-			return exitError{ExitNotFound, err.Error()}
-		}
 		if err != nil {
-			return err
+			return pullError(err)
 		}
 		if e.json {
 			return e.printJSON(map[string]any{"download": d, "stats": st})
@@ -125,11 +122,8 @@ func pull(e *env, s *txstore.Store, url string, o *pullOpts) error {
 	}
 	tx, st, err := repo.Pull(ctx, s, o.fetcher, url, po)
 	e.progressDone()
-	if errors.Is(err, repo.ErrNoTx) {
-		return exitError{ExitNotFound, err.Error()}
-	}
 	if err != nil {
-		return err
+		return pullError(err)
 	}
 	if e.json {
 		if err := e.printJSON(map[string]any{"tx": tx, "stats": st}); err != nil {
@@ -270,4 +264,12 @@ func versionColumn(t *txstore.Tx) string {
 		return "-"
 	}
 	return printable(t.Version)
+}
+
+// pullError: no such tx in the index is exit 4, as for a local tx id.
+func pullError(err error) error {
+	if errors.Is(err, repo.ErrNoTx) {
+		return exitError{ExitNotFound, err.Error()}
+	}
+	return err
 }
