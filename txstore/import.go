@@ -14,7 +14,6 @@ import (
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/failpoint"
-	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -48,12 +47,10 @@ type Import struct {
 	work string
 	objs *cas.Store
 
+	flushMu      sync.Mutex // one Flush at a time; add never waits for it
 	mu           sync.Mutex
 	pending      []importStaged
 	pendingBytes int64
-	fans         [256]bool // fan-out directories listed into byHash
-	byHash       map[cas.Hash][]cas.Key
-	seq          int
 	published    int
 }
 
@@ -83,8 +80,7 @@ func (s *Store) NewImport() (*Import, error) {
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	return &Import{s: s, work: work, objs: &cas.Store{Dir: s.objects.Dir, TmpDir: work},
-		byHash: map[cas.Hash][]cas.Key{}}, nil
+	return &Import{s: s, work: work, objs: &cas.Store{Dir: s.objects.Dir, TmpDir: work}}, nil
 }
 
 // Close drops whatever was staged and not published.
@@ -106,37 +102,27 @@ func (im *Import) TempFile() (*os.File, error) {
 // Has reports whether object k is in the CAS (see cas.Store.Has).
 func (im *Import) Has(k cas.Key) (bool, error) { return im.objs.Has(k) }
 
-// Present returns the objects in the CAS with content h under any mode
-// and owner: a puller copies one of them locally instead of fetching.
-// Only canonical names are returned; Has and HashFile check the files.
-func (im *Import) Present(h cas.Hash) ([]cas.Key, error) {
-	im.mu.Lock()
-	defer im.mu.Unlock()
-	if !im.fans[h[0]] {
-		if err := im.listFan(h[0]); err != nil {
-			return nil, err
-		}
-		im.fans[h[0]] = true
+// Check reports whether object k is in the CAS by one stat (see
+// cas.Store.Check): for keys Find named.
+func (im *Import) Check(k cas.Key) (bool, error) { return im.objs.Check(k) }
+
+// Find returns the objects in the CAS holding each content of hs, under
+// any mode and owner (see cas.Store.Find): a puller skips what the store
+// has and copies locally what it has under another key instead of
+// fetching. Only canonical names are returned; Check and HashFile check
+// the files.
+func (im *Import) Find(hs []cas.Hash) (map[cas.Hash][]cas.Key, error) {
+	found, err := im.objs.Find(hs)
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
 	}
-	return im.byHash[h], nil
+	return found, nil
 }
 
-// listFan reads objects/<xx> (never following a symlink) into byHash.
-func (im *Import) listFan(b byte) error {
-	fan := filepath.Join(im.objs.Dir, fmt.Sprintf("%02x", b))
-	fd, err := walk.OpenDirAt(unix.AT_FDCWD, fan)
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("import: list %s: %w", fan, err)
-	}
-	defer unix.Close(fd)
-	return cas.ReadDir(fd, func(name string, _ uint64, _ uint8) {
-		if k, err := cas.ParseName(name); err == nil && k.Hash[0] == b {
-			im.byHash[k.Hash] = append(im.byHash[k.Hash], k)
-		}
-	})
+// Present is Find for one content.
+func (im *Import) Present(h cas.Hash) ([]cas.Key, error) {
+	found, err := im.Find([]cas.Hash{h})
+	return found[h], err
 }
 
 // AddFile stages path, a file in the import's directory (TempFile) that
@@ -223,39 +209,85 @@ func (im *Import) CopyLocal(src cas.Key, size int64, keys []cas.Key) error {
 	return im.add(staged, size)
 }
 
+// Create starts the object k of size bytes, written by the caller
+// straight into the staging area with k's mode and owner (cas.Writer);
+// after checking what it wrote, the caller hands it to AddObject, or calls
+// Abort. For content the tx links under one key, the common case; content
+// under several keys goes through TempFile and AddFile.
+func (im *Import) Create(k cas.Key, size int64) (*cas.Writer, error) {
+	w, err := im.objs.Create(k, size)
+	if err != nil {
+		return nil, fmt.Errorf("import object %s: %w", k.RelPath(), err)
+	}
+	return w, nil
+}
+
+// AddObject stages w (from Create), whose content the caller has checked
+// hashes to w's key, for the next batch.
+func (im *Import) AddObject(w *cas.Writer) error {
+	k, size := w.Key(), w.Size()
+	tmp, err := w.Finish()
+	if err != nil {
+		return fmt.Errorf("import object %s: %w", k.RelPath(), err)
+	}
+	return im.add([]importStaged{{tmp, k}}, size)
+}
+
 // add queues staged objects and publishes a batch once enough is staged.
+// The caller that fills a batch flushes it; when a Flush is already under
+// way the batch waits for the next add or Flush instead of the caller
+// waiting (the bound on what is staged is a target, not a hard limit).
 func (im *Import) add(staged []importStaged, size int64) error {
 	im.mu.Lock()
 	im.pending = append(im.pending, staged...)
 	im.pendingBytes += size * int64(len(staged))
 	full := im.pendingBytes >= importFlushBytes || len(im.pending) >= importFlushObjects
 	im.mu.Unlock()
-	if full {
-		return im.Flush()
+	if full && im.flushMu.TryLock() {
+		defer im.flushMu.Unlock()
+		return im.flushLocked()
 	}
 	return nil
 }
 
-// Flush makes everything staged durable (one syncfs) and then publishes it
-// under objects/.
+// Flush makes everything staged so far durable (one syncfs) and then
+// publishes it under objects/. Objects staged meanwhile go in the next
+// batch: the syncfs does not hold up the fetchers.
 func (im *Import) Flush() error {
+	im.flushMu.Lock()
+	defer im.flushMu.Unlock()
+	return im.flushLocked()
+}
+
+func (im *Import) flushLocked() error {
 	im.mu.Lock()
-	defer im.mu.Unlock()
-	if len(im.pending) == 0 {
+	batch, bytes := im.pending, im.pendingBytes
+	im.pending, im.pendingBytes = nil, 0
+	im.mu.Unlock()
+	if len(batch) == 0 {
 		return nil
 	}
+	// requeue puts back what was not published (a later Flush retries it,
+	// Close removes it).
+	requeue := func(rest []importStaged) {
+		im.mu.Lock()
+		im.pending = append(rest, im.pending...)
+		im.pendingBytes += bytes
+		im.mu.Unlock()
+	}
 	if err := cas.Syncfs(im.s.Dir); err != nil {
+		requeue(batch)
 		return err
 	}
-	for i, p := range im.pending {
+	for i, p := range batch {
 		if err := im.objs.Publish(p.tmp, p.key); err != nil {
-			im.pending = im.pending[i:]
+			requeue(batch[i:])
 			return err
 		}
-		im.byHash[p.key.Hash] = append(im.byHash[p.key.Hash], p.key)
+		im.mu.Lock()
 		im.published++
+		im.mu.Unlock()
 	}
-	im.pending, im.pendingBytes = im.pending[:0], 0
 	return nil
 }
 

@@ -169,14 +169,39 @@ func (s *Store) Has(k Key) (bool, error) {
 	}
 	// Present by name is not enough to reuse it: an object replaced by a
 	// symlink or re-moded would be linked into the new tree as it is.
+	ok, err := s.statObject(d, f, k, name)
+	if !ok && err == nil {
+		delete(f.names, name) // removed by hand since the listing
+	}
+	return ok, err
+}
+
+// Check reports whether object k exists, like Has, by one fstatat and
+// without reading its fan-out directory: for a caller that asks about a
+// few objects (Find found their names). Something else in k's place (a
+// symlink, another mode) is ErrDamaged.
+func (s *Store) Check(k Key) (bool, error) {
+	d := s.state()
+	f := &d.fans[k.Hash[0]]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var buf [96]byte
+	return s.statObject(d, f, k, string(k.AppendName(buf[:0])))
+}
+
+// statObject stats object k (named name) in its fan-out directory; f.mu is
+// held.
+func (s *Store) statObject(d *dirs, f *fan, k Key, name string) (bool, error) {
 	fd, err := d.fanFD(f, k.Hash[0], false)
-	if err != nil || fd < 0 {
+	if err != nil {
 		return false, fmt.Errorf("stat object %s: %w", k.RelPath(), err)
+	}
+	if fd < 0 {
+		return false, nil
 	}
 	var st unix.Stat_t
 	if err := fstatat(fd, name, &st); err != nil {
-		if err == unix.ENOENT { // removed by hand since the listing
-			delete(f.names, name)
+		if err == unix.ENOENT {
 			return false, nil
 		}
 		return false, fmt.Errorf("stat object %s: %w", k.RelPath(), err)
@@ -185,6 +210,68 @@ func (s *Store) Has(k Key) (bool, error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// Find returns, for each content of hs the store holds, every object with
+// that content (under any mode and owner), reading each fan-out directory
+// that one of hs falls in once and keeping none of its other names: a
+// puller planning a thousand contents spread over every fan-out pays one
+// getdents pass per directory and no map of all its names. Only canonical
+// names count; the files themselves are not looked at (Check them before
+// reuse).
+func (s *Store) Find(hs []Hash) (map[Hash][]Key, error) {
+	var want [256]map[Hash]bool
+	for _, h := range hs {
+		if want[h[0]] == nil {
+			want[h[0]] = map[Hash]bool{}
+		}
+		want[h[0]][h] = true
+	}
+	out := map[Hash][]Key{}
+	d := s.state()
+	for b := range want {
+		if want[b] == nil {
+			continue
+		}
+		if err := s.findIn(d, byte(b), want[b], out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) findIn(d *dirs, b byte, want map[Hash]bool, out map[Hash][]Key) error {
+	f := &d.fans[b]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fd, err := d.fanFD(f, b, false)
+	if err != nil {
+		return fmt.Errorf("list objects/%s: %w", fanName(b), err)
+	}
+	if fd < 0 {
+		return nil
+	}
+	if _, err := unix.Seek(fd, 0, 0); err != nil {
+		return fmt.Errorf("list objects/%s: %w", fanName(b), err)
+	}
+	var h Hash
+	var hx [2 * len(h)]byte
+	err = readDirNames(fd, func(name string, _ uint64, _ uint8) {
+		if len(name) < len(hx) {
+			return
+		}
+		copy(hx[:], name)
+		if _, err := hex.Decode(h[:], hx[:]); err != nil || !want[h] {
+			return
+		}
+		if k, err := ParseName(name); err == nil {
+			out[h] = append(out[h], k)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("list objects/%s: %w", fanName(b), err)
+	}
+	return nil
 }
 
 // checkObject reports ErrDamaged unless st is a regular file with k's mode,

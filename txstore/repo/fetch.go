@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +21,9 @@ var (
 	// ErrRedirects: the server redirected more than MaxRedirects times
 	// (a loop, most likely). Also an ErrFetch.
 	ErrRedirects = fmt.Errorf("%w: too many redirects", ErrFetch)
+	// ErrStalled: a body sent nothing for BodyIdleTimeout. Also an
+	// ErrFetch, and retried.
+	ErrStalled = errors.New("server stalled")
 )
 
 // MaxRedirects bounds the redirects followed for one request.
@@ -75,9 +79,17 @@ func permanent(err error) bool {
 // host, MaxRedirects redirects, no transparent decompression (bodies are
 // hashed exactly as served).
 type HTTPFetcher struct {
+	// BodyIdleTimeout bounds how long one Read of a body may wait for a
+	// byte; NewHTTPFetcher sets DefaultBodyIdleTimeout. Zero or less
+	// disables it. Set it before the first Get.
+	BodyIdleTimeout time.Duration
+
 	base   *url.URL
 	client *http.Client
 }
+
+// DefaultBodyIdleTimeout is HTTPFetcher.BodyIdleTimeout unless changed.
+const DefaultBodyIdleTimeout = 60 * time.Second
 
 // NewHTTPFetcher checks base (http or https, a host, no query or fragment)
 // and makes a client for conns parallel requests.
@@ -113,7 +125,7 @@ func NewHTTPFetcher(base string, conns int) (*HTTPFetcher, error) {
 		}
 		return nil
 	}}
-	return &HTTPFetcher{base: u, client: c}, nil
+	return &HTTPFetcher{BodyIdleTimeout: DefaultBodyIdleTimeout, base: u, client: c}, nil
 }
 
 // URL implements Fetcher.
@@ -121,15 +133,21 @@ func (f *HTTPFetcher) URL(path string) string {
 	return f.base.ResolveReference(&url.URL{Path: path}).String()
 }
 
-// Get implements Fetcher.
+// Get implements Fetcher. The body's Read fails with ErrStalled when no
+// byte arrives for BodyIdleTimeout; Close releases the request.
 func (f *HTTPFetcher) Get(ctx context.Context, path string) (io.ReadCloser, error) {
 	u := f.URL(path)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	// A request context of its own: the idle timer cancels it (with a
+	// stall as the cause) without touching the caller's ctx.
+	rctx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
+		cancel(nil)
 		return nil, fmt.Errorf("GET %s: %w", u, err)
 	}
 	resp, err := f.client.Do(req)
 	if err != nil {
+		cancel(nil)
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // Do's own error repeats the method and URL
@@ -141,9 +159,80 @@ func (f *HTTPFetcher) Get(ctx context.Context, path string) (io.ReadCloser, erro
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
+		cancel(nil)
 		return nil, &StatusError{URL: u, Code: resp.StatusCode, Status: resp.Status}
 	}
-	return resp.Body, nil
+	b := &idleBody{body: resp.Body, url: u, idle: f.BodyIdleTimeout, parent: ctx, ctx: rctx, cancel: cancel}
+	stall := &stallError{url: u, idle: f.BodyIdleTimeout}
+	b.timer = time.AfterFunc(time.Hour, func() { cancel(stall) })
+	b.timer.Stop() // armed only while a Read waits
+	return b, nil
+}
+
+// stallError is a body that sent nothing for idle. It is an ErrFetch and
+// an ErrStalled, and a timeout (a network error, so retried) — never a
+// context.Canceled, which permanent() would not retry.
+type stallError struct {
+	url  string
+	idle time.Duration
+}
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("GET %s: no data for %v (server stalled)", e.url, e.idle)
+}
+func (e *stallError) Unwrap() []error { return []error{ErrFetch, ErrStalled} }
+func (e *stallError) Timeout() bool   { return true }
+
+// idleBody is a response body whose every Read may wait at most idle for
+// a byte. The timer runs only inside Read, so a consumer that pauses
+// between Reads (a slow disk) is not taken for a stalled server.
+type idleBody struct {
+	body   io.ReadCloser
+	url    string
+	idle   time.Duration
+	parent context.Context // the caller's
+	ctx    context.Context // the request's, cancelled on a stall or Close
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	closed atomic.Bool
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	armed := b.idle > 0 && len(p) > 0 && !b.closed.Load()
+	if armed {
+		b.timer.Reset(b.idle)
+	}
+	n, err := b.body.Read(p)
+	if armed {
+		// A timer that fired anyway has cancelled the request: the next
+		// Read reports the stall.
+		b.timer.Stop()
+	}
+	if err == nil || err == io.EOF {
+		return n, err
+	}
+	// The caller's cancellation stays a cancellation (permanent), even if
+	// the timer fired too.
+	if perr := b.parent.Err(); perr != nil {
+		if errors.Is(err, perr) {
+			return n, err
+		}
+		return n, fmt.Errorf("GET %s: %w: %w", b.url, perr, err)
+	}
+	var se *stallError
+	if errors.As(context.Cause(b.ctx), &se) {
+		return n, se
+	}
+	return n, err
+}
+
+// Close stops the timer and ends the request.
+func (b *idleBody) Close() error {
+	b.closed.Store(true)
+	b.timer.Stop()
+	err := b.body.Close()
+	b.cancel(nil)
+	return err
 }
 
 // CloseIdle closes the client's idle connections.

@@ -414,7 +414,7 @@ func (p *puller) get(ctx context.Context, path string, limit int64) ([]byte, err
 		defer body.Close()
 		data, err = io.ReadAll(io.LimitReader(body, limit+1))
 		if err != nil {
-			return fmt.Errorf("GET %s: %w: %w", p.f.URL(path), ErrFetch, err)
+			return bodyErr(p.f.URL(path), err)
 		}
 		if int64(len(data)) > limit {
 			return fmt.Errorf("GET %s: %w: larger than %d bytes", p.f.URL(path), ErrContent, limit)
@@ -649,19 +649,31 @@ func needed(m *manifest.Manifest, only []int) []*need {
 // another mode or owner; it returns what must be fetched, each with only
 // its missing keys.
 func (p *puller) plan(im *txstore.Import, needs []*need, st *PullStats) ([]*need, error) {
+	hs := make([]cas.Hash, len(needs))
+	for i, n := range needs {
+		hs[i] = n.hash
+	}
+	found, err := im.Find(hs)
+	if err != nil {
+		return nil, err
+	}
 	var fetch []*need
 	for _, n := range needs {
 		if n.size < 0 {
 			return nil, fmt.Errorf("%w: content %s listed with two sizes", manifest.ErrBad, n.hash)
 		}
+		present := found[n.hash]
 		var missing []cas.Key
 		for _, k := range n.keys {
-			has, err := im.Has(k)
-			if errors.Is(err, cas.ErrDamaged) {
-				return nil, fmt.Errorf("pull: %w", err) // as commit: a damaged object is the user's to remove
-			}
-			if err != nil {
-				return nil, err
+			has := false
+			if slicesContains(present, k) {
+				has, err = im.Check(k)
+				if errors.Is(err, cas.ErrDamaged) {
+					return nil, fmt.Errorf("pull: %w", err) // as commit: a damaged object is the user's to remove
+				}
+				if err != nil {
+					return nil, err
+				}
 			}
 			if !has {
 				missing = append(missing, k)
@@ -671,10 +683,6 @@ func (p *puller) plan(im *txstore.Import, needs []*need, st *PullStats) ([]*need
 			st.Present++
 			st.PresentBytes += n.size
 			continue
-		}
-		present, err := im.Present(n.hash)
-		if err != nil {
-			return nil, err
 		}
 		copied := false
 		for _, src := range present {
@@ -882,16 +890,38 @@ func (w *objectWorker) once(ctx context.Context, path string, n *need, compresse
 		return 0, err
 	}
 	defer body.Close()
-	f, err := w.im.TempFile()
-	if err != nil {
-		return 0, err
+	// Content under one key (nearly all) is written straight into the
+	// staging area as its object; under several, into a temp file that
+	// AddFile links and copies.
+	var out io.Writer
+	var finish func() error
+	var abort func()
+	if len(n.keys) == 1 {
+		ow, err := w.im.Create(n.keys[0], n.size)
+		if err != nil {
+			return 0, permanentErr{err}
+		}
+		out, abort = ow, ow.Abort
+		finish = func() error { return w.im.AddObject(ow) }
+	} else {
+		f, err := w.im.TempFile()
+		if err != nil {
+			return 0, err
+		}
+		tmp := f.Name()
+		out = f
+		abort = func() { f.Close(); os.Remove(tmp) }
+		finish = func() error {
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("write %s: %w", tmp, err)
+			}
+			return w.im.AddFile(tmp, n.hash, n.size, n.keys)
+		}
 	}
-	tmp := f.Name()
 	keep := false
 	defer func() {
 		if !keep {
-			f.Close()
-			os.Remove(tmp)
+			abort()
 		}
 	}()
 	wire := &countReader{r: io.LimitReader(body, limit+1), progress: w.progress}
@@ -911,7 +941,15 @@ func (w *objectWorker) once(ctx context.Context, path string, n *need, compresse
 		w.h, w.buf = sha256.New(), make([]byte, 256<<10)
 	}
 	w.h.Reset()
-	got, err := io.CopyBuffer(io.MultiWriter(f, w.h), io.LimitReader(src, n.size+1), w.buf)
+	got, err := io.CopyBuffer(io.MultiWriter(out, w.h), io.LimitReader(src, n.size), w.buf)
+	if err == nil && got == n.size {
+		// One byte more than the manifest says is a body too long (the
+		// writer takes exactly size bytes).
+		var one [1]byte
+		if k, _ := io.ReadFull(src, one[:]); k > 0 {
+			got++
+		}
+	}
 	if wire.n > limit {
 		return wire.n, fmt.Errorf("GET %s: %w: more than the %d bytes expected", url, ErrContent, limit)
 	}
@@ -919,7 +957,7 @@ func (w *objectWorker) once(ctx context.Context, path string, n *need, compresse
 		if compressed && !errors.Is(err, io.ErrUnexpectedEOF) && ctx.Err() == nil && !isNetErr(err) {
 			return wire.n, fmt.Errorf("GET %s: %w: %w", url, ErrContent, err)
 		}
-		return wire.n, fmt.Errorf("GET %s: %w: %w", url, ErrFetch, err)
+		return wire.n, bodyErr(url, err)
 	}
 	if got != n.size {
 		return wire.n, fmt.Errorf("GET %s: %w: %d bytes, want %d (truncated or too long)", url, ErrContent, got, n.size)
@@ -937,14 +975,20 @@ func (w *objectWorker) once(ctx context.Context, path string, n *need, compresse
 	if sum != n.hash {
 		return wire.n, fmt.Errorf("GET %s: %w: content hashes to %s, want %s", url, ErrContent, hex.EncodeToString(sum[:]), n.hash)
 	}
-	if err := f.Close(); err != nil {
-		return wire.n, fmt.Errorf("write %s: %w", tmp, err)
-	}
 	keep = true
-	if err := w.im.AddFile(tmp, n.hash, n.size, n.keys); err != nil {
+	if err := finish(); err != nil {
 		return wire.n, permanentErr{err}
 	}
 	return wire.n, nil
+}
+
+// bodyErr is an error reading the body of url: an ErrFetch naming it,
+// unless the fetcher's error already is one (a stall names the URL).
+func bodyErr(url string, err error) error {
+	if errors.Is(err, ErrFetch) {
+		return err
+	}
+	return fmt.Errorf("GET %s: %w: %w", url, ErrFetch, err)
 }
 
 // permanentErr marks a local failure (the store, not the server): not
