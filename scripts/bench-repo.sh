@@ -89,8 +89,8 @@ rm -rf "$RUN"
 # Medians of 3 runs (big: each run's clients are removed before the
 # next, then a 61 s wait). Nothing is removed during a timed run, and
 # each starts at least 61 s after the last removal (and a sync): ext4
-# without a journal (this VM's disk) skips inodes freed in the last 60 s when it allocates one, at a cost per
-# skipped inode (~0.25 ms per file created after mass removals, measured),
+# without a journal (this VM's disk) skips inodes freed in the last 60 s
+# when it allocates one, at a cost per skipped inode (~0.25 ms per file created after mass removals, measured),
 # which would slow whichever tool ran first after a removal.
 NGX=$(mktemp -d /tmp/bench-nginx.XXXXXX)
 NGXPID=
