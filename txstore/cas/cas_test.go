@@ -42,13 +42,8 @@ func TestKeyNames(t *testing.T) {
 // StageLink takes a singly linked file by hardlink; each published object
 // re-hashes to its key.
 func TestStagePaths(t *testing.T) {
-	dir := t.TempDir()
-	s := &Store{Dir: dir + "/objects", TmpDir: dir + "/tmp"}
-	for _, d := range []string{s.Dir, s.TmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := testStore(t)
+	dir := filepath.Dir(s.Dir)
 	for _, size := range []int{1, 4095, int(directMin) - 1, int(directMin), 3<<20 + 123} {
 		for _, link := range []bool{false, true} {
 			data := make([]byte, size)
@@ -92,4 +87,19 @@ func TestStagePaths(t *testing.T) {
 			}
 		}
 	}
+}
+
+// testStore is an empty CAS in a temp dir (objects/ and tmp/), closed
+// when the test ends.
+func testStore(t *testing.T) *Store {
+	t.Helper()
+	dir := t.TempDir()
+	s := &Store{Dir: dir + "/objects", TmpDir: dir + "/tmp"}
+	for _, d := range []string{s.Dir, s.TmpDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

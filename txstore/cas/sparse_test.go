@@ -16,14 +16,7 @@ import (
 // the middle) and a data tail makes an object of about that much disk, with
 // the same size and bytes.
 func TestStageSparse(t *testing.T) {
-	dir := t.TempDir()
-	s := &Store{Dir: dir + "/objects", TmpDir: dir + "/tmp"}
-	for _, d := range []string{s.Dir, s.TmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer s.Close()
+	s := testStore(t)
 	const size = 512 << 20
 	cases := []struct {
 		name string
@@ -35,7 +28,7 @@ func TestStageSparse(t *testing.T) {
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			src := filepath.Join(dir, "sparse")
+			src := filepath.Join(filepath.Dir(s.Dir), "sparse")
 			os.Remove(src)
 			f, err := os.Create(src)
 			if err != nil {

@@ -86,17 +86,7 @@ func (s *Store) Stage(src string, k Key, want *unix.Stat_t) (string, error) {
 	// segment, it keeps them (a 512 MiB image with 4 KiB of data must not
 	// become a 512 MiB object). Buffered: direct I/O would gain nothing.
 	sparse := want != nil && want.Size > 0 && want.Blocks*512 < want.Size
-	direct := !sparse && want != nil && want.Size >= directMin && directOK.Load()
-	flags := 0
-	if direct {
-		flags = unix.O_DIRECT
-	}
-	out, name, err := createTemp(tfd, d.tmp, mode, flags)
-	if err != nil && direct {
-		directOK.Store(false) // the filesystem refuses O_DIRECT
-		direct = false
-		out, name, err = createTemp(tfd, d.tmp, mode, 0)
-	}
+	out, name, direct, err := createObjectTemp(tfd, d.tmp, mode, !sparse && want != nil && want.Size >= directMin)
 	if err != nil {
 		return "", err
 	}
@@ -376,6 +366,20 @@ func createTemp(dirfd int, dir string, mode uint32, flags int) (int, string, err
 		}
 		return fd, name, nil
 	}
+}
+
+// createObjectTemp is createTemp with O_DIRECT when direct is asked for
+// and the filesystem takes it; it reports whether the file is direct.
+func createObjectTemp(dirfd int, dir string, mode uint32, direct bool) (int, string, bool, error) {
+	if direct && directOK.Load() {
+		fd, name, err := createTemp(dirfd, dir, mode, unix.O_DIRECT)
+		if err == nil {
+			return fd, name, true, nil
+		}
+		directOK.Store(false) // the filesystem refuses O_DIRECT
+	}
+	fd, name, err := createTemp(dirfd, dir, mode, 0)
+	return fd, name, false, err
 }
 
 // StageBytes writes data as a temp object (used for manifests).

@@ -39,17 +39,7 @@ func (s *Store) Create(k Key, size int64) (*Writer, error) {
 		return nil, err
 	}
 	mode, chmod := CreateMode(k.Mode)
-	direct := size >= directMin && directOK.Load()
-	flags := 0
-	if direct {
-		flags = unix.O_DIRECT
-	}
-	fd, name, err := createTemp(tfd, d.tmp, mode, flags)
-	if err != nil && direct {
-		directOK.Store(false) // the filesystem refuses O_DIRECT
-		direct = false
-		fd, name, err = createTemp(tfd, d.tmp, mode, 0)
-	}
+	fd, name, direct, err := createObjectTemp(tfd, d.tmp, mode, size >= directMin)
 	if err != nil {
 		return nil, err
 	}

@@ -17,14 +17,7 @@ import (
 // directMin, tails not block-aligned, writes straddling the buffer), with
 // the key's mode, and publishes to its name.
 func TestWriterContent(t *testing.T) {
-	dir := t.TempDir()
-	s := &Store{Dir: dir + "/objects", TmpDir: dir + "/tmp"}
-	for _, d := range []string{s.Dir, s.TmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer s.Close()
+	s := testStore(t)
 	sizes := []int{1, 4095, 4096, int(directMin) - 1, int(directMin), int(directMin) + 1, directChunk, directChunk + 7, 3<<20 + 123}
 	for _, size := range sizes {
 		for _, chunk := range []int{1 << 30, 1000, directChunk + 3} {
@@ -81,14 +74,7 @@ func TestWriterContent(t *testing.T) {
 // A Writer refuses more bytes than its size, Finish refuses fewer, and
 // neither leaves its temp file behind; nor does Abort.
 func TestWriterWrongSize(t *testing.T) {
-	dir := t.TempDir()
-	s := &Store{Dir: dir + "/objects", TmpDir: dir + "/tmp"}
-	for _, d := range []string{s.Dir, s.TmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer s.Close()
+	s := testStore(t)
 	for _, size := range []int{100, 2 * int(directMin)} {
 		data := make([]byte, size)
 		k := NewKey(Hash(sha256.Sum256(data)), 0o644, uint32(euid), uint32(egid))
@@ -136,14 +122,7 @@ func TestWriterWrongSize(t *testing.T) {
 // contents and non-canonical names, and survives a missing fan-out
 // directory; Check stats one key and calls a symlink in its place damaged.
 func TestFindCheck(t *testing.T) {
-	dir := t.TempDir()
-	s := &Store{Dir: dir + "/objects", TmpDir: dir + "/tmp"}
-	for _, d := range []string{s.Dir, s.TmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer s.Close()
+	s := testStore(t)
 	put := func(data string, mode uint32) Key {
 		k := NewKey(Hash(sha256.Sum256([]byte(data))), mode, uint32(euid), uint32(egid))
 		tmp, err := s.StageBytes([]byte(data), k)
