@@ -125,7 +125,7 @@ type PullStats struct {
 // stay (GC removes them if no tx comes to use them) and a re-run fetches
 // only the rest.
 func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Tx, *PullStats, error) {
-	ft, err := fetchTx(ctx, s, f, o)
+	ft, err := fetchTx(ctx, s, f, o, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -160,7 +160,7 @@ func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o Pul
 // A store that already has a tx with the digest gets nothing (nil
 // download, stats.Existing set).
 func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Download, *PullStats, error) {
-	ft, err := fetchTx(ctx, s, f, o)
+	ft, err := fetchTx(ctx, s, f, o, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -170,7 +170,7 @@ func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o
 	defer ft.im.Close()
 	// The manifest object goes with the last batch of objects: one syncfs
 	// for both, and StoreDownload finds it in place.
-	mobj, err := stageManifest(ft.im, ft.raw)
+	mobj, err := stageManifest(ft.im, <-ft.mobj)
 	if err != nil {
 		return nil, nil, fmt.Errorf("download %s: %w", ft.it.Digest, err)
 	}
@@ -195,6 +195,7 @@ type fetched struct {
 	m        *manifest.Manifest
 	raw      []byte
 	im       *txstore.Import   // the caller closes it
+	mobj     chan manifestObj  // with manifestObject: raw's CAS object, encoded meanwhile
 	existing *txstore.Tx       // the store already has the digest: nothing else is set
 	download *txstore.Download // a pending download of the same digest
 }
@@ -206,7 +207,10 @@ type fetched struct {
 // the object table (a hint for URLs and sizes), then only the objects the
 // store lacks, each checked against the manifest's size and SHA-256
 // before it enters the CAS.
-func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions) (*fetched, error) {
+//
+// With manifestObject, the manifest's CAS object (zstd) is encoded on a
+// goroutine while the objects are fetched, for Download to stage.
+func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions, manifestObject bool) (*fetched, error) {
 	ft := &fetched{start: time.Now()}
 	o = o.withDefaults()
 	p := &puller{f: f, o: o}
@@ -274,6 +278,13 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions) (*
 		if ft.m, ft.raw, err = p.manifest(ctx, dhex, it.Digest, st); err != nil {
 			return nil, err
 		}
+	}
+	if manifestObject {
+		ft.mobj = make(chan manifestObj, 1)
+		go func(raw []byte) {
+			z, k := txstore.ManifestObject(raw)
+			ft.mobj <- manifestObj{z, k}
+		}(ft.raw)
 	}
 	needs := needed(ft.m, nil)
 	st.Objects = len(needs)
@@ -1018,25 +1029,26 @@ func (c *countReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// stageManifest adds the manifest object of raw to the import unless the
-// store has it, and returns its name (hex hash).
-func stageManifest(im *txstore.Import, raw []byte) (string, error) {
-	z, k := txstore.ManifestObject(raw)
+// manifestObj is a manifest's CAS object: zstd bytes and key.
+type manifestObj struct {
+	z []byte
+	k cas.Key
+}
+
+// stageManifest adds the manifest object mo to the import unless the store
+// has it, and returns its name (hex hash).
+func stageManifest(im *txstore.Import, mo manifestObj) (string, error) {
+	z, k := mo.z, mo.k
 	if has, err := im.Has(k); err != nil || has {
 		return k.Hash.String(), err
 	}
-	f, err := im.TempFile()
+	w, err := im.Create(k, int64(len(z)))
 	if err != nil {
 		return "", err
 	}
-	if _, err := f.Write(z); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write %s: %w", f.Name(), err)
+	if _, err := w.Write(z); err != nil {
+		w.Abort()
+		return "", err
 	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write %s: %w", f.Name(), err)
-	}
-	return k.Hash.String(), im.AddFile(f.Name(), k.Hash, int64(len(z)), []cas.Key{k})
+	return k.Hash.String(), im.AddObject(w)
 }
