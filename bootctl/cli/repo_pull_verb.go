@@ -199,6 +199,8 @@ func printPullCounts(e *env, st *repo.PullStats) {
 	switch st.Delta {
 	case "used":
 		delta = ", manifest as a delta"
+	case "none":
+		delta = ", whole manifest (the repository has no delta for this update)"
 	case "fallback":
 		delta = ", whole manifest (delta unusable)"
 	}

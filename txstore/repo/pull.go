@@ -104,7 +104,8 @@ type PullStats struct {
 	// MetaBytes: manifest, delta and object table bytes on the wire.
 	MetaBytes int64 `json:"meta_bytes"`
 	// Delta: "used" (the manifest came as a delta against a local parent),
-	// "fallback" (a delta was tried and could not be used), "" (no local
+	// "none" (the repository has no delta against it: 404), "fallback" (a
+	// delta was served and could not be used; Warn said why), "" (no local
 	// parent).
 	Delta string `json:"delta,omitempty"`
 	// Existing: the store already had a tx with this digest (its id);
@@ -266,6 +267,11 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions, ma
 			st.Delta = "used"
 		case ctx.Err() != nil || errors.As(err, new(permanentErr)):
 			return nil, err
+		case isNotFound(err):
+			// Not published (a repository from before deltas, or the
+			// parent was not published): nothing wrong, nothing to say.
+			st.Delta = "none"
+			ft.m, ft.raw, inserted, table = nil, nil, nil, nil
 		default:
 			st.Delta = "fallback"
 			if o.Warn != nil {
