@@ -70,6 +70,8 @@ func (f *fakeSys) LoadModules(params []string) (string, kmod.Summary, error) {
 	return "6.1.0-test", kmod.Summary{Loaded: 1}, nil
 }
 
+// WaitRoot only records: the root device is a name in the command line
+// (/dev/txboot-test-root, which no host has); nothing here opens a device.
 func (f *fakeSys) WaitRoot(_ context.Context, spec cmdline.RootSpec, timeout time.Duration) (string, string, error) {
 	if f.panicIn == "waitroot" {
 		panic("boom")
@@ -78,7 +80,7 @@ func (f *fakeSys) WaitRoot(_ context.Context, spec cmdline.RootSpec, timeout tim
 	if f.rootErr != nil {
 		return "", "", f.rootErr
 	}
-	return "/dev/vda", "ext4", nil
+	return "/dev/txboot-test-root", "ext4", nil
 }
 
 func (f *fakeSys) Assembler(root string) Assembler { return &fakeAssembler{sys: f, root: root} }
@@ -200,13 +202,13 @@ func TestRunBoots(t *testing.T) {
 		remount  bool
 		log      []string
 	}{
-		{name: "on trial", cmdline: "root=/dev/vda rootdelay=2 txboot.watchdog=30 -- single x",
+		{name: "on trial", cmdline: "root=/dev/txboot-test-root rootdelay=2 txboot.watchdog=30 -- single x",
 			booted: 3, onTrial: true, watchdog: 30, args: []string{"single", "x"}, remount: true,
 			log: []string{"watchdog armed: 30 s", "booting tx 3 (on trial, 1 tries left)", "phases: early="}},
-		{name: "good: no watchdog", cmdline: "root=/dev/vda rw txboot.watchdog=30", good: []uint64{3},
+		{name: "good: no watchdog", cmdline: "root=/dev/txboot-test-root rw txboot.watchdog=30", good: []uint64{3},
 			booted: 3, log: []string{"booting tx 3 (good)"}},
-		{name: "on trial, txboot.watchdog=0", cmdline: "root=/dev/vda txboot.watchdog=0", booted: 3, onTrial: true, remount: true},
-		{name: "fallback", cmdline: "root=/dev/vda txboot.watchdog=10 mymod.opt=1", noInit: []uint64{3},
+		{name: "on trial, txboot.watchdog=0", cmdline: "root=/dev/txboot-test-root txboot.watchdog=0", booted: 3, onTrial: true, remount: true},
+		{name: "fallback", cmdline: "root=/dev/txboot-test-root txboot.watchdog=10 mymod.opt=1", noInit: []uint64{3},
 			booted: 2, onTrial: true, watchdog: 10, remount: true,
 			log: []string{"FALLBACK: requested tx 3 failed", "booting tx 2 instead"}},
 	} {
@@ -228,7 +230,7 @@ func TestRunBoots(t *testing.T) {
 			if strings.Contains(tc.cmdline, "rootdelay=2") {
 				want = append(want, "sleep 2s")
 			}
-			want = append(want, "waitroot /dev/vda 30s", "mount ext4 on "+root)
+			want = append(want, "waitroot /dev/txboot-test-root 30s", "mount ext4 on "+root)
 			if len(tc.noInit) > 0 { // tx 3 is bound, has no init, is unbound
 				want = append(want, fmt.Sprintf("bind /.txboot/trees/3/usr on %s/usr", root), "unbind")
 			}
@@ -313,25 +315,25 @@ func TestRunFails(t *testing.T) {
 				f.rootErr = errors.New("timed out after 2s waiting for the root device UUID=00000000-0000-4000-8000-000000000000; block devices seen: vda")
 			},
 			want: []string{"root device: timed out", "block devices seen: vda"}},
-		{name: "root mount fails", cmdline: "root=/dev/vda", store: true,
+		{name: "root mount fails", cmdline: "root=/dev/txboot-test-root", store: true,
 			setup: func(f *fakeSys) { f.mountErr[f.root] = unix.EINVAL },
-			want:  []string{"mount root /dev/vda: ext4: invalid argument; xfs: invalid argument; btrfs: invalid argument"}},
-		{name: "root mount fails, rootfstype", cmdline: "root=/dev/vda rootfstype=xfs", store: true,
+			want:  []string{"mount root /dev/txboot-test-root: ext4: invalid argument; xfs: invalid argument; btrfs: invalid argument"}},
+		{name: "root mount fails, rootfstype", cmdline: "root=/dev/txboot-test-root rootfstype=xfs", store: true,
 			setup: func(f *fakeSys) { f.mountErr[f.root] = unix.ENODEV },
-			want:  []string{"mount root /dev/vda: xfs: no such device"}},
-		{name: "required mount fails", cmdline: "root=/dev/vda", store: true,
+			want:  []string{"mount root /dev/txboot-test-root: xfs: no such device"}},
+		{name: "required mount fails", cmdline: "root=/dev/txboot-test-root", store: true,
 			setup: func(f *fakeSys) { f.mountErr["/proc"] = unix.EPERM },
 			want:  []string{"mount proc on /proc: operation not permitted"}},
-		{name: "no store", cmdline: "root=/dev/vda",
-			want: []string{"open the txboot store on /dev/vda", "no txboot store"}},
-		{name: "every tx broken", cmdline: "root=/dev/vda rd.txboot.shell=1", store: true, noInit: []uint64{1, 2}, shell: true,
+		{name: "no store", cmdline: "root=/dev/txboot-test-root",
+			want: []string{"open the txboot store on /dev/txboot-test-root", "no txboot store"}},
+		{name: "every tx broken", cmdline: "root=/dev/txboot-test-root rd.txboot.shell=1", store: true, noInit: []uint64{1, 2}, shell: true,
 			want: []string{"no transaction could be booted"}},
-		{name: "exec fails", cmdline: "root=/dev/vda init=/bin/nope", store: true, switched: true,
+		{name: "exec fails", cmdline: "root=/dev/txboot-test-root init=/bin/nope", store: true, switched: true,
 			setup: func(f *fakeSys) {
 				f.switchErr = errList{fmt.Errorf("/bin/nope: %w", unix.ENOENT), fmt.Errorf("/sbin/init: %w", unix.ENOEXEC)}
 			},
 			want: []string{"could not start init /sbin/init: /bin/nope: no such file or directory; /sbin/init: exec format error"}},
-		{name: "panic in a phase", cmdline: "root=/dev/vda", store: true,
+		{name: "panic in a phase", cmdline: "root=/dev/txboot-test-root", store: true,
 			setup: func(f *fakeSys) { f.panicIn = "waitroot" },
 			want:  []string{"initagent hit an internal error (phase rootdev: boom)"}},
 	} {
@@ -381,7 +383,7 @@ func TestRunFails(t *testing.T) {
 // missing efivarfs mount point (no UEFI) is skipped silently.
 func TestRunOptionalMounts(t *testing.T) {
 	plan, sys := testPlan(t)
-	sys.cmdline = "root=/dev/vda"
+	sys.cmdline = "root=/dev/txboot-test-root"
 	sys.mountErr["/run"] = unix.EPERM
 	sys.mountErr["/sys/firmware/efi/efivars"] = unix.ENOENT
 	sys.mountErr["/dev"] = unix.EBUSY // already mounted by the kernel
