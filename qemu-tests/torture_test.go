@@ -284,7 +284,9 @@ func (tt *torture) plan() map[string]string {
 		p["CANDIDATES"] = joinIDs(c)
 	case "pull":
 		vs := tt.sys.RepoVersions
-		p["ARGS"] = "--tx " + vs[tt.rng.Intn(len(vs))]
+		// Any version, older ones too: a pull is refused only for
+		// being older than the default, which the torture does not test.
+		p["ARGS"] = "--tx " + vs[tt.rng.Intn(len(vs))] + " --allow-downgrade"
 	}
 	if names := tt.fpNames[step]; len(names) > 0 && tt.rng.Intn(4) == 0 {
 		p["FP"] = failpoint.EnvVar + "=" + names[tt.rng.Intn(len(names))] + "=crash"

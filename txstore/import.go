@@ -37,15 +37,22 @@ var (
 // staging/, made durable by syncfs, then renamed under objects/. Objects
 // published before a crash are real, verified objects that no tx may
 // reference yet; GC removes them if none ever does. Whatever is still
-// staged goes with staging/ at the next writer's Open.
+// staged goes with staging/ at the next writer's Open after the import
+// ended.
+//
+// An Import holds Dir/fetch.lock shared from NewImport to Close, so that
+// it can run without the writer lock (OpenFetch): meanwhile no writer's
+// Cleanup removes its directory and no GC removes an unreferenced object
+// (one it found present or published, which its commit will reference).
 //
 // The caller checks every file it adds (size and SHA-256) before AddFile:
 // Import trusts the content it is handed, as Commit trusts its scan.
 // Methods are safe for concurrent use.
 type Import struct {
-	s    *Store
-	work string
-	objs *cas.Store
+	s       *Store
+	work    string
+	objs    *cas.Store
+	fetchFD int // fetch.lock, shared; -1 once Close released it
 
 	flushMu      sync.Mutex // one Flush at a time; add never waits for it
 	mu           sync.Mutex
@@ -68,25 +75,43 @@ const (
 )
 
 // NewImport starts an import in a fresh directory under staging/. The
-// store must be open for writing (the writer lock excludes GC meanwhile).
+// store must be open for writing or for fetching (OpenFetch). It takes
+// fetch.lock shared before the directory exists (waiting at most
+// Options.Timeout for a running GC or Cleanup), so that no Cleanup sees
+// the directory without its lock.
 func (s *Store) NewImport() (*Import, error) {
-	if err := s.writable(); err != nil {
-		return nil, err
+	if !s.fetch {
+		if err := s.writable(); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.checkDirs("staging", "objects", "trees"); err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "import-")
+	fd, err := s.lockFetchShared()
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	return &Import{s: s, work: work, objs: &cas.Store{Dir: s.objects.Dir, TmpDir: work}}, nil
+	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), importPrefix)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	return &Import{s: s, work: work, fetchFD: fd, objs: &cas.Store{Dir: s.objects.Dir, TmpDir: work}}, nil
 }
 
-// Close drops whatever was staged and not published.
+// Close drops whatever was staged and not published, then releases
+// fetch.lock (after the removal: a Cleanup never races it).
 func (im *Import) Close() error {
 	im.objs.Close()
-	return removeTree(im.work)
+	err := removeTree(im.work)
+	im.mu.Lock()
+	if im.fetchFD >= 0 {
+		unix.Close(im.fetchFD)
+		im.fetchFD = -1
+	}
+	im.mu.Unlock()
+	return err
 }
 
 // TempFile creates a file in the import's staging directory for the caller
@@ -299,6 +324,8 @@ func (im *Import) Published() int {
 }
 
 // Commit publishes what is staged and commits the tx (CommitManifest).
+// The store must hold the writer lock (Open, or OpenFetch and then
+// LockWriter: Flush first keeps the syncfs out of the locked part).
 func (im *Import) Commit(m *manifest.Manifest, raw []byte, o CommitOptions) (*Tx, error) {
 	if err := im.Flush(); err != nil {
 		return nil, err

@@ -180,10 +180,27 @@ type GCStats struct {
 	Referenced int   `json:"referenced"`
 	Removed    int   `json:"removed"`
 	FreedBytes int64 `json:"freed_bytes"`
+	// PullRunning: a pull held fetch.lock (see OpenFetch), so the Kept
+	// unreferenced objects (KeptBytes) were left in place: it may have
+	// found or published them and reference them at its commit. A gc
+	// after it removes them.
+	PullRunning bool  `json:"pull_running,omitempty"`
+	Kept        int   `json:"kept_for_pull,omitempty"`
+	KeptBytes   int64 `json:"kept_for_pull_bytes,omitempty"`
+}
+
+// Note says why unreferenced objects were kept ("" when none were).
+func (st *GCStats) Note() string {
+	if !st.PullRunning {
+		return ""
+	}
+	return fmt.Sprintf("a pull is running: kept %d unreferenced objects (%d bytes) it may use; gc again after it", st.Kept, st.KeptBytes)
 }
 
 // GC removes objects no tx references. If any manifest cannot be read it
 // removes nothing: deleting on a guess could destroy a bootable tree.
+// While a pull runs (an Import holds fetch.lock) it removes no object and
+// counts the unreferenced ones in Kept, rather than wait for a download.
 // objects/ and its fan-out directories are walked through fds opened with
 // O_NOFOLLOW: one that is a symlink or not a directory is left alone (not
 // followed, not removed), the others are collected, and the error
@@ -197,6 +214,13 @@ func (s *Store) GC() (*GCStats, error) {
 		return nil, err
 	}
 	defer unlock()
+	// Held to the end when free: no Import starts (and finds an object
+	// present that this GC is about to remove) meanwhile.
+	unlockFetch, pull, err := s.tryFetchExclusive()
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	defer unlockFetch()
 	all, err := s.List()
 	if err != nil {
 		return nil, err
@@ -222,7 +246,7 @@ func (s *Store) GC() (*GCStats, error) {
 	if err := s.downloadRefs(ref); err != nil {
 		return nil, fmt.Errorf("nothing removed: %w", err)
 	}
-	st := &GCStats{Referenced: len(ref)}
+	st := &GCStats{Referenced: len(ref), PullRunning: pull}
 	dfd, err := openStoreDir(s.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", s.Dir, err)
@@ -248,6 +272,11 @@ func (s *Store) GC() (*GCStats, error) {
 	}
 	if st.Removed > 0 {
 		if err := s.Log(Event{Kind: "gc", Detail: fmt.Sprintf("removed %d objects, %d bytes", st.Removed, st.FreedBytes)}); err != nil {
+			return st, err
+		}
+	}
+	if st.Kept > 0 {
+		if err := s.Log(Event{Kind: "gc", Detail: st.Note()}); err != nil {
 			return st, err
 		}
 	}
@@ -293,6 +322,11 @@ func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCSta
 		if fst.Mode&unix.S_IFMT == unix.S_IFDIR {
 			*damage = append(*damage, fmt.Errorf("%w: %s/%s/%s is a directory, not an object: left alone (not removed)",
 				ErrDamaged, s.objects.Dir, fan.Name, e.Name))
+			continue
+		}
+		if st.PullRunning {
+			st.Kept++
+			st.KeptBytes += fst.Size
 			continue
 		}
 		// unlinkat removes a symlink itself, never what it points to.

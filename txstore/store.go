@@ -64,6 +64,7 @@ type Store struct {
 	Dir     string // Root/.txboot
 	opts    Options
 	lockFD  int
+	fetch   bool // OpenFetch: Imports without the writer lock, LockWriter for the rest
 	objects *cas.Store
 	hashed  *blit.Hashed // nil unless Options.HashOnce
 }
@@ -72,6 +73,68 @@ type Store struct {
 // Dir/lock for the Store's lifetime: one writer at a time across processes.
 // A writer also removes leftovers of interrupted work (see Cleanup).
 func Open(root string, o Options) (*Store, error) {
+	s, err := openStore(root, o)
+	if err != nil || o.ReadOnly {
+		return s, err
+	}
+	if err := s.LockWriter(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenFetch opens the store under root for a download (a pull): records
+// can be read and Imports made, but no writer lock is held, so writers
+// (mark-good, set-default, the health service) are not kept out while the
+// network is slow. LockWriter takes the lock for the short local steps
+// that follow (the commit, a download record). Each Import holds
+// Dir/fetch.lock shared, which keeps a writer's Cleanup away from its
+// staging directory and GC from the objects it has found or published
+// (see Cleanup and GC). o.Create creates a missing store; o.ReadOnly is
+// refused.
+func OpenFetch(root string, o Options) (*Store, error) {
+	if o.ReadOnly {
+		return nil, fmt.Errorf("%w: open %s for fetching: a fetch store is not read-only", ErrInvalid, filepath.Join(root, DirName))
+	}
+	s, err := openStore(root, o)
+	if err != nil {
+		return nil, err
+	}
+	s.fetch = true
+	return s, nil
+}
+
+// LockWriter makes s the writer: it takes the exclusive flock on Dir/lock
+// as Open does (waiting at most Options.Timeout, then ErrBusy) and runs
+// Cleanup (unless Options.NoCleanup), which leaves running imports alone.
+// The lock is held until Close. A Store that already holds it is
+// unchanged; a read-only one gets ErrReadOnly.
+func (s *Store) LockWriter() error {
+	if s.lockFD >= 0 {
+		return nil
+	}
+	if s.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	fd, err := lockFile(filepath.Join(s.Dir, "lock"), unix.LOCK_EX, s.opts.Timeout)
+	if err != nil {
+		return err
+	}
+	s.lockFD = fd
+	if !s.opts.NoCleanup {
+		if err := s.Cleanup(); err != nil {
+			unix.Close(s.lockFD)
+			s.lockFD = -1
+			return err
+		}
+	}
+	return nil
+}
+
+// openStore is Open up to the writer lock: options, paths, and a new store
+// when o.Create asks for one.
+func openStore(root string, o Options) (*Store, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
@@ -92,20 +155,6 @@ func Open(root string, o Options) (*Store, error) {
 			return nil, fmt.Errorf("%w at %s", ErrNoStore, dir)
 		}
 		if err := create(dir, o.Timeout); err != nil {
-			return nil, err
-		}
-	}
-	if o.ReadOnly {
-		return s, nil
-	}
-	fd, err := lockFile(filepath.Join(dir, "lock"), unix.LOCK_EX, o.Timeout)
-	if err != nil {
-		return nil, err
-	}
-	s.lockFD = fd
-	if !o.NoCleanup {
-		if err := s.Cleanup(); err != nil {
-			s.Close()
 			return nil, err
 		}
 	}
@@ -217,6 +266,9 @@ func (s *Store) TreeDir(id uint64) string {
 }
 
 func (s *Store) writable() error {
+	if s.fetch && s.lockFD < 0 {
+		return fmt.Errorf("%w: %s is open for fetching, without the writer lock (LockWriter first)", ErrReadOnly, s.Dir)
+	}
 	if s.opts.ReadOnly || s.lockFD < 0 {
 		return ErrReadOnly
 	}
@@ -596,7 +648,10 @@ func (s *Store) Events(n int) ([]Event, error) {
 // Cleanup removes what interrupted work left behind: everything in staging/
 // and any trees/<id> and boot/<id> without a tx record (a commit that died
 // after placing its tree but before recording it, an interrupted prune).
-// Called by every writer's Open.
+// Called by every writer's Open (and LockWriter). While an Import holds
+// fetch.lock (a pull downloading without the writer lock), staging/import-*
+// directories stay: which one is live is not known, so a dead one waits
+// for a writer that finds no pull running.
 //
 // Everything goes through directory fds opened with O_NOFOLLOW (package
 // safefs): a symlink where the layout has a directory (staging itself,
@@ -629,7 +684,17 @@ func (s *Store) Cleanup() error {
 		}
 	}
 	if sfd, err := safefs.OpenDir(dfd, "staging"); err == nil {
-		err := s.cleanStaging(sfd, &damage)
+		// A pull downloading without the writer lock (OpenFetch) has its
+		// Import in staging/import-*: while one holds fetch.lock, those
+		// are left for a later writer; otherwise fetch.lock is held here
+		// so that none starts while staging is emptied.
+		unlock, live, err := s.tryFetchExclusive()
+		if err != nil {
+			err = fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
+		} else {
+			err = s.cleanStaging(sfd, live, &damage)
+			unlock()
+		}
 		unix.Close(sfd)
 		if err != nil {
 			return err
@@ -662,8 +727,9 @@ func (s *Store) Cleanup() error {
 }
 
 // cleanStaging empties the open staging directory: directories as trees,
-// other files unlinked, symlinks left alone as damage.
-func (s *Store) cleanStaging(sfd int, damage *damageList) error {
+// other files unlinked, symlinks left alone as damage. With imports live
+// (a pull holds fetch.lock), directories named import-* stay.
+func (s *Store) cleanStaging(sfd int, imports bool, damage *damageList) error {
 	ents, err := safefs.List(sfd)
 	if err != nil {
 		return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
@@ -673,6 +739,9 @@ func (s *Store) cleanStaging(sfd int, damage *damageList) error {
 		case unix.DT_LNK:
 			*damage = append(*damage, s.damaged(sfd, "staging", e.Name))
 		case unix.DT_DIR:
+			if imports && isImportDir(e.Name) {
+				continue
+			}
 			if err := safefs.RemoveTree(sfd, e.Name); err != nil {
 				if !errors.Is(err, safefs.ErrNotDir) {
 					return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)

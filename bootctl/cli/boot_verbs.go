@@ -470,7 +470,7 @@ type statusTx struct {
 	Default bool `json:"default"`
 	Booted  bool `json:"booted"`
 	// Signature: unsigned, valid, untrusted or bad, checked against the
-	// keys the system and the txs carry; SignedBy: that key's ID.
+	// system's trust store (systemTrust); SignedBy: that key's ID.
 	Signature string `json:"signature"`
 	SignedBy  string `json:"signed_by,omitempty"`
 }
@@ -492,6 +492,9 @@ type statusOut struct {
 	Events        []txstore.Event `json:"recent_events,omitempty"`
 	// Downloads: pending pull --download-only, oldest first.
 	Downloads []*txstore.Download `json:"downloads"`
+	// Repositories: the newest index accepted from each, and whether it
+	// is still fresh (a frozen mirror shows as stale).
+	Repositories []statusRemote `json:"repositories"`
 
 	// ESPRepairs: kernels and initrds on the ESP that did not match the
 	// SHA-256 in their path (or were missing), rewritten from the store or
@@ -516,7 +519,7 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 		}
 		out.Info = bi
 	}
-	keys := knownKeys(e, s, txs)
+	keys := knownKeys(e, s)
 	for _, t := range txs {
 		sig, by := signatureState(keys, t)
 		out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted, Signature: sig, SignedBy: by})
@@ -549,6 +552,8 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 	}
 	out.Events, _ = s.Events(5)
 	out.Downloads = pendingDownloads(e, s)
+	now := time.Now()
+	out.Repositories = remotes(e, s, now)
 	if e.json {
 		if err := e.printJSON(out); err != nil {
 			return err
@@ -614,6 +619,7 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 		fmt.Fprintln(w)
 		printDownloads(w, out.Downloads)
 	}
+	printRemotes(w, out.Repositories, now)
 	if out.ESP != "" {
 		fmt.Fprintf(w, "\nEntries on %s: %s\n", printable(out.ESP), printable(strings.Join(out.Entries, " ")))
 		for _, r := range out.ESPRepairs {

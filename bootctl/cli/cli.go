@@ -79,7 +79,7 @@ const (
 	storeRead                    // an existing store, read-only: works while a writer holds the lock
 	storeWrite                   // an existing store, writable: the one writer (exit 5 when busy)
 	storeCreate                  // writable, created when missing
-	storeSelf                    // opened by the verb itself, at a point it chooses (health: after its checks)
+	storeSelf                    // opened by the verb itself, at a point it chooses (health: after its checks; pull: for fetching, writer lock only to commit)
 )
 
 // countErr is the usage error for a wrong number of arguments, or nil.
@@ -155,10 +155,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet("bootctl "+v.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	addCommon(fs, e)
 	if v.flags != nil {
 		v.flags(fs)
 	}
+	addCommon(fs, e) // after the verb's: a verb may give --timeout its own meaning
 	usageLine := strings.TrimSpace("bootctl " + v.name + " " + v.args)
 	if err := fs.Parse(interleave(fs, rest[1:])); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -233,16 +233,28 @@ func interleave(fs *flag.FlagSet, args []string) []string {
 	return append(flags, pos...)
 }
 
+// addCommon adds the flags every verb takes. A verb that defines one of
+// them itself (registered first) keeps its own: the common one is then
+// only taken before the verb ("bootctl --root R VERB"), except the lock
+// wait, which becomes --lock-timeout (pull's --timeout bounds the pull).
 func addCommon(fs *flag.FlagSet, e *env) {
 	if e.root == "" {
 		e.root = "/"
 	}
-	fs.StringVar(&e.root, "root", e.root, "system root holding .txboot/")
-	fs.BoolVar(&e.json, "json", e.json, "print data as JSON")
+	if fs.Lookup("root") == nil {
+		fs.StringVar(&e.root, "root", e.root, "system root holding .txboot/")
+	}
+	if fs.Lookup("json") == nil {
+		fs.BoolVar(&e.json, "json", e.json, "print data as JSON")
+	}
 	if e.timeout == 0 {
 		e.timeout = txstore.DefaultTimeout
 	}
-	fs.DurationVar(&e.timeout, "timeout", e.timeout, "how long to wait for the store lock")
+	name := "timeout"
+	if fs.Lookup(name) != nil {
+		name = "lock-timeout"
+	}
+	fs.DurationVar(&e.timeout, name, e.timeout, "how long to wait for the store lock")
 }
 
 func report(stderr io.Writer, name string, err error) int {

@@ -13,6 +13,7 @@ import (
 	"github.com/txboot/txboot/bootctl/bls"
 	"github.com/txboot/txboot/bootctl/initrd"
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/trust"
 )
 
 // entriesConfig is saved in the store by `entries sync` so later verbs
@@ -155,9 +156,35 @@ func saveEntriesConfig(s *txstore.Store, c entriesConfig) error {
 // initrdPath is where commit keeps the initrd built for a tx.
 func initrdPath(s *txstore.Store, id uint64) string { return s.InitrdPath(id) }
 
+// initrdBuilder builds txs' initrds with the running system's tools (the
+// flags' values, else initrd.FindTool's) and trust store, never with
+// anything from a tx's tree. The trust store is loaded when an initrd is
+// first needed: a sync that builds none must not fail on a key file.
+type initrdBuilder struct {
+	e                      *env
+	mkinitramfs, initagent string // the flags'; "": initrd.FindTool
+	ts                     *trust.Set
+}
+
+// build builds tx t's initrd (nothing for a tx without a kernel).
+func (b *initrdBuilder) build(s *txstore.Store, t *txstore.Tx) error {
+	if len(t.Kernels) == 0 {
+		return nil
+	}
+	if b.ts == nil {
+		ts, err := systemTrust(b.e, s)
+		if err != nil {
+			return fmt.Errorf("build initrd for tx %d: %w", t.ID, err)
+		}
+		b.ts = ts
+	}
+	return initrd.Build(s, t, b.mkinitramfs, b.initagent, b.ts)
+}
+
 // syncEntries writes the ESP's entries from the store's records, leaving
-// out the txs in without (about to be pruned).
-func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Report, error) {
+// out the txs in without (about to be pruned). A missing initrd is built
+// with b.
+func syncEntries(b *initrdBuilder, s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Report, error) {
 	if c.RootArg == "" {
 		return nil, usagef("entries need a root= value: pass --root-arg once (e.g. --root-arg PARTUUID=…); it is saved")
 	}
@@ -182,7 +209,7 @@ func syncEntries(s *txstore.Store, c entriesConfig, without ...uint64) (*bls.Rep
 		kver := t.Kernels[len(t.Kernels)-1]
 		img := initrdPath(s, t.ID)
 		if !fileExists(img) && t.State != txstore.StateBad {
-			if err := initrd.Build(s, t, "", ""); err != nil {
+			if err := b.build(s, t); err != nil {
 				early = append(early, bls.Problem{TxID: t.ID, Err: err})
 				continue
 			}
@@ -281,7 +308,7 @@ func resync(e *env, s *txstore.Store, f *entryFlags, checks ...func(*bls.Report)
 	if c.RootArg == "" {
 		return nil
 	}
-	rep, err := syncEntries(s, c)
+	rep, err := syncEntries(&initrdBuilder{e: e}, s, c)
 	if err != nil {
 		return err
 	}
@@ -320,7 +347,7 @@ func entriesVerb() *verb {
 				return usagef("no ESP: pass --esp PATH (the mounted EFI system partition)")
 			}
 			// bls.Sync creates loader/entries itself, never through a symlink.
-			rep, err := syncEntries(s, c)
+			rep, err := syncEntries(&initrdBuilder{e: e}, s, c)
 			if err != nil {
 				return err
 			}

@@ -37,9 +37,12 @@ func installVerb() *verb {
 			if err != nil {
 				return fmt.Errorf("find the running bootctl: %w", err)
 			}
+			// The host's tools: copied into the tree when it has none, and
+			// always what builds the initrd (the tree's never run here).
 			o := install.Options{Root: e.root, ESP: ef.esp, RootArg: ef.rootArg, Options: ef.options, OptionsSet: ef.optionsSet,
-				Bootctl: self, Initagent: initrd.FindTool(initagent, "initagent", ""), Mkinitramfs: initrd.FindTool(mkinitramfs, "mkinitramfs", ""),
+				Bootctl: self, Initagent: initrd.FindTool(initagent, "initagent"), Mkinitramfs: initrd.FindTool(mkinitramfs, "mkinitramfs"),
 				Timeout: e.timeout, Log: e.stdout}
+			b := &initrdBuilder{e: e, mkinitramfs: o.Mkinitramfs, initagent: o.Initagent}
 			o.Entries = func(s *txstore.Store, tx *txstore.Tx, rootArg string) error {
 				f := ef
 				if rootArg != "" {
@@ -53,13 +56,12 @@ func installVerb() *verb {
 					return fmt.Errorf("ESP %s: not a directory", ef.esp)
 				}
 				if tx != nil {
-					// The tree's own tools, just installed there.
-					if err := initrd.Build(s, tx, "", ""); err != nil {
+					if err := b.build(s, tx); err != nil {
 						return err
 					}
 					fmt.Fprintf(e.stdout, "install: initrd for %s: %s\n", tx.Kernels[len(tx.Kernels)-1], initrdPath(s, tx.ID))
 				}
-				rep, err := syncEntries(s, c)
+				rep, err := syncEntries(b, s, c)
 				if err != nil {
 					return err
 				}

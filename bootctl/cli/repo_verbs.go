@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/repo"
@@ -22,14 +23,15 @@ var ErrExists = errors.New("file exists (not overwritten)")
 // publishOpts are publish's flags and what check makes of them.
 type publishOpts struct {
 	repoDir, keyPath, version string
+	expires                   time.Duration
 	ids                       []uint64           // from the arguments, by check
 	key                       ed25519.PrivateKey // from keyPath, by check
 }
 
 func publishVerb() *verb {
 	o := &publishOpts{}
-	return &verb{name: "publish", args: "--repo DIR [--key KEY] [--version V] [ID ...]",
-		help: "write txs (default: the default tx) into the static repository DIR (signed with --key)",
+	return &verb{name: "publish", args: "--repo DIR [--key KEY] [--version V] [--expires 7d] [ID ...]",
+		help: "write txs (default: the default tx) into the static repository DIR (signed with --key); every publish writes a new index (next sequence, new expiry), so running it again keeps a repository fresh",
 		pos:  posArgs{max: -1}, store: storeRead,
 		// Signing also writes the signature into the local record.
 		writeWhen: func() bool { return o.key != nil },
@@ -37,6 +39,7 @@ func publishVerb() *verb {
 			fs.StringVar(&o.repoDir, "repo", "", "repository directory (created when missing)")
 			fs.StringVar(&o.keyPath, "key", "", "ed25519 private key (PEM) to sign the index and the txs with")
 			fs.StringVar(&o.version, "version", "", "version string of the tx in the index (default: its summary, else tx-ID); one tx only")
+			fs.Func("expires", "how long the new index is valid: a duration like 7d, 36h or 90m, 1m..366d (default 7d); devices refuse an expired index", durationFlag(&o.expires, time.Minute, repo.MaxExpires))
 		},
 		check: func(e *env, args []string) error {
 			if o.repoDir == "" {
@@ -83,7 +86,7 @@ func publish(e *env, s *txstore.Store, o *publishOpts) error {
 		ids = []uint64{def}
 	}
 	e.progress("publishing to %s…", o.repoDir)
-	st, err := repo.Publish(s, o.repoDir, ids, repo.PublishOptions{Key: o.key, Version: o.version, Timeout: e.timeout})
+	st, err := repo.Publish(s, o.repoDir, ids, repo.PublishOptions{Key: o.key, Version: o.version, Timeout: e.timeout, Expires: o.expires})
 	e.progressDone()
 	if err != nil {
 		return err
@@ -107,9 +110,9 @@ func publish(e *env, s *txstore.Store, o *publishOpts) error {
 	case !st.IndexWritten:
 		fmt.Fprintf(e.stdout, "  index unchanged; %s\n", ms(st.Duration))
 	case st.IndexSigned:
-		fmt.Fprintf(e.stdout, "  index written and signed; %s\n", ms(st.Duration))
+		fmt.Fprintf(e.stdout, "  index sequence %d written and signed, valid until %s; %s\n", st.Sequence, st.Expires.Format(time.RFC3339), ms(st.Duration))
 	default:
-		fmt.Fprintf(e.stdout, "  index written (unsigned); %s\n", ms(st.Duration))
+		fmt.Fprintf(e.stdout, "  index sequence %d written (unsigned), valid until %s; %s\n", st.Sequence, st.Expires.Format(time.RFC3339), ms(st.Duration))
 	}
 	return nil
 }
@@ -125,6 +128,13 @@ func keygenVerb() *verb {
 		check: func(e *env, args []string) error {
 			if out == "" {
 				return usagef("keygen takes --out PREFIX and no arguments")
+			}
+			// --out is a prefix: a directory would get hidden ".key" and
+			// ".pem" files, or (for a missing one) a confusing error.
+			fi, err := os.Stat(out)
+			if os.IsPathSeparator(out[len(out)-1]) || err == nil && fi.IsDir() {
+				ex := filepath.Join(out, "vendor")
+				return usagef("--out %s is a directory: --out is a path prefix (--out %s writes %s.key and %s.pem)", out, ex, ex, ex)
 			}
 			return nil
 		},

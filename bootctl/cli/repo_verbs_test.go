@@ -2,10 +2,12 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/repo"
@@ -73,6 +75,33 @@ func TestKeygen(t *testing.T) {
 		if strings.Contains(e.Name(), ".tmp-") {
 			t.Fatalf("temp file left: %s", e.Name())
 		}
+	}
+}
+
+// TestKeygenOutDir: --out is a path prefix; a directory (existing, or
+// named with a trailing "/") would get hidden ".key"/".pem" files, so it
+// is a usage error and nothing is written.
+func TestKeygenOutDir(t *testing.T) {
+	cases := []struct {
+		name string
+		out  func(dir string) string
+	}{
+		{"an existing directory", func(dir string) string { return dir }},
+		{"an existing directory with a slash", func(dir string) string { return dir + "/" }},
+		{"a missing directory with a slash", func(dir string) string { return filepath.Join(dir, "keys") + "/" }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			code, out, errs := run(t, "keygen", "--out", c.out(dir))
+			if code != ExitUsage || !strings.Contains(errs, "--out") || !strings.Contains(errs, "directory") {
+				t.Errorf("exit %d, want %d and a usage error about --out naming a directory:\n%s%s", code, ExitUsage, out, errs)
+			}
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				t.Errorf("keygen wrote %s", e.Name())
+			}
+		})
 	}
 }
 
@@ -157,10 +186,28 @@ func TestPublishVerb(t *testing.T) {
 		t.Fatalf("index %+v", ix.Txs)
 	}
 
-	// Without the key the signed index is left alone.
+	// Without the key the signed index is left alone: every publish
+	// writes a new index (sequence, expiry), which needs the key.
 	code, _, errs := run(t, "--root", root, "publish", "--repo", dir, "--version", "x", "2")
-	if code != ExitOK {
+	if code != ExitFail || !strings.Contains(errs, "signed") {
 		t.Fatalf("re-publish without key of a published tx: exit %d %q", code, errs)
+	}
+	if data2, _ := os.ReadFile(filepath.Join(dir, repo.IndexPath)); string(data2) != string(data) {
+		t.Fatal("a refused publish changed index.json")
+	}
+	// With it, a publish of nothing new refreshes the index.
+	out = mustRun(t, "--root", root, "publish", "--repo", dir, "--key", keyPath, "--expires", "30d", "2")
+	if !strings.Contains(out, fmt.Sprintf("index sequence %d written and signed, valid until", ix.Sequence+1)) {
+		t.Fatalf("refresh: %s", out)
+	}
+	data, _ = os.ReadFile(filepath.Join(dir, repo.IndexPath))
+	if ix2, _ := repo.ParseIndex(data); ix2.Expires.Sub(ix2.Updated) != 30*24*time.Hour || len(ix2.Txs) != 2 {
+		t.Fatalf("refreshed index: %+v", ix2)
+	}
+	for _, bad := range []string{"0", "400d", "soon", "-1h"} {
+		if code, _, _ := run(t, "--root", root, "publish", "--repo", dir, "--key", keyPath, "--expires", bad); code != ExitUsage {
+			t.Errorf("--expires %s: exit %d, want usage", bad, code)
+		}
 	}
 	mustRun(t, "--root", root, "commit", tree(t, testtree.File{Path: "lib/third", Data: "3", Mode: 0o644}))
 	code, _, errs = run(t, "--root", root, "publish", "--repo", dir)

@@ -8,7 +8,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/txboot/txboot/bootctl/initrd"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/sign"
 )
@@ -36,8 +35,8 @@ func commitVerb() *verb {
 			fs.BoolVar(&o.noDefault, "no-default", false, "do not make the new tx the default")
 			fs.BoolVar(&o.consume, "consume", false, "take DIR's files into the store by hardlink instead of copying, and remove DIR afterwards")
 			fs.StringVar(&o.signKey, "sign", "", "ed25519 private key (PEM): sign the new tx's digest into its record")
-			fs.StringVar(&o.mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: the tx's, next to bootctl, or $PATH)")
-			fs.StringVar(&o.initagent, "initagent", "", "initagent for the initrd's /init (default: the tx's, next to bootctl, or $PATH)")
+			fs.StringVar(&o.mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: next to bootctl, or $PATH; never the tx's own)")
+			fs.StringVar(&o.initagent, "initagent", "", "initagent for the initrd's /init (default: next to bootctl, or $PATH; never the tx's own)")
 			o.ef.register(fs)
 		},
 		check: func(e *env, args []string) error {
@@ -195,7 +194,7 @@ func show(e *env, s *txstore.Store, id uint64) error {
 
 func verifyVerb() *verb {
 	var full bool
-	return &verb{name: "verify", args: "[ID] [--full]", help: "check trees against manifests (all txs without ID)",
+	return &verb{name: "verify", args: "[ID] [--full]", help: "check trees against manifests, and signatures against the system's trust store (all txs without ID)",
 		pos: posArgs{max: 1, msg: "verify takes at most one id"}, store: storeRead,
 		// One command: an object shared by several txs is re-hashed once.
 		openOpts: func(o *txstore.Options) { o.HashOnce = true },
@@ -228,8 +227,14 @@ func verifyVerb() *verb {
 				OK       bool              `json:"ok"`
 				Problems []txstore.Problem `json:"problems"`
 				Millis   int64             `json:"ms"`
+				// Signature: unsigned, valid, untrusted or bad against the
+				// system's trust store (as in status); bad is a problem.
+				Signature string `json:"signature"`
+				SignedBy  string `json:"signed_by,omitempty"`
 			}
 			var results []result
+			var trusted []sign.PublicKey
+			loaded := false
 			bad := 0
 			for _, id := range ids {
 				e.progress("verifying tx %d…", id)
@@ -239,12 +244,35 @@ func verifyVerb() *verb {
 					e.progressDone()
 					return err
 				}
-				r := result{ID: id, OK: len(probs) == 0, Problems: probs, Millis: time.Since(start).Milliseconds()}
+				r := result{ID: id, Problems: probs, Signature: sigUnsigned}
+				t, err := s.Get(id)
+				if err != nil {
+					e.progressDone()
+					return err
+				}
+				if len(t.Signatures) > 0 {
+					// Loaded once, and only when a tx is signed: the keys
+					// every initrd carries, never the tx's own.
+					if !loaded {
+						ts, err := systemTrust(e, s)
+						if err != nil {
+							e.progressDone()
+							return fmt.Errorf("check signatures: %w", err)
+						}
+						trusted, loaded = ts.Keys, true
+					}
+					r.Signature, r.SignedBy = signatureState(trusted, t)
+					if r.Signature == sigBad {
+						_, verr := sign.VerifyTx(trusted, t.Digest, t.Signatures)
+						r.Problems = append(r.Problems, txstore.Problem{Path: signatureProblem, Reason: verr.Error()})
+					}
+				}
+				r.OK, r.Millis = len(r.Problems) == 0, time.Since(start).Milliseconds()
 				if r.Problems == nil {
 					r.Problems = []txstore.Problem{}
 				}
 				results = append(results, r)
-				if len(probs) > 0 {
+				if !r.OK {
 					bad++
 				}
 			}
@@ -256,16 +284,19 @@ func verifyVerb() *verb {
 			} else {
 				for _, r := range results {
 					if r.OK {
-						fmt.Fprintf(e.stdout, "tx %d: ok (%d ms)\n", r.ID, r.Millis)
+						fmt.Fprintf(e.stdout, "tx %d: ok (%d ms%s)\n", r.ID, r.Millis, signedNote(r.Signature, r.SignedBy))
 						continue
 					}
 					fmt.Fprintf(e.stdout, "tx %d: %d problem(s)\n", r.ID, len(r.Problems))
 					for _, p := range r.Problems {
-						if p.Path == txstore.ManifestProblem { // not a path in the tree
+						switch p.Path {
+						case txstore.ManifestProblem: // not a path in the tree
 							fmt.Fprintf(e.stdout, "  %s: %s\n", manifestName(s, r.ID), printable(p.Reason))
-							continue
+						case signatureProblem:
+							fmt.Fprintf(e.stdout, "  %s\n", printable(p.String()))
+						default:
+							fmt.Fprintf(e.stdout, "  %s/trees/%d/%s\n", s.Dir, r.ID, printable(p.String()))
 						}
-						fmt.Fprintf(e.stdout, "  %s/trees/%d/%s\n", s.Dir, r.ID, printable(p.String()))
 					}
 				}
 			}
@@ -274,6 +305,21 @@ func verifyVerb() *verb {
 			}
 			return nil
 		}}
+}
+
+// signatureProblem is the Path of verify's problem for a trusted key's
+// signature that does not verify; tree paths start with "usr/".
+const signatureProblem = "signature"
+
+// signedNote is what verify's ok line says about a tx's signature.
+func signedNote(state, keyID string) string {
+	switch state {
+	case sigValid:
+		return ", signed by " + keyID
+	case sigUntrusted:
+		return ", signed by untrusted:" + keyID + " (not in the system's trust store)"
+	}
+	return ""
 }
 
 func pruneVerb() *verb {
@@ -302,7 +348,7 @@ func pruneVerb() *verb {
 				if !haveEntries || c.RootArg == "" {
 					return nil
 				}
-				rep, err := syncEntries(s, c, plan...)
+				rep, err := syncEntries(&initrdBuilder{e: e}, s, c, plan...)
 				if err != nil {
 					return err
 				}
@@ -340,6 +386,7 @@ func pruneVerb() *verb {
 				}
 			} else if gc != nil {
 				fmt.Fprintf(e.stdout, "gc: removed %d objects, freed %s\n", gc.Removed, human(gc.FreedBytes))
+				printGCNote(e, gc)
 			}
 			if gcErr != nil {
 				return fmt.Errorf("gc: %w (prune itself succeeded: removed %d tx(s) %v; only gc failed)", gcErr, len(res.Removed), res.Removed)
@@ -361,8 +408,16 @@ func gcVerb() *verb {
 			return e.printJSON(gc)
 		}
 		fmt.Fprintf(e.stdout, "gc: %d objects referenced, removed %d, freed %s\n", gc.Referenced, gc.Removed, human(gc.FreedBytes))
+		printGCNote(e, gc)
 		return nil
 	}}
+}
+
+// printGCNote says what gc kept and why (a pull running).
+func printGCNote(e *env, gc *txstore.GCStats) {
+	if n := gc.Note(); n != "" {
+		fmt.Fprintf(e.stdout, "gc: %s\n", n)
+	}
 }
 
 // pinVerb is pin (pin true) or unpin.
@@ -423,7 +478,8 @@ func kernelSide(e *env, s *txstore.Store, tx *txstore.Tx, mkinitramfs, initagent
 	if err != nil || !ok {
 		return err
 	}
-	if err := initrd.Build(s, tx, mkinitramfs, initagent); err != nil {
+	b := &initrdBuilder{e: e, mkinitramfs: mkinitramfs, initagent: initagent}
+	if err := b.build(s, tx); err != nil {
 		return err
 	}
 	if len(tx.Kernels) > 0 && !e.json {
@@ -432,7 +488,7 @@ func kernelSide(e *env, s *txstore.Store, tx *txstore.Tx, mkinitramfs, initagent
 	if c.RootArg == "" {
 		return nil
 	}
-	rep, err := syncEntries(s, c)
+	rep, err := syncEntries(b, s, c)
 	if err != nil {
 		return err
 	}

@@ -4,44 +4,52 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/txboot/txboot/bootctl/initrd"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/sign"
+	"github.com/txboot/txboot/txstore/trust"
 )
 
-// Signature states in status.
+// Signature states in status and verify.
 const (
 	sigUnsigned  = "unsigned"  // no signature
-	sigValid     = "valid"     // verifies with a known key
-	sigUntrusted = "untrusted" // signed only by keys neither the system nor any tx carries
-	sigBad       = "bad"       // a known key's signature that does not verify
+	sigValid     = "valid"     // verifies with a key of the system's trust store
+	sigUntrusted = "untrusted" // signed only by keys the system does not trust
+	sigBad       = "bad"       // a trusted key's signature that does not verify
 )
 
-// knownKeys is every key an initrd built now could carry: the system's and
-// each tx's own. Files that cannot be used are warnings here (status must
-// still show the rest), never silently skipped.
-func knownKeys(e *env, s *txstore.Store, txs []*txstore.Tx) []sign.PublicKey {
-	var files []string
-	add := func(base, rel string) {
-		fs, err := initrd.TrustFiles(base, rel)
-		if err != nil {
-			fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", err)
-		}
-		files = append(files, fs...)
+// bootedGoodTree is the tree of the tx the running system booted when the
+// store records it as good, else "": offline (--root is not the running
+// system, whose boot record says nothing about it), not booted by txboot,
+// on trial, or bad. Only a tx that booted and was proven good may vouch
+// for keys; a tx on trial would otherwise vouch for itself.
+func bootedGoodTree(e *env, s *txstore.Store) string {
+	if !isLive(e.root) {
+		return ""
 	}
-	add(s.Root, initrd.EtcTrustDir)
-	for _, t := range txs {
-		add(s.TreeDir(t.ID), initrd.TreeTrustDir)
+	id := booted()
+	if id == 0 {
+		return ""
 	}
-	var keys []sign.PublicKey
-	seen := map[string]bool{}
-	for _, f := range files {
-		if k, err := sign.LoadPublicKey(f); err == nil && !seen[k.ID] {
-			seen[k.ID] = true
-			keys = append(keys, k)
-		}
+	t, err := s.Get(id)
+	if err != nil || t.State != txstore.StateGood {
+		return ""
 	}
-	return keys
+	return s.TreeDir(id)
+}
+
+// systemTrust is the system's trust store (trust.Load): the keys initrds
+// carry, status and verify check signatures with, and pull checks
+// index.sig with.
+func systemTrust(e *env, s *txstore.Store) (*trust.Set, error) {
+	return trust.Load(s.Root, s.Dir, bootedGoodTree(e, s))
+}
+
+// knownKeys is systemTrust for status: a key file that cannot be used is
+// a warning (status must still show the rest), never silently skipped.
+func knownKeys(e *env, s *txstore.Store) []sign.PublicKey {
+	return trust.LoadLenient(s.Root, s.Dir, bootedGoodTree(e, s), func(err error) {
+		fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", err)
+	}).Keys
 }
 
 // signatureState says whether t is signed and by which key.

@@ -11,7 +11,7 @@ func allVerbs() []*verb {
 		markGoodVerb(), markBadVerb(), healthVerb(), logVerb(), setDefaultVerb(), rollbackVerb(), bootOnceVerb(), statusVerb(),
 		// entries.go, fsck.go, install.go
 		entriesVerb(), fsckVerb(), installVerb(),
-		// repo_verbs.go, repo_pull_verb.go
-		publishVerb(), keygenVerb(), pullVerb(),
+		// repo_verbs.go, repo_pull_verb.go, repo_certify_verb.go
+		publishVerb(), keygenVerb(), pullVerb(), certifyVerb(),
 	}
 }

@@ -44,7 +44,7 @@ func TestVerbDeclarations(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"commit", "list", "show", "verify", "prune", "gc", "pin", "unpin", "mark-good", "mark-bad",
-		"health", "log", "set-default", "rollback", "boot-once", "status", "entries", "fsck", "install", "publish", "keygen", "pull"} {
+		"health", "log", "set-default", "rollback", "boot-once", "status", "entries", "fsck", "install", "publish", "keygen", "pull", "certify"} {
 		if !seen[name] {
 			t.Errorf("verb %s missing from allVerbs()", name)
 		}
@@ -104,7 +104,9 @@ func TestVerbStoreMode(t *testing.T) {
 	esp := t.TempDir()
 	efi := t.TempDir()
 	_, key := keygenFiles(t, filepath.Join(dir, "signer"))
-	pullURL := "file://" + t.TempDir() // opens; the store is busy before anything is fetched
+	// No repository there: a pull fetches without the writer lock (it
+	// takes it only to commit), so it fails on the repository, not busy.
+	pullURL := "file://" + t.TempDir()
 	tests := []struct {
 		args []string
 		busy bool
@@ -133,10 +135,11 @@ func TestVerbStoreMode(t *testing.T) {
 		{[]string{"publish", "--repo", filepath.Join(dir, "repo"), "1"}, false, 0},
 		{[]string{"publish", "--repo", filepath.Join(dir, "repo2"), "--key", key, "1"}, true, 0}, // signing writes the record
 		{[]string{"keygen", "--out", filepath.Join(dir, "key")}, false, 0},
+		{[]string{"certify", "--repo", filepath.Join(dir, "repo3"), "--key", key, "--revoke", strings.Repeat("ab", 16)}, false, 0},
 		{[]string{"pull", "--apply"}, true, 0},
 		{[]string{"pull", "--discard"}, true, 0},
-		{[]string{"pull", pullURL, "--insecure"}, true, 0},
-		{[]string{"pull", pullURL, "--insecure", "--download-only"}, true, 0},
+		{[]string{"pull", pullURL, "--insecure"}, false, ExitFail},
+		{[]string{"pull", pullURL, "--insecure", "--download-only"}, false, ExitFail},
 	}
 	byName := map[string]*verb{}
 	for _, v := range allVerbs() {

@@ -13,6 +13,7 @@ import (
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/sign"
 	"github.com/txboot/txboot/txstore/testtree"
+	"github.com/txboot/txboot/txstore/trust"
 )
 
 const kver = "6.1.0-test"
@@ -72,7 +73,7 @@ func TestBuild(t *testing.T) {
 	tests := []struct {
 		name    string
 		files   []testtree.File // the tx's /usr
-		etc     []testtree.File // under the system root
+		trust   []string        // the trust set's files, under the system root
 		fail    bool            // mkinitramfs fails
 		noTools bool            // neither flag nor tree nor $PATH has them
 		want    func(tree string) []string
@@ -86,15 +87,15 @@ func TestBuild(t *testing.T) {
 			want: func(tree string) []string {
 				return []string{"--add-file", filepath.Join(tree, "bin/busybox") + ":/bin/busybox"}
 			}},
-		{name: "trusted keys: the tx's own, then the system's",
-			files: []testtree.File{kernel, {Path: TreeTrustDir + "/vendor.pem", Data: key, Mode: 0o644}},
-			etc:   []testtree.File{{Path: EtcTrustDir + "/site.pem", Data: key, Mode: 0o644}},
+		{name: "a symlinked busybox is not added: it would put a host file into the image", files: []testtree.File{kernel, {Path: "bin/busybox", Link: "/etc/passwd"}},
+			want: func(tree string) []string { return nil }},
+		{name: "trusted keys: the set the caller gives, never the tx's own",
+			files: []testtree.File{kernel, {Path: trust.TreeDir + "/vendor.pem", Data: key, Mode: 0o644}},
+			trust: []string{"a.pem", "b.pem"},
 			want: func(tree string) []string {
-				return []string{"--trust", filepath.Join(tree, TreeTrustDir, "vendor.pem"), "--trust", "ROOT/" + EtcTrustDir + "/site.pem"}
+				return []string{"--trust", "ROOT/a.pem", "--trust", "ROOT/b.pem"}
 			}},
-		{name: "a symlinked system key is refused", files: []testtree.File{kernel},
-			etc:     []testtree.File{{Path: EtcTrustDir + "/k.pem", Link: "/etc/passwd"}},
-			wantErr: ErrTrustFile, errText: "build initrd for tx 1"},
+		{name: "no trust set: refused", files: []testtree.File{kernel}, trust: []string{"nil"}, wantErr: ErrNoTrust, errText: "tx 1"},
 		{name: "mkinitramfs fails: its output is in the error", files: []testtree.File{kernel}, fail: true,
 			errText: "boom"},
 		{name: "no tools", files: []testtree.File{kernel}, noTools: true, wantErr: ErrNoTool, errText: "tx 1 has kernel " + kver},
@@ -102,10 +103,14 @@ func TestBuild(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root := t.TempDir()
-			if err := testtree.Write(root, tt.etc, time.Unix(7, 0)); err != nil {
-				t.Fatal(err)
-			}
 			s, tx := commit(t, root, tt.files)
+			ts := &trust.Set{}
+			for _, f := range tt.trust {
+				ts.Files = append(ts.Files, filepath.Join(root, f))
+			}
+			if slices.Equal(tt.trust, []string{"nil"}) {
+				ts = nil
+			}
 			mk, argsFile := fakeMkinitramfs(t, tt.fail)
 			ia := filepath.Join(t.TempDir(), "initagent")
 			if err := os.WriteFile(ia, []byte("init"), 0o755); err != nil {
@@ -115,7 +120,7 @@ func TestBuild(t *testing.T) {
 				mk, ia = "", ""
 				t.Setenv("PATH", t.TempDir())
 			}
-			err := Build(s, tx, mk, ia)
+			err := Build(s, tx, mk, ia, ts)
 			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) || tt.errText != "" && (err == nil || !strings.Contains(err.Error(), tt.errText)) {
 				t.Fatalf("Build = %v, want %v / %q", err, tt.wantErr, tt.errText)
 			}
@@ -158,77 +163,69 @@ func TestBuild(t *testing.T) {
 
 func TestFindTool(t *testing.T) {
 	dir := t.TempDir()
-	inTree, onPath := filepath.Join(dir, "tree/tool"), filepath.Join(dir, "bin/tool")
-	for _, p := range []string{inTree, onPath} {
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
-			t.Fatal(err)
-		}
+	onPath := filepath.Join(dir, "bin/tool")
+	os.MkdirAll(filepath.Dir(onPath), 0o755)
+	if err := os.WriteFile(onPath, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test binary's own directory stands for bootctl's.
+	beside := filepath.Join(filepath.Dir(self), "tool-beside")
+	if err := os.WriteFile(beside, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(beside) })
+	if err := os.WriteFile(filepath.Join(dir, "bin/tool-beside"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
 	}
 	tests := []struct {
-		name, flag, inTree, path, want string
+		name, flag, tool, path, want string
 	}{
-		{"the flag wins", "/x/flagged", inTree, filepath.Dir(onPath), "/x/flagged"},
-		{"then the tx's own copy", "", inTree, filepath.Dir(onPath), inTree},
-		{"then $PATH", "", filepath.Join(dir, "tree/missing"), filepath.Dir(onPath), onPath},
-		{"none", "", filepath.Join(dir, "tree/missing"), filepath.Join(dir, "empty"), ""},
+		{"the flag wins", "/x/flagged", "tool", filepath.Dir(onPath), "/x/flagged"},
+		{"then the one beside the running binary", "", "tool-beside", filepath.Dir(onPath), beside},
+		{"then $PATH", "", "tool", filepath.Dir(onPath), onPath},
+		{"none", "", "tool", filepath.Join(dir, "empty"), ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("PATH", tt.path)
-			if got := FindTool(tt.flag, "tool", tt.inTree); got != tt.want {
+			if got := FindTool(tt.flag, tt.tool); got != tt.want {
 				t.Errorf("FindTool = %q, want %q", got, tt.want)
 			}
 		})
 	}
 }
 
-func TestTrustFiles(t *testing.T) {
-	key := pubKey(t)
-	tests := []struct {
-		name    string
-		files   []testtree.File // under base
-		want    []string        // under base/d
-		wantErr error
-		errText string
-	}{
-		{name: "missing directory: no keys"},
-		{name: "*.pem sorted, other files ignored",
-			files: []testtree.File{{Path: "d/b.pem", Data: key, Mode: 0o644}, {Path: "d/a.pem", Data: key, Mode: 0o644}, {Path: "d/README", Data: "x", Mode: 0o644}},
-			want:  []string{"a.pem", "b.pem"}},
-		{name: "a symlinked directory is not followed",
-			files:   []testtree.File{{Path: "real/a.pem", Data: key, Mode: 0o644}, {Path: "d", Link: "real"}},
-			wantErr: ErrTrustFile, errText: "not a directory"},
-		{name: "a symlinked key is not followed",
-			files:   []testtree.File{{Path: "real.pem", Data: key, Mode: 0o644}, {Path: "d/a.pem", Link: "../real.pem"}},
-			wantErr: ErrTrustFile, errText: "not a regular file"},
-		{name: "a file that is no key names its path",
-			files:   []testtree.File{{Path: "d/bad.pem", Data: "not a key", Mode: 0o644}},
-			errText: "bad.pem"},
+// TestBuildNeverRunsTreeTools: a tx is data until it has booted. Its own
+// lib/txboot/mkinitramfs and initagent are never used to build its
+// initrd: the host's (found on $PATH here) are.
+func TestBuildNeverRunsTreeTools(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "pwned")
+	evil := "#!/bin/sh\n: > " + marker + "\n" // a builtin: $PATH holds only the host tools
+	root := t.TempDir()
+	s, tx := commit(t, root, []testtree.File{kernel,
+		{Path: "lib/txboot/mkinitramfs", Data: evil, Mode: 0o755},
+		{Path: "lib/txboot/initagent", Data: evil, Mode: 0o755}})
+	mk, argsFile := fakeMkinitramfs(t, false)
+	hostBin := filepath.Dir(mk)
+	if err := os.WriteFile(filepath.Join(hostBin, "initagent"), []byte("init"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			base := t.TempDir()
-			if err := testtree.Write(base, tt.files, time.Unix(7, 0)); err != nil {
-				t.Fatal(err)
-			}
-			got, err := TrustFiles(base, "d")
-			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) || tt.errText != "" && (err == nil || !strings.Contains(err.Error(), tt.errText)) {
-				t.Fatalf("TrustFiles = %v, %v; want %v / %q", got, err, tt.wantErr, tt.errText)
-			}
-			if tt.wantErr != nil || tt.errText != "" {
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want []string
-			for _, w := range tt.want {
-				want = append(want, filepath.Join(base, "d", w))
-			}
-			if !slices.Equal(got, want) {
-				t.Errorf("TrustFiles = %q, want %q", got, want)
-			}
-		})
+	t.Setenv("PATH", hostBin)
+	if err := Build(s, tx, "", "", &trust.Set{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the tx's own mkinitramfs ran on the host")
+	}
+	got, err := os.ReadFile(argsFile)
+	if err != nil {
+		t.Fatalf("the host's mkinitramfs did not run: %v", err)
+	}
+	if !strings.Contains(string(got), "--init\n"+filepath.Join(hostBin, "initagent")+"\n") {
+		t.Errorf("the initrd's /init is not the host's initagent:\n%s", got)
 	}
 }

@@ -54,6 +54,9 @@ type Options struct {
 	Options    string // extra kernel arguments (already checked by the verb)
 	OptionsSet bool   // Options was given: kernel/cmdline's are not used
 	// Binaries copied to ROOT/usr/lib/txboot/ unless the tree has them.
+	// Initagent and Mkinitramfs are also what Entries must build the
+	// initrd with: the host's, never the tree's (required even when the
+	// tree has its own).
 	Bootctl, Initagent, Mkinitramfs string
 	HostSystemdBoot                 string // default DefaultHostSystemdBoot
 	Mountinfo                       string // default /proc/self/mountinfo
@@ -368,28 +371,31 @@ func readHostEFI(name string) ([]byte, error) {
 }
 
 // findTools: bootctl, initagent and mkinitramfs go into usr/lib/txboot/,
-// where the unit and commit's initrd builds look for them; a tree that
-// already has them keeps its own.
+// where the unit and the booted system's bootctl look for them; a tree
+// that already has them keeps its own. The initrd is built by the host's
+// initagent and mkinitramfs (a tree is data until it has booted: nothing
+// in it runs here), so those must be found even when the tree has copies.
 func (p *plan) findTools() error {
 	for _, tc := range []toolCopy{{"bootctl", p.o.Bootctl}, {"initagent", p.o.Initagent}, {"mkinitramfs", p.o.Mkinitramfs}} {
 		rel := path.Join(ToolsDir, tc.name)
 		st, err := p.t.lstat(rel)
-		if err == nil {
-			if st.Mode&unix.S_IFMT != unix.S_IFREG {
-				return fmt.Errorf("%w: %s is a %s", ErrRefused, p.t.path(rel), kindOf(st.Mode))
-			}
+		kept := err == nil
+		if kept && st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return fmt.Errorf("%w: %s is a %s", ErrRefused, p.t.path(rel), kindOf(st.Mode))
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		if kept && tc.name == "bootctl" {
 			p.keptTools = append(p.keptTools, tc.name)
 			continue
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 		flag := "--" + tc.name
 		if tc.name == "bootctl" {
 			flag = "a bootctl binary"
 		}
 		if tc.src == "" {
-			return fmt.Errorf("%w: %s not found (pass %s, or put it next to bootctl or on $PATH)", ErrRefused, tc.name, flag)
+			return fmt.Errorf("%w: %s not found (pass %s, or put it next to bootctl or on $PATH; the initrd is never built with the tree's own)", ErrRefused, tc.name, flag)
 		}
 		if fi, err := os.Stat(tc.src); err != nil || !fi.Mode().IsRegular() {
 			if err == nil {
@@ -397,7 +403,11 @@ func (p *plan) findTools() error {
 			}
 			return fmt.Errorf("%w: %s %s: %w (pass %s)", ErrRefused, tc.name, tc.src, err, flag)
 		}
-		p.tools = append(p.tools, tc)
+		if kept {
+			p.keptTools = append(p.keptTools, tc.name)
+		} else {
+			p.tools = append(p.tools, tc)
+		}
 	}
 	return nil
 }

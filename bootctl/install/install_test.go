@@ -205,6 +205,10 @@ func TestRefusals(t *testing.T) {
 		{"tool missing", func(t *testing.T, o *osTree, opt *Options) {
 			opt.Initagent = filepath.Join(o.tools, "no-initagent")
 		}, ErrRefused, []string{"no-initagent", "--initagent"}},
+		{"the tree has its own mkinitramfs, the host none: the tree's never builds the initrd", func(t *testing.T, o *osTree, opt *Options) {
+			write(t, filepath.Join(o.root, "usr/lib/txboot/mkinitramfs"), "#!/bin/sh\n", 0o755)
+			opt.Mkinitramfs = ""
+		}, ErrRefused, []string{"mkinitramfs not found", "--mkinitramfs"}},
 		{"foreign file where the unit's link goes", func(t *testing.T, o *osTree, _ *Options) {
 			links, err := enableLinks(systemd.HealthUnit, systemd.HealthUnitName)
 			if err != nil || len(links) == 0 {

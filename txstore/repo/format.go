@@ -19,6 +19,8 @@ package repo
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,8 +49,14 @@ var (
 const (
 	// ConfigMarker is the whole content of REPO/config.
 	ConfigMarker = "txboot-repo 1\n"
-	// FormatVersion is Index.Format.
-	FormatVersion = 1
+	// FormatVersion is Index.Format as publish writes it. Format 2 adds
+	// the repository's identity, a sequence number, an expiry and the
+	// length and SHA-256 of every metadata file (TUF's rollback, freeze
+	// and endless-data defences); pull accepts only format 2, publish
+	// reads format 1 and upgrades it.
+	FormatVersion = 2
+	// FormatV1 is the format before sequence, expiry and pinned metadata.
+	FormatV1 = 1
 
 	ConfigPath = "config"
 	IndexPath  = "index.json"
@@ -66,6 +74,9 @@ const (
 	MaxText = 1024
 	// MaxSignatures bounds the signatures on one tx or on the index.
 	MaxSignatures = 64
+	// MaxMetaFile bounds the pinned length and size of one metadata file
+	// (manifest, object table, delta), compressed or not.
+	MaxMetaFile = 1 << 30
 )
 
 const digestPrefix = "sha256:"
@@ -81,12 +92,34 @@ type IndexTx struct {
 	Entries    int              `json:"entries"` // manifest entries
 	Stored     int64            `json:"stored"`  // bytes of its objects as stored in the repo
 	Signatures []sign.Signature `json:"signatures,omitempty"`
+	// The metadata files a pull reads for this tx, pinned (format 2):
+	// reads stop at Length, the bytes must hash to SHA256, and
+	// decompression stops at Size.
+	Manifest *FileRef `json:"manifest,omitempty"` // manifests/<hex>.zst
+	Table    *FileRef `json:"table,omitempty"`    // txs/<hex>.objects.zst
+	Delta    *FileRef `json:"delta,omitempty"`    // deltas/<hex>-<parent hex>.zst, if published
+}
+
+// FileRef pins one metadata file of the repository.
+type FileRef struct {
+	Length int64  `json:"length"` // bytes as served (zstd)
+	SHA256 string `json:"sha256"` // hex SHA-256 of those bytes
+	Size   int64  `json:"size"`   // bytes once decompressed
 }
 
 // Index is index.json.
 type Index struct {
-	Format  int       `json:"format"`
-	Updated time.Time `json:"updated"`
+	Format int `json:"format"`
+	// Repository is the repository's identity (32 lowercase hex, random
+	// at its first format-2 publish): a device keeps its sequence floor
+	// under it, whatever mirror URL serves it.
+	Repository string `json:"repository,omitempty"`
+	// Sequence grows by one with every publish; a device refuses an
+	// index older than the newest it accepted (rollback).
+	Sequence uint64    `json:"sequence,omitempty"`
+	Updated  time.Time `json:"updated"`
+	// Expires: a device refuses the index after this instant (freeze).
+	Expires time.Time `json:"expires,omitzero"`
 	Txs     []IndexTx `json:"txs"`
 }
 
@@ -217,7 +250,7 @@ func utcOnly(t time.Time) bool {
 	return off == 0 && !t.IsZero()
 }
 
-func checkTx(t *IndexTx) error {
+func checkTx(t *IndexTx, format int) error {
 	if _, err := DigestHex(t.Digest); err != nil {
 		return err
 	}
@@ -246,7 +279,60 @@ func checkTx(t *IndexTx) error {
 	if t.Entries < 1 || t.Entries > MaxSize {
 		return fmt.Errorf("entries %d: out of range", t.Entries)
 	}
-	return checkSigs(t.Signatures)
+	if err := checkSigs(t.Signatures); err != nil {
+		return err
+	}
+	return checkRefs(t, format)
+}
+
+// checkRefs: format 2 pins the manifest and the table of every tx, and a
+// delta only with a parent; format 1 has no pins.
+func checkRefs(t *IndexTx, format int) error {
+	if format == FormatV1 {
+		if t.Manifest != nil || t.Table != nil || t.Delta != nil {
+			return errors.New("format 1 has no pinned metadata")
+		}
+		return nil
+	}
+	if t.Manifest == nil || t.Table == nil {
+		return errors.New("manifest or table not pinned")
+	}
+	if t.Delta != nil && t.Parent == "" {
+		return errors.New("a delta without a parent")
+	}
+	for _, r := range []struct {
+		name string
+		ref  *FileRef
+		min  int64 // an empty table is 0 bytes of text
+	}{{"manifest", t.Manifest, 1}, {"table", t.Table, 0}, {"delta", t.Delta, 1}} {
+		if r.ref == nil {
+			continue
+		}
+		if err := r.ref.check(r.min); err != nil {
+			return fmt.Errorf("%s: %w", r.name, err)
+		}
+	}
+	return nil
+}
+
+func (r *FileRef) check(minSize int64) error {
+	if r.Length < 1 || r.Length > MaxMetaFile || r.Size < minSize || r.Size > MaxMetaFile {
+		return fmt.Errorf("length %d, size %d: out of range", r.Length, r.Size)
+	}
+	return checkHex(r.SHA256)
+}
+
+// NewFileRef pins data (a metadata file as served) whose content is size
+// bytes once decompressed.
+func NewFileRef(data []byte, size int) *FileRef {
+	sum := sha256.Sum256(data)
+	return &FileRef{Length: int64(len(data)), SHA256: hex.EncodeToString(sum[:]), Size: int64(size)}
+}
+
+// Matches reports whether data is the pinned file.
+func (r *FileRef) Matches(data []byte) bool {
+	sum := sha256.Sum256(data)
+	return int64(len(data)) == r.Length && hex.EncodeToString(sum[:]) == r.SHA256
 }
 
 // txLess is the index order: created, then digest.
@@ -258,7 +344,24 @@ func txLess(a, b *IndexTx) bool {
 }
 
 func checkIndex(ix *Index) error {
-	if ix.Format != FormatVersion {
+	switch ix.Format {
+	case FormatV1:
+		if ix.Repository != "" || ix.Sequence != 0 || !ix.Expires.IsZero() {
+			return fmt.Errorf("%w: format 1 has no repository, sequence or expiry", ErrBadIndex)
+		}
+	case FormatVersion:
+		if len(ix.Repository) != 32 || !lowerHex(ix.Repository) {
+			return fmt.Errorf("%w: repository %q: not 32 lowercase hex", ErrBadIndex, clip(ix.Repository))
+		}
+		if ix.Sequence < 1 || ix.Sequence > MaxSize {
+			return fmt.Errorf("%w: sequence %d out of range", ErrBadIndex, ix.Sequence)
+		}
+		// Bounded, so that a stolen key cannot sign an index that keeps a
+		// frozen device quiet for years.
+		if !utcOnly(ix.Expires) || !ix.Expires.After(ix.Updated) || ix.Expires.Sub(ix.Updated) > MaxExpires {
+			return fmt.Errorf("%w: expires %s: not a UTC time after updated, within %v of it", ErrBadIndex, ix.Expires.Format(time.RFC3339), MaxExpires)
+		}
+	default:
 		return fmt.Errorf("%w: format %d, want %d", ErrBadIndex, ix.Format, FormatVersion)
 	}
 	if !utcOnly(ix.Updated) {
@@ -267,7 +370,7 @@ func checkIndex(ix *Index) error {
 	seen := make(map[string]bool, len(ix.Txs))
 	for i := range ix.Txs {
 		t := &ix.Txs[i]
-		if err := checkTx(t); err != nil {
+		if err := checkTx(t, ix.Format); err != nil {
 			return fmt.Errorf("%w: tx %d: %w", ErrBadIndex, i, err)
 		}
 		if seen[t.Digest] {
@@ -316,7 +419,7 @@ func EncodeIndex(ix *Index) ([]byte, error) {
 	for i := range ix.Txs {
 		ix.Txs[i].Created = ix.Txs[i].Created.UTC()
 	}
-	ix.Updated = ix.Updated.UTC()
+	ix.Updated, ix.Expires = ix.Updated.UTC(), ix.Expires.UTC()
 	sort.SliceStable(ix.Txs, func(i, j int) bool { return txLess(&ix.Txs[i], &ix.Txs[j]) })
 	if err := checkIndex(ix); err != nil {
 		return nil, err

@@ -310,3 +310,54 @@ func FuzzParseTable(f *testing.F) {
 		}
 	})
 }
+
+// TestParseIndexV2 pins format 2's encoding (testdata/index-v2.json):
+// repository, sequence, expiry and the pins of every metadata file.
+func TestParseIndexV2(t *testing.T) {
+	data := readTestdata(t, "index-v2.json")
+	ix, err := ParseIndex(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ix.Format != 2 || ix.Sequence != 42 || ix.Repository != "00112233445566778899aabbccddeeff" ||
+		!ix.Expires.Equal(ix.Updated.Add(7*24*time.Hour)) || ix.Txs[0].Delta != nil || ix.Txs[1].Delta.Size != 200 ||
+		ix.Txs[0].Manifest.Length != 11 || !ix.Txs[0].Manifest.Matches([]byte("manifestone")) || ix.Txs[0].Manifest.Matches([]byte("manifestonf")) {
+		t.Fatalf("parsed %+v", ix)
+	}
+	out, err := EncodeIndex(ix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out, data) {
+		t.Fatalf("re-encoded index differs:\n%s\nwant\n%s", out, data)
+	}
+	good := string(data)
+	cases := []struct{ name, from, to string }{
+		{"no repository", `"repository": "00112233445566778899aabbccddeeff",`, ``},
+		{"repository not hex", `"repository": "00112233445566778899aabbccddeeff"`, `"repository": "../../../../etc/passwd/xxxxxxxxxx"`},
+		{"sequence 0", `"sequence": 42`, `"sequence": 0`},
+		{"no expiry", `"expires": "2026-12-09T08:00:00Z",`, ``},
+		{"expires before updated", `"expires": "2026-12-09T08:00:00Z"`, `"expires": "2026-12-01T08:00:00Z"`},
+		{"expires in 2036", `"expires": "2026-12-09T08:00:00Z"`, `"expires": "2036-12-09T08:00:00Z"`},
+		{"expiry not UTC", `"expires": "2026-12-09T08:00:00Z"`, `"expires": "2026-12-09T08:00:00+01:00"`},
+		{"manifest not pinned", `"manifest": {
+        "length": 11,`, `"manifesto": {
+        "length": 11,`},
+		{"pin length 0", `"length": 11,`, `"length": 0,`},
+		{"pin hash short", `"sha256": "ac760992b81baef48dede667e0c5499f2d820dbae303b2c790301f2b9eb9c8eb"`, `"sha256": "ac76"`},
+		{"pin size huge", `"size": 1000`, `"size": 1099511627776`},
+		{"delta without parent", `"parent": "sha256:1111111111111111111111111111111111111111111111111111111111111111",`, ``},
+		{"format 1 with a sequence", `"format": 2`, `"format": 1`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bad := strings.Replace(good, c.from, c.to, 1)
+			if bad == good {
+				t.Fatalf("case does not apply: %q", c.from)
+			}
+			if _, err := ParseIndex([]byte(bad)); !errors.Is(err, ErrBadIndex) {
+				t.Fatalf("ParseIndex = %v, want ErrBadIndex", err)
+			}
+		})
+	}
+}

@@ -534,6 +534,22 @@ func TestPullNginx(t *testing.T) {
 	if err := json.Unmarshal(out, &res); err != nil || res.Tx.Digest != tx4.Digest || res.Stats.Fetched != len(h4) {
 		t.Fatalf("file:// pull: %v\n%s", err, out)
 	}
+
+	// 6. A hostile mirror replays the index of step 4, validly signed,
+	// after the device saw a newer one: refused, naming both sequences.
+	oldIndex, _ := os.ReadFile(filepath.Join(repoDir, IndexPath))
+	oldSig, _ := os.ReadFile(filepath.Join(repoDir, SigPath))
+	commitPublish(randomFiles("lib/data", 40, 3000, 5))
+	ns = startNginx(t, repoDir, "8k")
+	if out, err := exec.Command(bootctl, "--root", dstRoot, "pull", ns.fast, "--trust", pubFile).CombinedOutput(); err != nil {
+		t.Fatalf("pull of tx 5: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(repoDir, SigPath), oldSig, 0o644)
+	os.WriteFile(filepath.Join(repoDir, IndexPath), oldIndex, 0o644)
+	out, err = exec.Command(bootctl, "--root", dstRoot, "pull", ns.fast, "--trust", pubFile, "--tx", "v3", "--allow-downgrade").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "rollback refused: index sequence") || !strings.Contains(string(out), "older than sequence") {
+		t.Fatalf("replayed index: %v\n%s", err, out)
+	}
 }
 
 // logGets counts GETs of paths starting with prefix in an nginx access log.

@@ -82,6 +82,11 @@ type PublishOptions struct {
 	Workers int              // parallel object writers; 0 = 2×GOMAXPROCS
 	Timeout time.Duration    // waiting for the repository lock; 0 = txstore.DefaultTimeout
 	Now     func() time.Time // index "updated"; nil = time.Now
+	// Expires: how long the new index stays valid (default
+	// DefaultExpires). Every publish writes a new index with a new
+	// expiry and the next sequence number, so a publish that adds
+	// nothing refreshes a repository (a cron job keeps it fresh).
+	Expires time.Duration
 }
 
 // PublishedTx is one tx Publish was asked for.
@@ -106,6 +111,8 @@ type PublishStats struct {
 	BytesSkipped   int64         `json:"bytes_skipped"`   // stored size of the skipped objects
 	IndexWritten   bool          `json:"index_written"`   // false: nothing changed
 	IndexSigned    bool          `json:"index_signed"`
+	Sequence       uint64        `json:"sequence"` // of the index written
+	Expires        time.Time     `json:"expires"`  // of the index written
 	Duration       time.Duration `json:"duration_ns"`
 }
 
@@ -658,6 +665,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 		if ix, err = ParseIndex(oldIndex); err != nil {
 			return nil, fmt.Errorf("publish: %s: %w", r.root.join(IndexPath), err)
 		}
+		if err := r.pinAll(ix); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
 	}
 	oldSigData, err := readSmall(r.root, SigPath, MaxIndexSize)
 	if err != nil {
@@ -711,7 +721,7 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 				}
 			}
 			n.pub.Signed = mergeSigs(&e.Signatures, sigs)
-			if err := checkTx(&e); err != nil {
+			if err := checkTx(&e, FormatV1); err != nil { // pinned below
 				return nil, fmt.Errorf("publish: tx %d: %w", id, err)
 			}
 			n.entry = &e
@@ -730,6 +740,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			changed = true
 		}
 	}
+	// Every publish writes a new index: the next sequence number and a
+	// new expiry, even when no tx is new.
+	changed = true
 	if changed && o.Key == nil && oldSigData != nil {
 		return nil, fmt.Errorf("publish: %s: %w (or remove %s to publish unsigned)", dir, ErrSigned, SigPath)
 	}
@@ -787,7 +800,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			continue
 		}
 		hx, _ := DigestHex(n.t.Digest) // checked by checkTx
-		mz := w0().EncodeAll(n.m.Encode(), nil)
+		mtext := n.m.Encode()
+		mz := w0().EncodeAll(mtext, nil)
+		n.entry.Manifest = NewFileRef(mz, len(mtext))
 		mp, _ := ManifestPath(hx)
 		if err := writeFile(r.manifests, filepath.Base(mp), mz, true); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
@@ -810,18 +825,22 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			return nil, fmt.Errorf("publish: tx %d: %w", n.t.ID, err)
 		}
 		tz := w0().EncodeAll(text, nil)
+		n.entry.Table = NewFileRef(tz, len(text))
 		tp, _ := TablePath(hx)
 		if err := writeFile(r.txs, filepath.Base(tp), tz, true); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 		st.BytesWritten += int64(len(mz) + len(tz))
 		if n.parent != nil {
-			dz, err := r.writeDelta(s, n, used, byHash)
+			dz, dlen, err := r.writeDelta(s, n, used, byHash)
 			if err != nil {
 				return nil, fmt.Errorf("publish: tx %d: %w", n.t.ID, err)
 			}
 			st.BytesWritten += int64(len(dz))
 			n.pub.Delta = dz != nil
+			if dz != nil {
+				n.entry.Delta = NewFileRef(dz, dlen)
+			}
 		}
 		n.entry.Stored, n.pub.Stored, n.pub.Objects = stored, stored, len(table)
 		ix.Txs = append(ix.Txs, *n.entry)
@@ -870,7 +889,9 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 	}
 
 	if changed {
-		ix.Format, ix.Updated = FormatVersion, o.Now().UTC()
+		if err := nextIndex(ix, o); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
 		data, err := EncodeIndex(ix)
 		if err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
@@ -912,7 +933,7 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 		st.BytesWritten += int64(len(data))
-		st.IndexWritten = true
+		st.IndexWritten, st.Sequence, st.Expires = true, ix.Sequence, ix.Expires
 		if err := fpIndexWritten.Inject(); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
@@ -993,10 +1014,10 @@ func (r *repo) putAll(objs *cas.Store, jobs []*objJob, n int) error {
 // does not use. A parent whose manifest cannot be loaded gets no delta
 // (nil, nil): pullers then fetch the whole manifest, as from a repository
 // without deltas.
-func (r *repo) writeDelta(s *txstore.Store, n *newTx, used map[cas.Hash]bool, byHash map[cas.Hash]*objJob) ([]byte, error) {
+func (r *repo) writeDelta(s *txstore.Store, n *newTx, used map[cas.Hash]bool, byHash map[cas.Hash]*objJob) ([]byte, int, error) {
 	pm, err := s.Manifest(n.parent)
 	if err != nil {
-		return nil, nil
+		return nil, 0, nil
 	}
 	inParent := map[cas.Hash]bool{}
 	for i := range pm.Entries {
@@ -1012,17 +1033,17 @@ func (r *repo) writeDelta(s *txstore.Store, n *newTx, used map[cas.Hash]bool, by
 	}
 	text, err := MakeDelta(pm, n.m, table)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	hx, _ := DigestHex(n.t.Digest)
 	phx, err := DigestHex(n.parent.Digest)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	dp, _ := DeltaPath(hx, phx)
 	dz := w0().EncodeAll(text, nil)
 	if err := writeFile(r.deltas, filepath.Base(dp), dz, true); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return dz, nil
+	return dz, len(text), nil
 }

@@ -27,6 +27,9 @@ var (
 	// ErrUntrusted: no trusted key to check the index with (and not
 	// Insecure), or index.sig is missing.
 	ErrUntrusted = errors.New("repository index is not verified")
+	// ErrInsecure: Insecure together with trusted keys (which would let
+	// an unsigned repository through where a signed one is expected).
+	ErrInsecure = errors.New("--insecure refused")
 	// ErrNoTx: the index has no tx matching the request.
 	ErrNoTx = errors.New("no such tx in the repository")
 	// ErrContent: fetched bytes are not what the signed manifest says
@@ -61,6 +64,11 @@ type PullOptions struct {
 	// Tries per file, with backoff doubling from Backoff to MaxBackoff.
 	Tries               int
 	Backoff, MaxBackoff time.Duration
+	// Timeout bounds the network part as a whole (index, manifest,
+	// objects, retries), besides a fetcher's idle timeout per read: past
+	// it the pull fails with a *DeadlineError (ErrDeadline). <= 0: none
+	// besides ctx's.
+	Timeout time.Duration
 	// FlushInterval: how often fetched objects are published into the
 	// CAS while the pull runs (so an interrupted pull keeps them); < 0
 	// publishes only at the end (and at Import's size thresholds).
@@ -74,6 +82,14 @@ type PullOptions struct {
 	// Warn, if set, is told once when a manifest delta could not be used
 	// and the whole manifest is fetched instead.
 	Warn func(string)
+	// AllowDowngrade lets a pull make a tx older than the current default
+	// (earlier in the index) the new default.
+	AllowDowngrade bool
+	// Now is the clock the index's expiry is judged by (nil: time.Now).
+	Now func() time.Time
+	// TrustDir is the store's key-statement state (STORE/trust): with
+	// it, a repository's keys.json can rotate and revoke keys.
+	TrustDir string
 }
 
 // Progress is a snapshot of a running pull.
@@ -121,19 +137,30 @@ type PullStats struct {
 // is believed), the manifest (its digest checked before it is parsed), the
 // object table (a hint for URLs and sizes), then only the objects the
 // store lacks, each checked against the manifest's size and SHA-256 before
-// it enters the CAS. s must be open for writing. On any error nothing is
-// recorded and no tree is placed; objects that were checked and published
-// stay (GC removes them if no tx comes to use them) and a re-run fetches
-// only the rest.
+// it enters the CAS. o.Timeout bounds all of that. s is open for writing,
+// or for fetching (txstore.OpenFetch): then the network is used without
+// the writer lock, and Pull takes it (Store.LockWriter) only for the
+// commit, leaving it held for the caller's local steps until s.Close. On
+// any error nothing is recorded and no tree is placed; objects that were
+// checked and published stay (GC removes them if no tx comes to use them)
+// and a re-run fetches only the rest.
 func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Tx, *PullStats, error) {
-	ft, err := fetchTx(ctx, s, f, o, false)
+	dctx, cancel := o.withDeadline(ctx)
+	defer cancel()
+	ft, err := fetchTx(dctx, s, f, origin, o, false)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, o.deadlineErr(dctx, err)
 	}
 	if ft.existing != nil {
 		return ft.existing, ft.st, nil
 	}
 	defer ft.im.Close()
+	if t, err := lockCommit(s, ft.im, ft.it.Digest); err != nil {
+		return nil, nil, fmt.Errorf("pull %s: %w", ft.it.Digest, err)
+	} else if t != nil {
+		ft.st.Existing, ft.st.Elapsed = t.ID, time.Since(ft.start)
+		return t, ft.st, nil
+	}
 	co := o.Commit
 	co.Version, co.Origin, co.Signatures = ft.it.Version, origin, ft.it.Signatures
 	tx, err := ft.im.Commit(ft.m, ft.raw, co)
@@ -144,10 +171,8 @@ func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o Pul
 		return tx, nil, fmt.Errorf("pull: %w: committed tx %d has digest %s, want %s", ErrContent, tx.ID, tx.Digest, ft.it.Digest)
 	}
 	// A download of this tx is now committed: its record goes.
-	if ft.download != nil {
-		if err := s.RemoveDownload(ft.download.Digest); err != nil {
-			return tx, nil, fmt.Errorf("pull: committed tx %d: %w", tx.ID, err)
-		}
+	if err := dropDownload(s, tx.Digest); err != nil {
+		return tx, nil, fmt.Errorf("pull: committed tx %d: %w", tx.ID, err)
 	}
 	ft.st.Elapsed = time.Since(ft.start)
 	return tx, ft.st, nil
@@ -159,11 +184,15 @@ func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o Pul
 // signatures: no tree, no tx record, no default change. Store.ApplyDownload
 // commits it later without the network; GC keeps its objects meanwhile.
 // A store that already has a tx with the digest gets nothing (nil
-// download, stats.Existing set).
+// download, stats.Existing set). The store and the time limit are as for
+// Pull: with s from txstore.OpenFetch, the writer lock is taken only for
+// the record, and left held until s.Close.
 func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Download, *PullStats, error) {
-	ft, err := fetchTx(ctx, s, f, o, true)
+	dctx, cancel := o.withDeadline(ctx)
+	defer cancel()
+	ft, err := fetchTx(dctx, s, f, origin, o, true)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, o.deadlineErr(dctx, err)
 	}
 	if ft.existing != nil {
 		return nil, ft.st, nil
@@ -175,8 +204,11 @@ func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o
 	if err != nil {
 		return nil, nil, fmt.Errorf("download %s: %w", ft.it.Digest, err)
 	}
-	if err := ft.im.Flush(); err != nil {
+	if t, err := lockCommit(s, ft.im, ft.it.Digest); err != nil {
 		return nil, nil, fmt.Errorf("download %s: %w", ft.it.Digest, err)
+	} else if t != nil {
+		ft.st.Existing, ft.st.Elapsed = t.ID, time.Since(ft.start)
+		return nil, ft.st, nil
 	}
 	d, err := s.StoreDownload(ft.m, ft.raw, txstore.Download{Version: ft.it.Version, Origin: origin,
 		Parent: ft.it.Parent, Signatures: ft.it.Signatures, Manifest: mobj})
@@ -195,10 +227,9 @@ type fetched struct {
 	st       *PullStats
 	m        *manifest.Manifest
 	raw      []byte
-	im       *txstore.Import   // the caller closes it
-	mobj     chan manifestObj  // with manifestObject: raw's CAS object, encoded meanwhile
-	existing *txstore.Tx       // the store already has the digest: nothing else is set
-	download *txstore.Download // a pending download of the same digest
+	im       *txstore.Import  // the caller closes it
+	mobj     chan manifestObj // with manifestObject: raw's CAS object, encoded meanwhile
+	existing *txstore.Tx      // the store already has the digest: nothing else is set
 }
 
 // fetchTx is what Pull and Download share: config, index.json and
@@ -211,20 +242,41 @@ type fetched struct {
 //
 // With manifestObject, the manifest's CAS object (zstd) is encoded on a
 // goroutine while the objects are fetched, for Download to stage.
-func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions, manifestObject bool) (*fetched, error) {
+func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions, manifestObject bool) (*fetched, error) {
 	ft := &fetched{start: time.Now()}
 	o = o.withDefaults()
 	p := &puller{f: f, o: o}
 	if err := p.config(ctx); err != nil {
 		return nil, err
 	}
-	ix, verified, err := p.index(ctx)
+	// Key statements first: a rotation or revocation decides which keys
+	// the index must be signed with.
+	if o.TrustDir != "" && !o.Insecure && len(o.Trusted) > 0 {
+		keys, err := p.keyStatement(ctx, o.TrustDir)
+		if err != nil {
+			return nil, err
+		}
+		p.o.Trusted = keys
+	}
+	ix, data, verified, err := p.index(ctx)
 	if err != nil {
+		return nil, err
+	}
+	// The floor moves before anything the index names is fetched.
+	if err := acceptIndex(s.Dir, ix, data, origin, verified, o.Now(), f.URL(IndexPath)); err != nil {
 		return nil, err
 	}
 	it, err := selectTx(ix, o.Tx)
 	if err != nil {
 		return nil, err
+	}
+	if it, err = p.txSignatures(it); err != nil {
+		return nil, err
+	}
+	if !manifestObject && !o.Commit.NoDefault && !o.AllowDowngrade {
+		if err := checkDowngrade(s, ix, it); err != nil {
+			return nil, err
+		}
 	}
 	ft.it = it
 	st := &PullStats{Digest: it.Digest, Version: it.Version, Verified: verified}
@@ -247,11 +299,6 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions, ma
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range downloads {
-		if d.Digest == it.Digest {
-			ft.download = d
-		}
-	}
 	dhex, err := DigestHex(it.Digest)
 	if err != nil {
 		return nil, err
@@ -260,16 +307,19 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions, ma
 	// changed and the table lines of their new contents.
 	var table map[string]TableEntry
 	var inserted []int
-	if base := localParent(s, it.Parent, txs, downloads); base != nil {
+	if base := localParent(s, it.Parent, txs, downloads); base != nil && it.Delta == nil {
+		// Not published (the parent was not published there, or its
+		// manifest could not be loaded): nothing wrong, nothing to say.
+		st.Delta = "none"
+	} else if base != nil {
 		ft.m, ft.raw, inserted, table, err = p.delta(ctx, dhex, it, base, st)
 		switch {
 		case err == nil:
 			st.Delta = "used"
-		case ctx.Err() != nil || errors.As(err, new(permanentErr)):
+		case ctx.Err() != nil || errors.As(err, new(permanentErr)) && !errors.Is(err, ErrContent):
 			return nil, err
 		case isNotFound(err):
-			// Not published (a repository from before deltas, or the
-			// parent was not published): nothing wrong, nothing to say.
+			// Pinned but missing: a mirror that lags behind.
 			st.Delta = "none"
 			ft.m, ft.raw, inserted, table = nil, nil, nil, nil
 		default:
@@ -281,7 +331,7 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions, ma
 		}
 	}
 	if ft.m == nil {
-		if ft.m, ft.raw, err = p.manifest(ctx, dhex, it.Digest, st); err != nil {
+		if ft.m, ft.raw, err = p.manifest(ctx, dhex, it.Digest, it.Manifest, st); err != nil {
 			return nil, err
 		}
 	}
@@ -312,7 +362,7 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, o PullOptions, ma
 				st.PresentBytes += n.size
 			}
 		}
-	} else if table, err = p.table(ctx, dhex, len(needs), st); err != nil {
+	} else if table, err = p.table(ctx, dhex, it.Table, st); err != nil {
 		return nil, err
 	}
 
@@ -371,14 +421,9 @@ func (p *puller) delta(ctx context.Context, dhex string, it *IndexTx, base *pare
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	z, err := p.get(ctx, path, manifest.MaxSize)
+	text, err := p.getPinned(ctx, path, it.Delta, st)
 	if err != nil {
-		return nil, nil, nil, nil, err
-	}
-	st.MetaBytes += int64(len(z))
-	text, err := decompress(z, manifest.MaxSize)
-	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("%s: %w: %w", p.f.URL(path), ErrBadDelta, err)
+		return nil, nil, nil, nil, fmt.Errorf("%w: %w", ErrBadDelta, err)
 	}
 	raw, inserted, tab, err := ApplyDelta(base.raw, text, base.digest, it.Digest)
 	if err != nil {
@@ -411,6 +456,9 @@ func (o PullOptions) withDefaults() PullOptions {
 	if o.FlushInterval == 0 {
 		o.FlushInterval = DefaultFlush
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	return o
 }
 
@@ -434,7 +482,9 @@ func (p *puller) get(ctx context.Context, path string, limit int64) ([]byte, err
 			return bodyErr(p.f.URL(path), err)
 		}
 		if int64(len(data)) > limit {
-			return fmt.Errorf("GET %s: %w: larger than %d bytes", p.f.URL(path), ErrContent, limit)
+			// Content errors are not retried: a server that sends too
+			// much once will again (endless data).
+			return permanentErr{fmt.Errorf("GET %s: %w: larger than %d bytes", p.f.URL(path), ErrContent, limit)}
 		}
 		return nil
 	})
@@ -455,62 +505,62 @@ func (p *puller) config(ctx context.Context) error {
 	return nil
 }
 
-// index fetches, verifies and parses index.json. A signature that does not
-// verify is fetched again once with the index (publish writes index.sig
-// just before index.json: a reader can catch the new index with the old
-// signature).
-func (p *puller) index(ctx context.Context) (*Index, string, error) {
+// index fetches, verifies and parses index.json and returns it with its
+// bytes and the key that signed it. A signature that does not verify is
+// fetched again once with the index (publish writes index.sig just before
+// index.json: a reader can catch the new index with the old signature).
+// Insecure (no trusted key at all) skips index.sig; with any trusted key
+// an index must verify.
+func (p *puller) index(ctx context.Context) (*Index, []byte, string, error) {
+	if p.o.Insecure && len(p.o.Trusted) > 0 {
+		return nil, nil, "", fmt.Errorf("%w: --insecure with %d trusted keys: a repository that is not signed by one of them is refused (drop --insecure)", ErrInsecure, len(p.o.Trusted))
+	}
 	var data []byte
 	var verified string
 	for attempt := 1; ; attempt++ {
 		var err error
 		if data, err = p.get(ctx, IndexPath, MaxIndexSize); err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
-		if p.o.Insecure && len(p.o.Trusted) == 0 {
+		if p.o.Insecure {
 			break
 		}
 		if len(p.o.Trusted) == 0 {
-			return nil, "", fmt.Errorf("%s: %w: no trusted key (give --trust KEY.pem, put keys in /etc/txboot/trusted.d, or --insecure)", p.f.URL(IndexPath), ErrUntrusted)
+			return nil, nil, "", fmt.Errorf("%s: %w: no trusted key (give --trust KEY.pem, put keys in /etc/txboot/trusted.d, or --insecure)", p.f.URL(IndexPath), ErrUntrusted)
 		}
-		var sigs []sign.Signature
-		raw, err := p.get(ctx, SigPath, MaxIndexSize)
-		switch {
-		case isNotFound(err):
-			err = fmt.Errorf("%s: %w: the repository is not signed", p.f.URL(SigPath), ErrUntrusted)
-		case err == nil:
-			if sigs, err = ParseSig(raw); err == nil {
-				var k sign.PublicKey
-				if k, err = sign.VerifyIndex(p.o.Trusted, data, sigs); err == nil {
-					verified = k.ID + " (" + k.Source + ")"
-				}
-			}
-			if err != nil {
-				err = fmt.Errorf("%s: %w", p.f.URL(SigPath), err)
-			}
-		}
-		if err == nil {
+		if verified, err = p.verifyIndex(ctx, data); err == nil {
 			break
 		}
-		if errors.Is(err, ErrFetch) && !isNotFound(err) {
-			return nil, "", err
-		}
-		// Insecure covers an index nobody we trust signed, never one a
-		// trusted key signed and that does not verify (tampering), once
-		// fetched again.
-		if p.o.Insecure && !errors.Is(err, sign.ErrBadSignature) {
-			verified = ""
-			break
-		}
-		if attempt >= 2 {
-			return nil, "", err
+		if errors.Is(err, ErrFetch) && !isNotFound(err) || attempt >= 2 {
+			return nil, nil, "", err
 		}
 	}
 	ix, err := ParseIndex(data)
 	if err != nil {
-		return nil, "", fmt.Errorf("%s: %w", p.f.URL(IndexPath), err)
+		return nil, nil, "", fmt.Errorf("%s: %w", p.f.URL(IndexPath), err)
 	}
-	return ix, verified, nil
+	return ix, data, verified, nil
+}
+
+// verifyIndex checks index.sig over data with the trusted keys and names
+// the key that signed it.
+func (p *puller) verifyIndex(ctx context.Context, data []byte) (string, error) {
+	raw, err := p.get(ctx, SigPath, MaxIndexSize)
+	if isNotFound(err) {
+		return "", fmt.Errorf("%s: %w: the repository is not signed", p.f.URL(SigPath), ErrUntrusted)
+	}
+	if err != nil {
+		return "", err
+	}
+	sigs, err := ParseSig(raw)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p.f.URL(SigPath), err)
+	}
+	k, err := sign.VerifyIndex(p.o.Trusted, data, sigs)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p.f.URL(SigPath), err)
+	}
+	return k.ID + " (" + k.Source + ")", nil
 }
 
 // selectTx picks the requested tx from the index.
@@ -541,19 +591,14 @@ func selectTx(ix *Index, want string) (*IndexTx, error) {
 // manifest fetches manifests/<hex>.zst and returns it decoded, with its
 // canonical bytes: decompressed with a size bound, hashed, compared with
 // the digest, and only then parsed.
-func (p *puller) manifest(ctx context.Context, dhex, digest string, st *PullStats) (*manifest.Manifest, []byte, error) {
+func (p *puller) manifest(ctx context.Context, dhex, digest string, ref *FileRef, st *PullStats) (*manifest.Manifest, []byte, error) {
 	path, err := ManifestPath(dhex)
 	if err != nil {
 		return nil, nil, err
 	}
-	z, err := p.get(ctx, path, manifest.MaxSize)
+	raw, err := p.getPinned(ctx, path, ref, st)
 	if err != nil {
 		return nil, nil, err
-	}
-	st.MetaBytes += int64(len(z))
-	raw, err := decompress(z, manifest.MaxSize)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w: %w", p.f.URL(path), ErrContent, err)
 	}
 	if d := manifest.Digest(raw); d != digest {
 		return nil, nil, fmt.Errorf("%s: %w: manifest digest %s, want %s", p.f.URL(path), ErrContent, d, digest)
@@ -565,33 +610,72 @@ func (p *puller) manifest(ctx context.Context, dhex, digest string, st *PullStat
 	return m, raw, nil
 }
 
-// table fetches txs/<hex>.objects.zst. It is only a hint: a missing or
-// unreadable table means every object's URL is probed instead.
-func (p *puller) table(ctx context.Context, dhex string, n int, st *PullStats) (map[string]TableEntry, error) {
+// table fetches txs/<hex>.objects.zst, pinned by the index. It only
+// says which URL (raw or zstd) each object has, but a table that is not
+// the pinned one is a hostile server, and fails the pull.
+func (p *puller) table(ctx context.Context, dhex string, ref *FileRef, st *PullStats) (map[string]TableEntry, error) {
 	path, err := TablePath(dhex)
 	if err != nil {
 		return nil, err
 	}
-	limit := int64(n+1) * MaxTableLine
-	z, err := p.get(ctx, path, limit)
-	if isNotFound(err) || errors.Is(err, ErrContent) {
-		return map[string]TableEntry{}, nil
+	text, err := p.getPinned(ctx, path, ref, st)
+	if err != nil {
+		return nil, err
 	}
+	es, err := ParseTable(text)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p.f.URL(path), err)
+	}
+	out := make(map[string]TableEntry, len(es))
+	for _, e := range es {
+		out[e.Hash] = e
+	}
+	return out, nil
+}
+
+// getPinned fetches a metadata file the index pins: at most ref.Length
+// bytes are read, they must hash to ref.SHA256 (checked before anything
+// decodes them), and they must decompress to exactly ref.Size bytes. A
+// mismatch is ErrContent and not retried.
+func (p *puller) getPinned(ctx context.Context, path string, ref *FileRef, st *PullStats) ([]byte, error) {
+	if ref == nil {
+		return nil, fmt.Errorf("%s: %w: not pinned by the index", p.f.URL(path), ErrBadIndex)
+	}
+	z, err := p.get(ctx, path, ref.Length)
 	if err != nil {
 		return nil, err
 	}
 	st.MetaBytes += int64(len(z))
-	out := map[string]TableEntry{}
-	text, err := decompress(z, limit)
-	if err != nil {
-		return out, nil
+	if !ref.Matches(z) {
+		return nil, fmt.Errorf("%s: %w: %d bytes that are not the %d bytes (sha256 %s) the signed index pins", p.f.URL(path), ErrContent, len(z), ref.Length, ref.SHA256)
 	}
-	es, err := ParseTable(text)
+	text, err := decompressExact(z, ref.Size)
 	if err != nil {
-		return out, nil
+		return nil, fmt.Errorf("%s: %w: %w", p.f.URL(path), ErrContent, err)
 	}
-	for _, e := range es {
-		out[e.Hash] = e
+	return text, nil
+}
+
+// decompressExact decodes one zstd stream of exactly size bytes into one
+// buffer of that size: memory is the pinned size, whatever the stream
+// claims.
+func decompressExact(z []byte, size int64) ([]byte, error) {
+	// The decoder's window may exceed a small file's size (a frame
+	// header's choice); it stays within 8 MiB or the pinned size.
+	mem := max(uint64(size)+1, 8<<20)
+	d, err := zstd.NewReader(bytes.NewReader(z), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(min(maxWindow, mem)), zstd.WithDecoderMaxMemory(mem))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	out := make([]byte, size)
+	if _, err := io.ReadFull(d, out); err != nil {
+		return nil, fmt.Errorf("decompresses to less than the pinned %d bytes: %w", size, err)
+	}
+	var one [1]byte
+	if n, _ := d.Read(one[:]); n > 0 {
+		return nil, fmt.Errorf("decompresses to more than the pinned %d bytes", size)
 	}
 	return out, nil
 }
@@ -879,6 +963,10 @@ func (w *objectWorker) fetch(ctx context.Context, n *need, table map[string]Tabl
 		err = retry(ctx, w.p.o.Tries, w.p.o.Backoff, w.p.o.MaxBackoff, func() error {
 			var werr error
 			wire, werr = w.once(ctx, path, n, t.compressed, t.limit)
+			if errors.Is(werr, ErrContent) {
+				// Wrong bytes come again: not retried (endless data).
+				return permanentErr{werr}
+			}
 			return werr
 		})
 		if err == nil {

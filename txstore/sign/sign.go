@@ -36,6 +36,7 @@ var (
 const (
 	txDomain    = "txboot tx v1\n"
 	indexDomain = "txboot index v1\n"
+	keysDomain  = "txboot keys v1\n"
 )
 
 // maxKeyFile bounds what is read as a key file (a PEM key is < 200 bytes).
@@ -207,9 +208,11 @@ func GenerateKey() (privPEM, pubPEM []byte, err error) {
 
 func txMessage(digest string) []byte { return []byte(txDomain + digest) }
 
-func indexMessage(data []byte) []byte {
-	m := make([]byte, 0, len(indexDomain)+len(data))
-	return append(append(m, indexDomain...), data...)
+func indexMessage(data []byte) []byte { return domainMessage(indexDomain, data) }
+
+func domainMessage(domain string, data []byte) []byte {
+	m := make([]byte, 0, len(domain)+len(data))
+	return append(append(m, domain...), data...)
 }
 
 func signWith(priv ed25519.PrivateKey, msg []byte) Signature {
@@ -232,6 +235,17 @@ func SignIndex(priv ed25519.PrivateKey, index []byte) Signature {
 // any trusted key is ErrUnsigned.
 func VerifyTx(keys []PublicKey, digest string, sigs []Signature) (PublicKey, error) {
 	return verify(keys, txMessage(digest), sigs, "tx "+digest)
+}
+
+// SignKeys signs a repository key statement's exact bytes (keys.json):
+// its own domain, so no index or tx signature can pass for one.
+func SignKeys(priv ed25519.PrivateKey, statement []byte) Signature {
+	return signWith(priv, domainMessage(keysDomain, statement))
+}
+
+// VerifyKeys is VerifyTx for a key statement.
+func VerifyKeys(keys []PublicKey, statement []byte, sigs []Signature) (PublicKey, error) {
+	return verify(keys, domainMessage(keysDomain, statement), sigs, "key statement")
 }
 
 // VerifyIndex is VerifyTx for a repository index.
