@@ -10,12 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/sign"
-	"golang.org/x/sys/unix"
 )
 
 // The device's side of key statements, under STORE/trust (TrustDir):
@@ -258,30 +256,10 @@ func KeyExpiry(pemData []byte) time.Time {
 	return t
 }
 
-// writeDurable writes dir/name: temp file, fsync, rename, directory fsync.
+// writeDurable writes dir/name durably (fsx.WriteFile), 0600: device
+// state, not served.
 func writeDurable(dir, name string, data []byte) error {
-	if strings.ContainsRune(name, '/') {
-		return fmt.Errorf("%w: file name %q", ErrBadKeys, name)
-	}
-	tmp, err := os.CreateTemp(dir, ".tmp-")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", filepath.Join(dir, name), err)
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = unix.Rename(tmp.Name(), filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", filepath.Join(dir, name), err)
-	}
-	return fsx.SyncDir(dir)
+	return fsx.WriteFile(dir, name, data, 0o600)
 }
 
 // txSignatures keeps the tx's signatures that verify with the keys the

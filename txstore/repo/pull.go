@@ -161,6 +161,12 @@ func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o Pul
 		ft.st.Existing, ft.st.Elapsed = t.ID, time.Since(ft.start)
 		return t, ft.st, nil
 	}
+	// Again under the lock: the default may have moved while fetching.
+	if !o.Commit.NoDefault && !o.AllowDowngrade {
+		if err := checkDowngrade(s, ft.ix, ft.it); err != nil {
+			return nil, nil, err
+		}
+	}
 	co := o.Commit
 	co.Version, co.Origin, co.Signatures = ft.it.Version, origin, ft.it.Signatures
 	tx, err := ft.im.Commit(ft.m, ft.raw, co)
@@ -224,6 +230,7 @@ func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o
 type fetched struct {
 	start    time.Time
 	it       *IndexTx
+	ix       *Index
 	st       *PullStats
 	m        *manifest.Manifest
 	raw      []byte
@@ -278,7 +285,7 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o 
 			return nil, err
 		}
 	}
-	ft.it = it
+	ft.it, ft.ix = it, ix
 	st := &PullStats{Digest: it.Digest, Version: it.Version, Verified: verified}
 	ft.st = st
 	// A tx with this digest is this content: committing it again would

@@ -301,3 +301,32 @@ func TestPullEndlessData(t *testing.T) {
 		})
 	}
 }
+
+// TestPullTxSignatures: the record keeps only tx signatures the device's
+// keys verify (a signature by a key the tx or the index brings is data,
+// not trust), and a trusted key's signature that does not verify fails.
+func TestPullTxSignatures(t *testing.T) {
+	vendor, stranger := ptNewKey(t), ptNewKey(t)
+	trusted := []sign.PublicKey{vendor.pub}
+	_, dir, txs := ptSource(t, &vendor, ptTree(t, nil))
+	ptReindex(t, dir, &vendor, func(ix *Index) {
+		ix.Txs[0].Signatures = append(ix.Txs[0].Signatures, sign.SignTx(stranger.priv, txs[0].Digest))
+	})
+	srv := ptNewServer(t, dir)
+	s := ptStore(t)
+	tx, _, err := ptPull(t, s, srv.URL, PullOptions{Trusted: trusted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tx.Signatures) != 1 || tx.Signatures[0].KeyID != vendor.pub.ID {
+		t.Fatalf("record signatures %+v: want the vendor's only", tx.Signatures)
+	}
+	ptReindex(t, dir, &vendor, func(ix *Index) {
+		ix.Sequence++
+		ix.Txs[0].Signatures = []sign.Signature{sign.SignTx(vendor.priv, "sha256:"+strings.Repeat("0", 64))}
+		ix.Txs[0].Signatures[0].KeyID = vendor.pub.ID
+	})
+	if _, _, err := ptPull(t, ptStore(t), srv.URL, PullOptions{Trusted: trusted}); !errors.Is(err, sign.ErrBadSignature) {
+		t.Fatalf("tx signature by the trusted key over another digest = %v, want ErrBadSignature", err)
+	}
+}
