@@ -76,7 +76,7 @@ func checkFresh(ix *Index, data []byte, prev *Remote, now time.Time, url string)
 			return fmt.Errorf("%s: %w: index sequence %d is older than sequence %d, accepted %s from %s",
 				url, ErrRollback, ix.Sequence, prev.Sequence, prev.Checked.Format(time.RFC3339), prev.Origin)
 		case ix.Sequence == prev.Sequence && hex.EncodeToString(sum[:]) != prev.IndexSHA256:
-			return fmt.Errorf("%s: %w: index sequence %d has other content than the index %d accepted %s (two indexes with one number: a signing key is misused)",
+			return fmt.Errorf("%s: %w: index sequence %d has other content than the index %d accepted %s (two indexes with one number: the repository was restored from an older copy and published, or a signing key is misused; a new publish moves past it)",
 				url, ErrRollback, ix.Sequence, prev.Sequence, prev.Checked.Format(time.RFC3339))
 		}
 	}

@@ -57,9 +57,16 @@ func Certify(dir string, o CertifyOptions) (*KeyStatement, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certify: %w", err)
 	}
+	oldSig, err := readSmall(r.root, KeysSigPath, MaxKeysSize)
+	if err != nil {
+		return nil, fmt.Errorf("certify: %w", err)
+	}
 	ks := &KeyStatement{Format: KeysFormat}
 	if old != nil {
 		if ks, err = ParseKeys(old); err != nil {
+			return nil, fmt.Errorf("certify: %s: %w", r.root.join(KeysPath), err)
+		}
+		if err := checkPrevious(ks, old, oldSig, o.Key); err != nil {
 			return nil, fmt.Errorf("certify: %s: %w", r.root.join(KeysPath), err)
 		}
 	}
@@ -72,7 +79,7 @@ func Certify(dir string, o CertifyOptions) (*KeyStatement, error) {
 		return nil, fmt.Errorf("certify: %w", err)
 	}
 	sigs := []sign.Signature{sign.SignKeys(o.Key, data)}
-	if oldSig, _ := readSmall(r.root, KeysSigPath, MaxKeysSize); old != nil && oldSig != nil {
+	if old != nil && oldSig != nil {
 		if prev, err := ParseSig(oldSig); err == nil {
 			for _, g := range prev {
 				if _, err := sign.VerifyKeys(publicKeys(o.Key), old, []sign.Signature{g}); err == nil {
@@ -132,4 +139,25 @@ func (ks *KeyStatement) change(o CertifyOptions, now time.Time) error {
 	ks.Version++
 	ks.Issued = now
 	return nil
+}
+
+// checkPrevious refuses to build on a statement the signing root did not
+// sign (someone wrote keys.json into the repository: its keys would be
+// carried into the new statement under the root's signature), unless that
+// statement names the signer as a root (the new root after a rotation).
+func checkPrevious(ks *KeyStatement, data, sigData []byte, priv ed25519.PrivateKey) error {
+	pub := publicKeys(priv)
+	if sigData != nil {
+		if sigs, err := ParseSig(sigData); err == nil {
+			if _, err := sign.VerifyKeys(pub, data, sigs); err == nil {
+				return nil
+			}
+		}
+	}
+	for _, k := range ks.Keys {
+		if k.ID == pub[0].ID && k.Role == RoleRoot {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: the statement there is not signed by this key (%s), nor does it name it a root: remove keys.json and keys.sig if they are not yours, or sign with the root that made them", ErrBadKeys, pub[0].ID)
 }

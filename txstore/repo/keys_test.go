@@ -37,6 +37,24 @@ func TestKeyRotation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// forge writes the next statement signed by any key (Certify itself
+	// refuses to build on a statement its key did not sign).
+	forge := func(by ptKey, add ptKey) {
+		t.Helper()
+		data, _ := os.ReadFile(filepath.Join(dir, KeysPath))
+		ks, err := ParseKeys(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks.Version++
+		ks.Keys = append(ks.Keys, CertifiedKey{ID: add.pub.ID, Public: PublicPEM(add.pub.Key), Role: RoleOnline, Expires: now.Add(time.Hour).UTC()})
+		if data, err = EncodeKeys(ks); err != nil {
+			t.Fatal(err)
+		}
+		sig, _ := EncodeSig([]sign.Signature{sign.SignKeys(by.priv, data)})
+		os.WriteFile(filepath.Join(dir, KeysSigPath), sig, 0o644)
+		os.WriteFile(filepath.Join(dir, KeysPath), data, 0o644)
+	}
 	bump := func(by ptKey, seq uint64) { ptReindex(t, dir, &by, func(ix *Index) { ix.Sequence = seq }) }
 	saveKeys := func() (a, b []byte) {
 		a, _ = os.ReadFile(filepath.Join(dir, KeysPath))
@@ -74,7 +92,7 @@ func TestKeyRotation(t *testing.T) {
 	// An online key cannot certify anything, nor can a stranger.
 	for _, by := range []ptKey{online, evil} {
 		a, b := saveKeys()
-		certify(by, CertifyOptions{Online: []sign.PublicKey{evil.pub}})
+		forge(by, evil)
 		if err := pull(PullOptions{}); !errors.Is(err, ErrBadKeys) {
 			t.Fatalf("statement signed by %s = %v, want ErrBadKeys", by.pub.ID, err)
 		}
@@ -139,9 +157,32 @@ func TestKeyRotation(t *testing.T) {
 	if err := pull(PullOptions{}); !errors.Is(err, sign.ErrUnsigned) {
 		t.Fatalf("index by the revoked old root = %v, want ErrUnsigned", err)
 	}
-	certify(root, CertifyOptions{Online: []sign.PublicKey{evil.pub}}) // version 6, by the revoked root
+	forge(root, evil) // version 6, by the revoked root
 	bump(online2, 8)
 	if err := pull(PullOptions{}); !errors.Is(err, ErrBadKeys) {
 		t.Fatalf("statement by the revoked root = %v, want ErrBadKeys", err)
+	}
+}
+
+// TestCertifyRefusesForeignStatement: certify does not carry the keys of
+// a statement its root did not sign (planted in the repository).
+func TestCertifyRefusesForeignStatement(t *testing.T) {
+	root, evil, online, root2 := ptNewKey(t), ptNewKey(t), ptNewKey(t), ptNewKey(t)
+	dir := t.TempDir()
+	if _, err := Certify(dir, CertifyOptions{Key: evil.priv, Online: []sign.PublicKey{evil.pub}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Certify(dir, CertifyOptions{Key: root.priv, Online: []sign.PublicKey{online.pub}}); !errors.Is(err, ErrBadKeys) {
+		t.Fatalf("certify over a planted statement = %v, want ErrBadKeys", err)
+	}
+	os.Remove(filepath.Join(dir, KeysPath))
+	os.Remove(filepath.Join(dir, KeysSigPath))
+	if _, err := Certify(dir, CertifyOptions{Key: root.priv, Root: []sign.PublicKey{root2.pub}}); err != nil {
+		t.Fatal(err)
+	}
+	// The new root it names may take over.
+	ks, err := Certify(dir, CertifyOptions{Key: root2.priv, Revoke: []string{root.pub.ID}})
+	if err != nil || ks.Version != 2 || len(ks.Revoked) != 1 {
+		t.Fatalf("takeover by the named root: %v %+v", err, ks)
 	}
 }
