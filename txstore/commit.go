@@ -99,8 +99,6 @@ type CommitStats struct {
 var (
 	zencOnce sync.Once
 	zenc     *zstd.Encoder
-	zdecOnce sync.Once
-	zdec     *zstd.Decoder
 )
 
 func encoder() *zstd.Encoder {
@@ -108,15 +106,6 @@ func encoder() *zstd.Encoder {
 		zenc, _ = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
 	})
 	return zenc
-}
-
-// decoder is one long-lived, single-threaded decoder with bounded memory:
-// manifests come from disk, so they are untrusted input.
-func decoder() *zstd.Decoder {
-	zdecOnce.Do(func() {
-		zdec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(manifest.MaxSize))
-	})
-	return zdec
 }
 
 func manifestKey(hexhash string) (cas.Key, error) {
@@ -494,13 +483,11 @@ func (s *Store) Manifest(t *Tx) (*manifest.Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	z, err := s.objects.ReadAll(k, manifest.MaxSize)
+	// Bounded by the record's entry count: a small tree's manifest cannot
+	// take the bytes and lines of a large one.
+	raw, err := s.manifestText(k, t.Entries)
 	if err != nil {
 		return nil, fmt.Errorf("tx %d manifest: %w", t.ID, err)
-	}
-	raw, err := decoder().DecodeAll(z, nil)
-	if err != nil {
-		return nil, fmt.Errorf("tx %d manifest: %w: %w", t.ID, ErrBadManifest, err)
 	}
 	// Hash and parse at once (both are on the boot path); a parse is only
 	// used once the digest matched.

@@ -239,13 +239,10 @@ func (s *Store) ManifestBytes(manifestHex, digest string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	z, err := s.objects.ReadAll(k, manifest.MaxSize)
+	// No entry count here: bounded by the manifest limits alone.
+	raw, err := s.manifestText(k, 0)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", digest, err)
-	}
-	raw, err := decoder().DecodeAll(z, nil)
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s: objects/%s: %w: %w", digest, k.RelPath(), ErrBadManifest, err)
 	}
 	if d := manifest.Digest(raw); d != digest {
 		return nil, fmt.Errorf("manifest objects/%s: %w: %s, want %s", k.RelPath(), ErrDigest, d, digest)

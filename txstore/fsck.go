@@ -186,7 +186,7 @@ func treeID(name string) (uint64, bool) {
 // manifestKey), not by the tx digest, and share the key form 0444 root:root
 // with ordinary files; so finding one by digest without the database means
 // looking at those objects' first bytes for a zstd frame, and decoding only
-// those.
+// the first bytes of those until one starts as a manifest does.
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
 type foundManifest struct {
@@ -196,9 +196,11 @@ type foundManifest struct {
 }
 
 // scanManifests calls fn with every manifest object in the CAS (with want,
-// only the one with that digest) until fn returns false. Objects are read
-// on s.opts.Workers goroutines, one fan-out directory at a time each.
-func (s *Store) scanManifests(want string, fn func(f foundManifest) bool) error {
+// only the one with that digest) until fn returns false, and skipped (if
+// not nil) with each object that starts as a manifest does but cannot be
+// used (too large, damaged). Objects are read on s.opts.Workers
+// goroutines, one fan-out directory at a time each.
+func (s *Store) scanManifests(want string, fn func(f foundManifest) bool, skipped func(error)) error {
 	ofd, err := unix.Open(s.objects.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", s.objects.Dir, err)
@@ -248,12 +250,12 @@ func (s *Store) scanManifests(want string, fn func(f foundManifest) bool) error 
 				if done {
 					break
 				}
-				f, ok := s.readManifest(k, want)
-				if !ok {
-					continue
-				}
+				f, ok, err := s.readManifest(k, want)
 				mu.Lock()
-				if !stop && !fn(f) {
+				switch {
+				case err != nil && skipped != nil && !stop:
+					skipped(err)
+				case ok && !stop && !fn(f):
 					stop = true
 				}
 				mu.Unlock()
@@ -273,36 +275,61 @@ func (s *Store) scanManifests(want string, fn func(f foundManifest) bool) error 
 }
 
 // readManifest returns object k as a manifest if it is one (and, with want,
-// has that digest). Anything else — not zstd, unreadable, a hash that does
-// not match the name, not a canonical manifest — is simply not a manifest.
-func (s *Store) readManifest(k cas.Key, want string) (foundManifest, bool) {
+// has that digest). An object that is not zstd or whose text does not start
+// with the manifest header is simply not a manifest (ok false, no error);
+// one that does but cannot be used — too large for a manifest, not
+// canonical, damaged, a hash that does not match its name — is an error
+// naming it. Decoding is bounded (decodeManifest): with want, a first pass
+// only hashes the text, so no object but the one wanted is ever held in
+// memory whole.
+func (s *Store) readManifest(k cas.Key, want string) (foundManifest, bool, error) {
 	fd, err := s.objects.Open(k)
 	if err != nil {
-		return foundManifest{}, false
+		return foundManifest{}, false, nil
 	}
+	f := os.NewFile(uintptr(fd), s.objects.Path(k))
+	defer f.Close()
 	var head [4]byte
-	n, _ := unix.Pread(fd, head[:], 0)
-	unix.Close(fd)
-	if n != 4 || !bytes.Equal(head[:], zstdMagic) {
-		return foundManifest{}, false
+	var st unix.Stat_t
+	if n, _ := unix.Pread(fd, head[:], 0); n != 4 || !bytes.Equal(head[:], zstdMagic) || unix.Fstat(fd, &st) != nil {
+		return foundManifest{}, false, nil
 	}
-	z, err := s.objects.ReadAll(k, manifest.MaxSize)
+	// Streamed from the file: most zstd objects (compressed modules,
+	// firmware) are told apart by their first decoded bytes, so they
+	// are never read whole.
+	open := func() io.Reader { return io.NewSectionReader(f, 0, st.Size) }
+	bad := func(err error) (foundManifest, bool, error) {
+		if errors.Is(err, errNotManifest) {
+			return foundManifest{}, false, nil
+		}
+		return foundManifest{}, false, fmt.Errorf("%s: %w", s.objects.Path(k), err)
+	}
+	if want != "" {
+		d, err := hashManifest(open, 0)
+		if err != nil {
+			return bad(err)
+		}
+		if d != want {
+			return foundManifest{}, false, nil
+		}
+	}
+	raw, err := decodeManifest(open, 0)
 	if err != nil {
-		return foundManifest{}, false
-	}
-	raw, err := decoder().DecodeAll(z, nil)
-	if err != nil || !bytes.HasPrefix(raw, []byte(manifest.Header+"\n")) {
-		return foundManifest{}, false
+		return bad(err)
 	}
 	d := manifest.Digest(raw)
-	if want != "" && d != want {
-		return foundManifest{}, false
+	if want != "" && d != want { // changed between the two reads
+		return foundManifest{}, false, nil
+	}
+	// The object's own hash, last: only manifests get this far.
+	if h, err := cas.HashObject(fd); err != nil || h != k.Hash {
+		return bad(fmt.Errorf("%w: content does not match its name", ErrBadManifest))
 	}
 	m, err := manifest.DecodeOwned(raw)
 	if err != nil {
-		return foundManifest{}, false
+		return bad(err)
 	}
-	return foundManifest{key: k, m: m, raw: d}, true
+	return foundManifest{key: k, m: m, raw: d}, true, nil
 }
 
 // FindManifest returns the manifest with digest ("sha256:HEX") and the key
@@ -323,14 +350,19 @@ func (s *Store) FindManifest(digest string, hint uint64) (*manifest.Manifest, ca
 		}
 	}
 	var found *foundManifest
-	err := s.scanManifests(digest, func(f foundManifest) bool { found = &f; return false })
+	var skips []error
+	err := s.scanManifests(digest, func(f foundManifest) bool { found = &f; return false }, func(err error) { skips = append(skips, err) })
 	if found != nil {
 		return found.m, found.key, nil
 	}
 	if err != nil {
 		return nil, cas.Key{}, fmt.Errorf("find manifest %s: %w", digest, err)
 	}
-	return nil, cas.Key{}, fmt.Errorf("%w: %s in %s", ErrNoManifest, digest, s.objects.Dir)
+	var also string
+	if len(skips) > 0 {
+		also = fmt.Sprintf(" (skipped %d unusable: %v)", len(skips), skips[0])
+	}
+	return nil, cas.Key{}, fmt.Errorf("%w: %s in %s%s", ErrNoManifest, digest, s.objects.Dir, also)
 }
 
 // VerifyManifest is Verify of tx id's tree against a manifest the caller
@@ -414,6 +446,10 @@ type RebuildReport struct {
 	// SetAside: entries of trees/ that no manifest describes, moved to
 	// lost+found/ (a writer's cleanup would otherwise delete them).
 	SetAside []string `json:"set_aside,omitempty"`
+	// Skipped: objects that start as a manifest does but were not used
+	// (too large for a manifest, damaged), each with why; at most
+	// maxProblems are listed.
+	Skipped []string `json:"skipped,omitempty"`
 }
 
 // Rebuild writes a new store.db from the trees and manifest objects: each
@@ -440,7 +476,12 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	sv := s.salvage()
 
 	byDigest := map[string]foundManifest{}
-	if err := s.scanManifests("", func(f foundManifest) bool { byDigest[f.raw] = f; return true }); err != nil {
+	skip := func(err error) {
+		if len(rep.Skipped) < maxProblems {
+			rep.Skipped = append(rep.Skipped, oneLine(err.Error()))
+		}
+	}
+	if err := s.scanManifests("", func(f foundManifest) bool { byDigest[f.raw] = f; return true }, skip); err != nil {
 		return nil, fmt.Errorf("rebuild %s: %w", p, err)
 	}
 	digests := make([]string, 0, len(byDigest))

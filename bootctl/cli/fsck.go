@@ -57,6 +57,9 @@ func fsckVerb() *verb {
 			for _, p := range rr.SetAside {
 				fmt.Fprintf(e.stdout, "no manifest matches a tree; set aside as %s\n", printable(p))
 			}
+			for _, p := range rr.Skipped {
+				fmt.Fprintf(e.stdout, "skipped %s\n", printable(p))
+			}
 			return nil
 		}}
 }

@@ -34,11 +34,20 @@ import (
 // Header is the first line of every v1 manifest.
 const Header = "txboot-manifest-v1"
 
-// Limits that keep a hostile manifest from exhausting memory.
+// Limits that keep a hostile or damaged manifest from exhausting memory.
+// A 125k-entry /usr encodes to about 20 MB (some 160 bytes a line) and
+// decodes to 11 MB of Entry values (88 bytes each). MaxSize holds some
+// 840k entries of that kind, and MaxEntries 2M short ones: 6 and 16 times
+// that tree. A manifest at both limits then needs about 300 MiB (text and
+// entries) to decode, against 1.7 GiB under the former 1 GiB / 8M limits,
+// so a small device fails it cleanly instead of being killed for memory.
 const (
 	MaxPathLen = 4096
-	MaxEntries = 8 << 20
-	MaxSize    = 1 << 30
+	MaxEntries = 2 << 20
+	MaxSize    = 128 << 20
+	// MaxLineLen bounds one line, newline excluded: an escaped path and an
+	// escaped symlink target (3 bytes a byte at most), plus the fields.
+	MaxLineLen = 6*MaxPathLen + 256
 )
 
 // Type of an entry.
@@ -318,7 +327,7 @@ func decodeLines(text string, out []Entry, line int) error {
 		nl := strings.IndexByte(text, '\n')
 		s := text[:nl]
 		text = text[nl+1:]
-		if len(s) > 6*MaxPathLen+256 {
+		if len(s) > MaxLineLen {
 			return fmt.Errorf("line %d: %w: line too long", line, ErrBad)
 		}
 		e, err := decodeLine(s)

@@ -24,6 +24,10 @@ var (
 	// ErrStalled: a body sent nothing for BodyIdleTimeout. Also an
 	// ErrFetch, and retried.
 	ErrStalled = errors.New("server stalled")
+	// ErrRedirectOrigin: the server redirected to another origin (scheme,
+	// host or port) than the repository URL's. Also an ErrFetch, and
+	// permanent.
+	ErrRedirectOrigin = fmt.Errorf("%w: redirect to another origin", ErrFetch)
 )
 
 // MaxRedirects bounds the redirects followed for one request.
@@ -71,13 +75,13 @@ func permanent(err error) bool {
 	if errors.As(err, &se) {
 		return se.Code >= 400 && se.Code < 500 && se.Code != http.StatusRequestTimeout && se.Code != http.StatusTooManyRequests
 	}
-	return errors.Is(err, ErrRedirects) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	return errors.Is(err, ErrRedirects) || errors.Is(err, ErrRedirectOrigin) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // HTTPFetcher fetches from an http:// or https:// repository URL over one
 // client: keep-alive connections, at most MaxIdleConnsPerHost idle per
-// host, MaxRedirects redirects, no transparent decompression (bodies are
-// hashed exactly as served).
+// host, MaxRedirects redirects and only within the repository URL's origin,
+// no transparent decompression (bodies are hashed exactly as served).
 type HTTPFetcher struct {
 	// BodyIdleTimeout bounds how long one Read of a body may wait for a
 	// byte; NewHTTPFetcher sets DefaultBodyIdleTimeout. Zero or less
@@ -119,13 +123,32 @@ func NewHTTPFetcher(base string, conns int) (*HTTPFetcher, error) {
 		ResponseHeaderTimeout: 60 * time.Second,
 		DisableCompression:    true,
 	}
+	home := origin(u)
 	c := &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		// A mirror that sends requests elsewhere (another host, or from
+		// https to http) would have the client fetch, and the URL's
+		// query carry, whatever that origin likes: the repository URL
+		// names the server, so the server's own answer cannot change it.
+		if o := origin(req.URL); o != home {
+			return fmt.Errorf("%w: %s sent a redirect to %s, refused (use the URL it redirects to as the repository URL if that is intended)", ErrRedirectOrigin, home, o)
+		}
 		if len(via) > MaxRedirects {
 			return fmt.Errorf("%w (more than %d, last to %s)", ErrRedirects, MaxRedirects, req.URL.Redacted())
 		}
 		return nil
 	}}
 	return &HTTPFetcher{BodyIdleTimeout: DefaultBodyIdleTimeout, base: u, client: c}, nil
+}
+
+// origin is u's scheme://host:port, lower case, with the scheme's default
+// port spelled out, so that equal origins compare equal.
+func origin(u *url.URL) string {
+	scheme := strings.ToLower(u.Scheme)
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 // URL implements Fetcher.
@@ -152,7 +175,7 @@ func (f *HTTPFetcher) Get(ctx context.Context, path string) (io.ReadCloser, erro
 		if errors.As(err, &ue) {
 			err = ue.Err // Do's own error repeats the method and URL
 		}
-		if errors.Is(err, ErrFetch) { // ErrRedirects
+		if errors.Is(err, ErrFetch) { // ErrRedirects, ErrRedirectOrigin
 			return nil, fmt.Errorf("GET %s: %w", u, err)
 		}
 		return nil, fmt.Errorf("GET %s: %w: %w", u, ErrFetch, err)
