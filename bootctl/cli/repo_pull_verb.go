@@ -150,7 +150,7 @@ func pull(e *env, s *txstore.Store, url string, o *pullOpts) error {
 	e.progress("pulling %s…", url)
 	po := repo.PullOptions{
 		Tx: o.want, Trusted: keys, Insecure: o.insecure, Workers: o.workers, AllowDowngrade: o.allowDowngrade,
-		TrustDir: filepath.Join(s.Dir, repo.TrustDirName), Timeout: o.timeout,
+		TrustDir: filepath.Join(s.Dir, repo.TrustDirName), Timeout: o.timeout, MemoryLimit: true,
 		Commit:   txstore.CommitOptions{Tries: o.tries, NoDefault: o.noDefault},
 		Progress: func(p repo.Progress) { e.progress("%s", progressLine(p)) },
 		Warn: func(msg string) {

@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,10 @@ const (
 // whatever a server sends.
 const maxWindow = 64 << 20
 
+// objectWindow bounds the window of an object's zstd frame: publish's
+// encoder (SpeedDefault) never uses more than 8 MiB.
+const objectWindow = 8 << 20
+
 // PullOptions tune Pull. Zero values take the defaults.
 type PullOptions struct {
 	// Tx selects the tx: "" or "latest" (the newest in the index),
@@ -90,6 +95,11 @@ type PullOptions struct {
 	// TrustDir is the store's key-statement state (STORE/trust): with
 	// it, a repository's keys.json can rotate and revoke keys.
 	TrustDir string
+	// MemoryLimit sets the Go runtime's soft memory limit to
+	// MemoryBudget of the tx for the rest of the pull (a process-wide
+	// setting: for a command that does one pull), so that garbage does
+	// not double what a pull holds.
+	MemoryLimit bool
 }
 
 // Progress is a snapshot of a running pull.
@@ -145,6 +155,9 @@ type PullStats struct {
 // checked and published stay (GC removes them if no tx comes to use them)
 // and a re-run fetches only the rest.
 func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Tx, *PullStats, error) {
+	if o.MemoryLimit {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	}
 	dctx, cancel := o.withDeadline(ctx)
 	defer cancel()
 	ft, err := fetchTx(dctx, s, f, origin, o, false)
@@ -194,6 +207,9 @@ func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o Pul
 // Pull: with s from txstore.OpenFetch, the writer lock is taken only for
 // the record, and left held until s.Close.
 func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o PullOptions) (*txstore.Download, *PullStats, error) {
+	if o.MemoryLimit {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	}
 	dctx, cancel := o.withDeadline(ctx)
 	defer cancel()
 	ft, err := fetchTx(dctx, s, f, origin, o, true)
@@ -223,6 +239,19 @@ func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o
 	}
 	ft.st.Elapsed = time.Since(ft.start)
 	return d, ft.st, nil
+}
+
+// MemoryBudget is the memory a pull of it is meant to stay within: 64 MiB
+// (decoders, O_DIRECT buffers, the runtime) plus 6 bytes per byte of its
+// manifest (the text and the parsed entries, about 2.6 bytes per byte,
+// the object list, and room for the collector: at 4 the big tree's pull
+// took 20-40 % longer, in a noisy measurement).
+func MemoryBudget(it *IndexTx) int64 {
+	var m int64
+	if it.Manifest != nil {
+		m = it.Manifest.Size
+	}
+	return 64<<20 + 6*m
 }
 
 // fetched is a tx whose objects are all in the Import (staged or
@@ -280,6 +309,9 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o 
 	if it, err = p.txSignatures(it); err != nil {
 		return nil, err
 	}
+	if o.MemoryLimit && it.Manifest != nil {
+		debug.SetMemoryLimit(MemoryBudget(it))
+	}
 	if !manifestObject && !o.Commit.NoDefault && !o.AllowDowngrade {
 		if err := checkDowngrade(s, ix, it); err != nil {
 			return nil, err
@@ -312,7 +344,7 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o 
 	}
 	// With the parent in the store, a delta names the few entries that
 	// changed and the table lines of their new contents.
-	var table map[string]TableEntry
+	var table hints
 	var inserted []int
 	if base := localParent(s, it.Parent, txs, downloads); base != nil && it.Delta == nil {
 		// Not published (the parent was not published there, or its
@@ -419,7 +451,7 @@ type parentManifest struct {
 
 // delta fetches deltas/<hex>-<parent hex>.zst and applies it to the local
 // parent's manifest; the result's digest is checked before it is parsed.
-func (p *puller) delta(ctx context.Context, dhex string, it *IndexTx, base *parentManifest, st *PullStats) (*manifest.Manifest, []byte, []int, map[string]TableEntry, error) {
+func (p *puller) delta(ctx context.Context, dhex string, it *IndexTx, base *parentManifest, st *PullStats) (*manifest.Manifest, []byte, []int, hints, error) {
 	phex, err := DigestHex(base.digest)
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -440,11 +472,7 @@ func (p *puller) delta(ctx context.Context, dhex string, it *IndexTx, base *pare
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("%s: %w", p.f.URL(path), err)
 	}
-	table := make(map[string]TableEntry, len(tab))
-	for _, e := range tab {
-		table[e.Hash] = e
-	}
-	return m, raw, inserted, table, nil
+	return m, raw, inserted, newHints(tab), nil
 }
 
 func (o PullOptions) withDefaults() PullOptions {
@@ -472,6 +500,9 @@ func (o PullOptions) withDefaults() PullOptions {
 type puller struct {
 	f Fetcher
 	o PullOptions
+	// bigDecs holds the decoders for large objects (nil until first
+	// used); fetchAll fills and drains it.
+	bigDecs chan *zstd.Decoder
 }
 
 // get fetches a whole small file (config, index, signature, manifest,
@@ -620,7 +651,7 @@ func (p *puller) manifest(ctx context.Context, dhex, digest string, ref *FileRef
 // table fetches txs/<hex>.objects.zst, pinned by the index. It only
 // says which URL (raw or zstd) each object has, but a table that is not
 // the pinned one is a hostile server, and fails the pull.
-func (p *puller) table(ctx context.Context, dhex string, ref *FileRef, st *PullStats) (map[string]TableEntry, error) {
+func (p *puller) table(ctx context.Context, dhex string, ref *FileRef, st *PullStats) (hints, error) {
 	path, err := TablePath(dhex)
 	if err != nil {
 		return nil, err
@@ -633,11 +664,27 @@ func (p *puller) table(ctx context.Context, dhex string, ref *FileRef, st *PullS
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", p.f.URL(path), err)
 	}
-	out := make(map[string]TableEntry, len(es))
+	return newHints(es), nil
+}
+
+// hint is what an object table says of one content: its size and how it
+// is stored. Kept compact (no hex strings): a big tree has 100k+.
+type hint struct {
+	size, stored int64
+	compressed   bool
+}
+
+// hints are the table's entries by content hash.
+type hints map[cas.Hash]hint
+
+func newHints(es []TableEntry) hints {
+	out := make(hints, len(es))
 	for _, e := range es {
-		out[e.Hash] = e
+		if h, err := cas.ParseHash(e.Hash); err == nil {
+			out[h] = hint{size: e.Size, stored: e.Stored, compressed: e.Compressed}
+		}
 	}
-	return out, nil
+	return out
 }
 
 // getPinned fetches a metadata file the index pins: at most ref.Length
@@ -826,7 +873,7 @@ func slicesContains(ks []cas.Key, k cas.Key) bool {
 
 // fetchAll fetches the objects of fetch with o.Workers workers; the first
 // error that survives its retries cancels the rest.
-func (p *puller) fetchAll(ctx context.Context, im *txstore.Import, fetch []*need, table map[string]TableEntry, st *PullStats, start time.Time) error {
+func (p *puller) fetchAll(ctx context.Context, im *txstore.Import, fetch []*need, table hints, st *PullStats, start time.Time) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var prog struct {
@@ -837,8 +884,8 @@ func (p *puller) fetchAll(ctx context.Context, im *txstore.Import, fetch []*need
 	}
 	var total int64
 	for _, n := range fetch {
-		if e, ok := table[n.hash.String()]; ok && e.Size == n.size {
-			total += e.Stored
+		if e, ok := table[n.hash]; ok && e.size == n.size {
+			total += e.stored
 		} else {
 			total += n.size
 		}
@@ -875,6 +922,17 @@ func (p *puller) fetchAll(ctx context.Context, im *txstore.Import, fetch []*need
 		}
 	}()
 
+	p.bigDecs = make(chan *zstd.Decoder, bigDecoders)
+	for i := 0; i < bigDecoders; i++ {
+		p.bigDecs <- nil
+	}
+	defer func() {
+		for i := 0; i < bigDecoders; i++ {
+			if d := <-p.bigDecs; d != nil {
+				d.Close()
+			}
+		}
+	}()
 	jobs := make(chan *need)
 	var once sync.Once
 	var firstErr error
@@ -945,19 +1003,62 @@ func (w *objectWorker) close() {
 	}
 }
 
+// bigDecoders is how many decoders a pull keeps for objects larger than
+// smallObject: publish streams those with an 8 MiB window, and a decoder
+// keeps a window-sized history, so one per worker would be most of a
+// pull's memory (12 × 8 MiB).
+const bigDecoders = 2
+
+// newObjectDecoder is a low-memory decoder that refuses windows larger
+// than publish writes.
+func newObjectDecoder() (*zstd.Decoder, error) {
+	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(objectWindow))
+}
+
+// decoder returns a decoder for an object of size bytes and what gives
+// it back: the worker's own for small objects (publish writes them as one
+// segment, so its history stays small), else one of the pull's
+// bigDecoders, waited for.
+func (w *objectWorker) decoder(ctx context.Context, size int64) (*zstd.Decoder, func(), error) {
+	if size <= smallObject {
+		if w.dec == nil {
+			d, err := newObjectDecoder()
+			if err != nil {
+				return nil, nil, err
+			}
+			w.dec = d
+		}
+		return w.dec, func() {}, nil
+	}
+	var d *zstd.Decoder
+	select {
+	case d = <-w.p.bigDecs:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	if d == nil {
+		var err error
+		if d, err = newObjectDecoder(); err != nil {
+			w.p.bigDecs <- nil
+			return nil, nil, err
+		}
+	}
+	return d, func() { w.p.bigDecs <- d }, nil
+}
+
 // fetch gets object n (the table's URL, else the raw one and then the
 // .zst one), checks it and hands it to the import. It returns the bytes
 // received for it.
-func (w *objectWorker) fetch(ctx context.Context, n *need, table map[string]TableEntry) (int64, error) {
+func (w *objectWorker) fetch(ctx context.Context, n *need, table hints) (int64, error) {
 	hexh := n.hash.String()
 	type try struct {
 		compressed bool
 		limit      int64 // bytes accepted on the wire
 	}
 	tries := []try{{false, n.size}, {true, n.size}}
-	if e, ok := table[hexh]; ok && e.Size == n.size {
-		if e.Compressed {
-			tries = []try{{true, e.Stored}, {false, n.size}}
+	if e, ok := table[n.hash]; ok && e.size == n.size {
+		if e.compressed {
+			tries = []try{{true, e.stored}, {false, n.size}}
 		}
 	}
 	var wire int64
@@ -1039,15 +1140,15 @@ func (w *objectWorker) once(ctx context.Context, path string, n *need, compresse
 	wire := &countReader{r: io.LimitReader(body, limit+1), progress: w.progress}
 	var src io.Reader = wire
 	if compressed {
-		if w.dec == nil {
-			if w.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow)); err != nil {
-				return 0, err
-			}
+		dec, release, err := w.decoder(ctx, n.size)
+		if err != nil {
+			return 0, err
 		}
-		if err := w.dec.Reset(wire); err != nil {
+		defer release()
+		if err := dec.Reset(wire); err != nil {
 			return 0, fmt.Errorf("GET %s: %w: %w", url, ErrContent, err)
 		}
-		src = w.dec
+		src = dec
 	}
 	if w.h == nil {
 		w.h, w.buf = sha256.New(), make([]byte, 256<<10)
