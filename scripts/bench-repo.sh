@@ -220,7 +220,7 @@ for tree in $TREES; do
   [ "$tree" = big ] && sleep 61
   kb=$(/usr/bin/time -f %M "$BOOTCTL" --root "$RUN/mem" pull "$URL/txboot-repo" --trust "$RUN/k.pem" --tx v1 2>&1 >/dev/null | tail -1)
   mfs=$(awk '/"manifest": \{/ {m=1} m && /"size":/ {gsub(/[^0-9]/, ""); print; exit}' "$RUN/www/txboot-repo/index.json")
-  echo "$L | peak RSS of the full pull tx 1 (MB; manifest $(awk -v b="$mfs" 'BEGIN{printf "%.1f", b/1e6}') MB) | $(awk -v k="$kb" 'BEGIN{printf "%.0f", k/1024}') | | | | ≤ 64 MiB + 6 × manifest (`repo.MemoryBudget`) |"
+  echo "$L | peak RSS of the full pull tx 1 (MB; manifest $(awk -v b="$mfs" 'BEGIN{printf "%.1f", b/1e6}') MB) | $(awk -v k="$kb" 'BEGIN{printf "%.0f", k/1024}') | | | | ≤ 64 MiB + 6 × manifest (repo.MemoryBudget) |"
   rm -rf "$RUN/mem"
 done
 rm -rf "$RUN"
