@@ -282,40 +282,9 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o 
 	ft := &fetched{start: time.Now()}
 	o = o.withDefaults()
 	p := &puller{f: f, o: o}
-	if err := p.config(ctx); err != nil {
-		return nil, err
-	}
-	// Key statements first: a rotation or revocation decides which keys
-	// the index must be signed with.
-	if o.TrustDir != "" && !o.Insecure && len(o.Trusted) > 0 {
-		keys, err := p.keyStatement(ctx, o.TrustDir)
-		if err != nil {
-			return nil, err
-		}
-		p.o.Trusted = keys
-	}
-	ix, data, verified, err := p.index(ctx)
+	ix, it, verified, err := p.chooseTx(ctx, s, origin, !manifestObject)
 	if err != nil {
 		return nil, err
-	}
-	// The floor moves before anything the index names is fetched.
-	if err := acceptIndex(s.Dir, ix, data, origin, verified, o.Now(), f.URL(IndexPath)); err != nil {
-		return nil, err
-	}
-	it, err := selectTx(ix, o.Tx)
-	if err != nil {
-		return nil, err
-	}
-	if it, err = p.txSignatures(it); err != nil {
-		return nil, err
-	}
-	if o.MemoryLimit && it.Manifest != nil {
-		debug.SetMemoryLimit(MemoryBudget(it))
-	}
-	if !manifestObject && !o.Commit.NoDefault && !o.AllowDowngrade {
-		if err := checkDowngrade(s, ix, it); err != nil {
-			return nil, err
-		}
 	}
 	ft.it, ft.ix = it, ix
 	st := &PullStats{Digest: it.Digest, Version: it.Version, Verified: verified}
@@ -419,6 +388,50 @@ func fetchTx(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o 
 	}
 	ft.im = im
 	return ft, nil
+}
+
+// chooseTx is what a pull believes before it fetches anything the index
+// names: config, key statement (a rotation or revocation decides which
+// keys the index must be signed with), index.json and index.sig, the
+// floor (moved, durably, before any fetch), the tx asked for with only
+// the signatures this device verifies, and, when it is to become the
+// default, the downgrade rule. It returns the index, the tx and the key
+// that signed the index.
+func (p *puller) chooseTx(ctx context.Context, s *txstore.Store, origin string, makesDefault bool) (*Index, *IndexTx, string, error) {
+	o := p.o
+	if err := p.config(ctx); err != nil {
+		return nil, nil, "", err
+	}
+	if o.TrustDir != "" && !o.Insecure && len(o.Trusted) > 0 {
+		keys, err := p.keyStatement(ctx, o.TrustDir)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		p.o.Trusted = keys
+	}
+	ix, data, verified, err := p.index(ctx)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if err := acceptIndex(s.Dir, ix, data, origin, verified, o.Now(), p.f.URL(IndexPath)); err != nil {
+		return nil, nil, "", err
+	}
+	it, err := selectTx(ix, o.Tx)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if it, err = p.txSignatures(it); err != nil {
+		return nil, nil, "", err
+	}
+	if o.MemoryLimit && it.Manifest != nil {
+		debug.SetMemoryLimit(MemoryBudget(it))
+	}
+	if makesDefault && !o.Commit.NoDefault && !o.AllowDowngrade {
+		if err := checkDowngrade(s, ix, it); err != nil {
+			return nil, nil, "", err
+		}
+	}
+	return ix, it, verified, nil
 }
 
 // localParent returns the canonical manifest bytes and digest of the tx
