@@ -37,7 +37,7 @@ func (o *pullOpts) local() bool { return o.apply || o.discard }
 
 func pullVerb() *verb {
 	o := &pullOpts{timeout: defaultPullTimeout}
-	return &verb{name: "pull", args: "URL [--tx latest|VERSION|sha256:…] [--trust PUBKEY …] [--insecure] [--download-only] [--timeout D] | --apply|--discard [--tx …]",
+	return &verb{name: "pull", args: "URL [--tx latest|VERSION|sha256:…] [--trust PUBKEY …] [--insecure] [--download-only] [--allow-downgrade] [--timeout D] | --apply|--discard [--tx …]",
 		help: "fetch a transaction from a repository (only the objects the store lacks) and commit it",
 		pos:  posArgs{max: 1, msg: "pull takes one repository URL"},
 		// Opened by exec: fetching holds no writer lock (see exec).
