@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os/exec"
 	"strings"
 	"text/tabwriter"
@@ -560,7 +561,13 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 		}
 		return unrepaired(out.ESPRepairs)
 	}
-	w := e.stdout
+	printStatus(e.stdout, &out, def, now)
+	return unrepaired(out.ESPRepairs)
+}
+
+// printStatus is status in text: booted, default, loader, the txs, pending
+// downloads, repositories, the ESP.
+func printStatus(w io.Writer, out *statusOut, def uint64, now time.Time) {
 	if out.Booted != 0 {
 		fmt.Fprintf(w, "Booted:   tx %d", out.Booted)
 		if out.Requested != 0 && out.Requested != out.Booted {
@@ -629,5 +636,4 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 			fmt.Fprintf(w, "  the fallback entry shares %s with the default's (the ESP had no room for its own copy at the last sync)\n", printable(p))
 		}
 	}
-	return unrepaired(out.ESPRepairs)
 }
