@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore"
-	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/sign"
 )
 
@@ -92,16 +91,11 @@ func Certify(dir string, o CertifyOptions) (*KeyStatement, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certify: %w", err)
 	}
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{{KeysSigPath, sd}, {KeysPath, data}} {
-		if err := writeFile(r.root, f.name, f.data, true); err != nil {
-			return nil, fmt.Errorf("certify: %w", err)
-		}
-		if err := fsx.SyncDirFd(r.root.fd, r.root.path); err != nil {
-			return nil, fmt.Errorf("certify: %w", err)
-		}
+	if err := r.writeRoot(KeysSigPath, sd); err != nil {
+		return nil, fmt.Errorf("certify: %w", err)
+	}
+	if err := r.writeRoot(KeysPath, data); err != nil {
+		return nil, fmt.Errorf("certify: %w", err)
 	}
 	return ks, nil
 }

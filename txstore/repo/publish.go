@@ -627,6 +627,51 @@ func mergeSigs(dst *[]sign.Signature, add []sign.Signature) bool {
 // Publish again completes the work.
 func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*PublishStats, error) {
 	start := time.Now()
+	o, err := o.withDefaults(ids)
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	r, err := openRepo(dir, o.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	defer r.close()
+	old, err := r.readIndex()
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	// Records first: everything is checked before anything is written.
+	txs, err := planTxs(s, old.ix, ids, o)
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	// Every publish writes a new index (the next sequence number, a new
+	// expiry), which a signed repository needs signed.
+	if o.Key == nil && old.sigData != nil {
+		return nil, fmt.Errorf("publish: %s: %w (or remove %s to publish unsigned)", dir, ErrSigned, SigPath)
+	}
+	st := &PublishStats{Repo: dir}
+	byHash, err := r.writeObjects(s, txs, o.Workers, st)
+	if err == nil {
+		err = r.writeMetadata(s, old.ix, txs, byHash, st)
+	}
+	if err == nil {
+		err = recordSignatures(s, txs, o.Key, dir)
+	}
+	if err == nil {
+		err = r.writeIndex(old, o, st)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	for _, n := range txs {
+		st.Txs = append(st.Txs, *n.pub)
+	}
+	st.Duration = time.Since(start)
+	return st, nil
+}
+
+func (o PublishOptions) withDefaults(ids []uint64) (PublishOptions, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -637,57 +682,61 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 		o.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	if len(ids) == 0 {
-		return nil, fmt.Errorf("publish: %w: no transaction given", txstore.ErrInvalid)
+		return o, fmt.Errorf("%w: no transaction given", txstore.ErrInvalid)
 	}
 	if o.Version != "" {
 		if err := checkText("version", o.Version); err != nil {
-			return nil, fmt.Errorf("publish: %w: --version: %w", txstore.ErrInvalid, err)
+			return o, fmt.Errorf("%w: --version: %w", txstore.ErrInvalid, err)
 		}
 	}
-	var keyID string
-	if o.Key != nil {
-		keyID = sign.KeyID(o.Key.Public().(ed25519.PublicKey))
-	}
+	return o, nil
+}
 
-	r, err := openRepo(dir, o.Timeout)
-	if err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
-	}
-	defer r.close()
-	st := &PublishStats{Repo: dir}
+// oldIndex is the repository's index as publish found it (an empty one of
+// format 2 in a new repository), format-1 entries already pinned.
+type oldIndex struct {
+	ix      *Index
+	data    []byte // nil: none yet
+	sigData []byte // nil: unsigned
+	sigs    []sign.Signature
+}
 
-	oldIndex, err := readSmall(r.root, IndexPath, MaxIndexSize)
+func (r *repo) readIndex() (*oldIndex, error) {
+	data, err := readSmall(r.root, IndexPath, MaxIndexSize)
 	if err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
+		return nil, err
 	}
-	ix := &Index{Format: FormatVersion}
-	if oldIndex != nil {
-		if ix, err = ParseIndex(oldIndex); err != nil {
-			return nil, fmt.Errorf("publish: %s: %w", r.root.join(IndexPath), err)
+	old := &oldIndex{ix: &Index{Format: FormatVersion}, data: data}
+	if data != nil {
+		if old.ix, err = ParseIndex(data); err != nil {
+			return nil, fmt.Errorf("%s: %w", r.root.join(IndexPath), err)
 		}
-		if err := r.pinAll(ix); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
-		}
-	}
-	oldSigData, err := readSmall(r.root, SigPath, MaxIndexSize)
-	if err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
-	}
-	var oldSigs []sign.Signature
-	if oldSigData != nil {
-		if oldSigs, err = ParseSig(oldSigData); err != nil {
-			return nil, fmt.Errorf("publish: %s: %w", r.root.join(SigPath), err)
+		if err := r.pinAll(old.ix); err != nil {
+			return nil, err
 		}
 	}
+	if old.sigData, err = readSmall(r.root, SigPath, MaxIndexSize); err != nil {
+		return nil, err
+	}
+	if old.sigData != nil {
+		if old.sigs, err = ParseSig(old.sigData); err != nil {
+			return nil, fmt.Errorf("%s: %w", r.root.join(SigPath), err)
+		}
+	}
+	return old, nil
+}
 
-	// Records first: everything is checked before anything is written.
-	changed := false
+// planTxs reads the records of ids and makes their index entries: an
+// existing entry gains the new signatures; a new one is made from the
+// record (its manifest loaded, to be written) and pinned later. Nothing
+// is written.
+func planTxs(s *txstore.Store, ix *Index, ids []uint64, o PublishOptions) ([]*newTx, error) {
 	var txs []*newTx
 	seen := map[string]bool{}
 	for _, id := range ids {
 		t, err := s.Get(id)
 		if err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
+			return nil, err
 		}
 		if seen[t.Digest] {
 			continue // two records of one tree: it is published once
@@ -701,53 +750,52 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 		sigs = append(sigs, t.Signatures...)
 		if e := ix.Find(t.Digest); e != nil {
 			n.entry = e
-			n.pub.Signed = mergeSigs(&e.Signatures, sigs)
-			changed = changed || n.pub.Signed
+		} else if n.entry, n.parent, err = newEntry(s, t, o.Version); err != nil {
+			return nil, err
+		} else if n.m, err = s.Manifest(t); err != nil {
+			return nil, err
 		} else {
-			e := IndexTx{Digest: t.Digest, Version: o.Version, Kernels: t.Kernels,
-				Created: t.Created.UTC(), Size: t.Bytes, Entries: t.Entries}
-			if e.Version == "" {
-				e.Version = t.Summary
-				if checkText("version", e.Version) != nil {
-					e.Version = fmt.Sprintf("tx-%d", id)
-				}
-			}
-			if t.Parent != 0 {
-				if p, err := s.Get(t.Parent); err == nil && p.Digest != t.Digest {
-					e.Parent = p.Digest
-					n.parent = p
-				} else if err != nil && !errors.Is(err, txstore.ErrNotFound) {
-					return nil, fmt.Errorf("publish: %w", err)
-				}
-			}
-			n.pub.Signed = mergeSigs(&e.Signatures, sigs)
-			if err := checkTx(&e, FormatV1); err != nil { // pinned below
-				return nil, fmt.Errorf("publish: tx %d: %w", id, err)
-			}
-			n.entry = &e
 			n.pub.New = true
-			if n.m, err = s.Manifest(t); err != nil {
-				return nil, fmt.Errorf("publish: %w", err)
-			}
-			changed = true
+		}
+		n.pub.Signed = mergeSigs(&n.entry.Signatures, sigs)
+		if err := checkSigs(n.entry.Signatures); err != nil {
+			return nil, fmt.Errorf("tx %d: %w", id, err)
 		}
 		n.pub.Version = n.entry.Version
 		txs = append(txs, n)
 	}
-	// Signing with a key the index is not signed with yet changes index.sig.
-	if o.Key != nil && oldIndex != nil {
-		if _, err := sign.VerifyIndex(publicKeys(o.Key), oldIndex, oldSigs); err != nil {
-			changed = true
+	return txs, nil
+}
+
+// newEntry is the index entry of record t (not in the index yet) and its
+// local parent, if the store has it.
+func newEntry(s *txstore.Store, t *txstore.Tx, version string) (*IndexTx, *txstore.Tx, error) {
+	e := &IndexTx{Digest: t.Digest, Version: version, Kernels: t.Kernels,
+		Created: t.Created.UTC(), Size: t.Bytes, Entries: t.Entries}
+	if e.Version == "" {
+		e.Version = t.Summary
+		if checkText("version", e.Version) != nil {
+			e.Version = fmt.Sprintf("tx-%d", t.ID)
 		}
 	}
-	// Every publish writes a new index: the next sequence number and a
-	// new expiry, even when no tx is new.
-	changed = true
-	if changed && o.Key == nil && oldSigData != nil {
-		return nil, fmt.Errorf("publish: %s: %w (or remove %s to publish unsigned)", dir, ErrSigned, SigPath)
+	var parent *txstore.Tx
+	if t.Parent != 0 {
+		if p, err := s.Get(t.Parent); err == nil && p.Digest != t.Digest {
+			e.Parent, parent = p.Digest, p
+		} else if err != nil && !errors.Is(err, txstore.ErrNotFound) {
+			return nil, nil, err
+		}
 	}
+	if err := checkTx(e, FormatV1); err != nil { // pinned when written
+		return nil, nil, fmt.Errorf("tx %d: %w", t.ID, err)
+	}
+	return e, parent, nil
+}
 
-	// Objects: every distinct content of the new txs, once.
+// writeObjects writes every distinct content of the new txs once (ones
+// already there skipped by name), then one syncfs. It returns the jobs by
+// content hash, with their table lines.
+func (r *repo) writeObjects(s *txstore.Store, txs []*newTx, workers int, st *PublishStats) (map[cas.Hash]*objJob, error) {
 	var jobs []*objJob
 	byHash := map[cas.Hash]*objJob{}
 	for _, n := range txs {
@@ -766,11 +814,11 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 	}
 	for _, j := range jobs {
 		if err := r.openFan(j.key.Hash[0]); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
+			return nil, err
 		}
 	}
-	if err := r.putAll(s.Objects(), jobs, o.Workers); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
+	if err := r.putAll(s.Objects(), jobs, workers); err != nil {
+		return nil, err
 	}
 	for _, j := range jobs {
 		if j.new {
@@ -782,167 +830,165 @@ func Publish(s *txstore.Store, dir string, ids []uint64, o PublishOptions) (*Pub
 		}
 	}
 	if err := fpObjectsWritten.Inject(); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
+		return nil, err
 	}
 	if len(jobs) > 0 {
 		if err := unix.Syncfs(r.root.fd); err != nil {
-			return nil, fmt.Errorf("publish: syncfs %s: %w", dir, err)
+			return nil, fmt.Errorf("syncfs %s: %w", r.root.path, err)
 		}
 	}
-	if err := fpObjectsSynced.Inject(); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
-	}
+	return byHash, fpObjectsSynced.Inject()
+}
 
-	// Manifests and object tables, each durable before the index names it.
+// writeMetadata writes each new tx's manifest, object table and delta
+// (fsynced, then their directories), pins them in its entry and adds the
+// entry to ix: each durable before the index names it.
+func (r *repo) writeMetadata(s *txstore.Store, ix *Index, txs []*newTx, byHash map[cas.Hash]*objJob, st *PublishStats) error {
 	wrote := false
 	for _, n := range txs {
 		if n.m == nil {
+			n.pub.Stored = n.entry.Stored
 			continue
 		}
-		hx, _ := DigestHex(n.t.Digest) // checked by checkTx
-		mtext := n.m.Encode()
-		mz := w0().EncodeAll(mtext, nil)
-		n.entry.Manifest = NewFileRef(mz, len(mtext))
-		mp, _ := ManifestPath(hx)
-		if err := writeFile(r.manifests, filepath.Base(mp), mz, true); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
+		if err := r.writeTxMetadata(s, n, byHash, st); err != nil {
+			return err
 		}
-		var table []TableEntry
-		var stored int64
-		used := map[cas.Hash]bool{}
-		for i := range n.m.Entries {
-			e := &n.m.Entries[i]
-			if e.Type != manifest.File || e.Size == 0 || used[e.Hash] {
-				continue
-			}
-			used[e.Hash] = true
-			j := byHash[e.Hash]
-			table = append(table, j.out)
-			stored += j.out.Stored
-		}
-		text, err := EncodeTable(table)
-		if err != nil {
-			return nil, fmt.Errorf("publish: tx %d: %w", n.t.ID, err)
-		}
-		tz := w0().EncodeAll(text, nil)
-		n.entry.Table = NewFileRef(tz, len(text))
-		tp, _ := TablePath(hx)
-		if err := writeFile(r.txs, filepath.Base(tp), tz, true); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
-		}
-		st.BytesWritten += int64(len(mz) + len(tz))
-		if n.parent != nil {
-			dz, dlen, err := r.writeDelta(s, n, used, byHash)
-			if err != nil {
-				return nil, fmt.Errorf("publish: tx %d: %w", n.t.ID, err)
-			}
-			st.BytesWritten += int64(len(dz))
-			n.pub.Delta = dz != nil
-			if dz != nil {
-				n.entry.Delta = NewFileRef(dz, dlen)
-			}
-		}
-		n.entry.Stored, n.pub.Stored, n.pub.Objects = stored, stored, len(table)
 		ix.Txs = append(ix.Txs, *n.entry)
 		wrote = true
 	}
 	if wrote {
-		if err := fsx.SyncDirFd(r.manifests.fd, r.manifests.path); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
-		}
-		if err := fsx.SyncDirFd(r.txs.fd, r.txs.path); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
-		}
-		if err := fsx.SyncDirFd(r.deltas.fd, r.deltas.path); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
+		for _, d := range []rdir{r.manifests, r.txs, r.deltas} {
+			if err := fsx.SyncDirFd(d.fd, d.path); err != nil {
+				return err
+			}
 		}
 	}
-	if err := fpManifestsWritten.Inject(); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
-	}
-	for _, n := range txs {
-		if !n.pub.New {
-			n.pub.Stored = n.entry.Stored
-		}
-	}
+	return fpManifestsWritten.Inject()
+}
 
-	// The local records keep the signature (a later publish without a key
-	// carries it; the boot-time check needs it).
-	if o.Key != nil {
+// writeTxMetadata writes new tx n's manifest, table and delta files.
+func (r *repo) writeTxMetadata(s *txstore.Store, n *newTx, byHash map[cas.Hash]*objJob, st *PublishStats) error {
+	hx, _ := DigestHex(n.t.Digest) // checked by checkTx
+	mtext := n.m.Encode()
+	mz := w0().EncodeAll(mtext, nil)
+	n.entry.Manifest = NewFileRef(mz, len(mtext))
+	mp, _ := ManifestPath(hx)
+	if err := writeFile(r.manifests, filepath.Base(mp), mz, true); err != nil {
+		return err
+	}
+	var table []TableEntry
+	var stored int64
+	used := map[cas.Hash]bool{}
+	for i := range n.m.Entries {
+		e := &n.m.Entries[i]
+		if e.Type != manifest.File || e.Size == 0 || used[e.Hash] {
+			continue
+		}
+		used[e.Hash] = true
+		j := byHash[e.Hash]
+		table = append(table, j.out)
+		stored += j.out.Stored
+	}
+	text, err := EncodeTable(table)
+	if err != nil {
+		return fmt.Errorf("tx %d: %w", n.t.ID, err)
+	}
+	tz := w0().EncodeAll(text, nil)
+	n.entry.Table = NewFileRef(tz, len(text))
+	tp, _ := TablePath(hx)
+	if err := writeFile(r.txs, filepath.Base(tp), tz, true); err != nil {
+		return err
+	}
+	st.BytesWritten += int64(len(mz) + len(tz))
+	if n.parent != nil {
+		dz, dlen, err := r.writeDelta(s, n, used, byHash)
+		if err != nil {
+			return fmt.Errorf("tx %d: %w", n.t.ID, err)
+		}
+		st.BytesWritten += int64(len(dz))
+		n.pub.Delta = dz != nil
+		if dz != nil {
+			n.entry.Delta = NewFileRef(dz, dlen)
+		}
+	}
+	n.entry.Stored, n.pub.Stored, n.pub.Objects = stored, stored, len(table)
+	return nil
+}
+
+// recordSignatures stores key's signature in each tx's local record (a
+// later publish without a key carries it; the boot-time check needs it).
+func recordSignatures(s *txstore.Store, txs []*newTx, key ed25519.PrivateKey, dir string) error {
+	if key != nil {
+		keyID := sign.KeyID(key.Public().(ed25519.PublicKey))
 		for _, n := range txs {
 			if slices.ContainsFunc(n.t.Signatures, func(g sign.Signature) bool { return g.KeyID == keyID }) {
 				continue
 			}
-			sig := sign.SignTx(o.Key, n.t.Digest)
+			sig := sign.SignTx(key, n.t.Digest)
 			_, err := s.Update(n.t.ID, txstore.Event{Kind: "sign", Detail: "signed by key " + keyID + " (publish " + dir + ")"},
 				func(t *txstore.Tx) error {
 					mergeSigs(&t.Signatures, []sign.Signature{sig})
 					return nil
 				})
 			if err != nil {
-				return nil, fmt.Errorf("publish: record signature of tx %d: %w", n.t.ID, err)
+				return fmt.Errorf("record signature of tx %d: %w", n.t.ID, err)
 			}
 		}
 	}
-	if err := fpRecorded.Inject(); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
-	}
+	return fpRecorded.Inject()
+}
 
-	if changed {
-		if err := nextIndex(ix, o); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
-		}
-		data, err := EncodeIndex(ix)
-		if err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
-		}
-		if o.Key != nil {
-			// index.sig is renamed before index.json, so it signs both the
-			// new index and the old one: a reader (or a crash) between the
-			// two renames still finds a signature for what it sees.
-			sigs := []sign.Signature{sign.SignIndex(o.Key, data)}
-			if oldIndex != nil {
-				for _, g := range oldSigs {
-					if g.KeyID == keyID && len(sigs) < MaxSignatures {
-						if _, err := sign.VerifyIndex(publicKeys(o.Key), oldIndex, []sign.Signature{g}); err == nil {
-							sigs = append(sigs, g)
-						}
+// writeIndex writes the next index: index.sig first (signing the new and
+// the old index, so a reader or a crash between the two renames still
+// finds a signature for what it sees), then index.json, each durable.
+func (r *repo) writeIndex(old *oldIndex, o PublishOptions, st *PublishStats) error {
+	ix := old.ix
+	if err := nextIndex(ix, o); err != nil {
+		return err
+	}
+	data, err := EncodeIndex(ix)
+	if err != nil {
+		return err
+	}
+	if o.Key != nil {
+		sigs := []sign.Signature{sign.SignIndex(o.Key, data)}
+		if old.data != nil {
+			for _, g := range old.sigs {
+				if len(sigs) < MaxSignatures {
+					if _, err := sign.VerifyIndex(publicKeys(o.Key), old.data, []sign.Signature{g}); err == nil {
+						sigs = append(sigs, g)
 					}
 				}
 			}
-			sd, err := EncodeSig(sigs)
-			if err != nil {
-				return nil, fmt.Errorf("publish: %w", err)
-			}
-			if err := writeFile(r.root, SigPath, sd, true); err != nil {
-				return nil, fmt.Errorf("publish: %w", err)
-			}
-			if err := fsx.SyncDirFd(r.root.fd, r.root.path); err != nil {
-				return nil, fmt.Errorf("publish: %w", err)
-			}
-			st.BytesWritten += int64(len(sd))
-			st.IndexSigned = true
-			if err := fpSigWritten.Inject(); err != nil {
-				return nil, fmt.Errorf("publish: %w", err)
-			}
 		}
-		if err := writeFile(r.root, IndexPath, data, true); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
+		sd, err := EncodeSig(sigs)
+		if err != nil {
+			return err
 		}
-		if err := fsx.SyncDirFd(r.root.fd, r.root.path); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
+		if err := r.writeRoot(SigPath, sd); err != nil {
+			return err
 		}
-		st.BytesWritten += int64(len(data))
-		st.IndexWritten, st.Sequence, st.Expires = true, ix.Sequence, ix.Expires
-		if err := fpIndexWritten.Inject(); err != nil {
-			return nil, fmt.Errorf("publish: %w", err)
+		st.BytesWritten += int64(len(sd))
+		st.IndexSigned = true
+		if err := fpSigWritten.Inject(); err != nil {
+			return err
 		}
 	}
-	for _, n := range txs {
-		st.Txs = append(st.Txs, *n.pub)
+	if err := r.writeRoot(IndexPath, data); err != nil {
+		return err
 	}
-	st.Duration = time.Since(start)
-	return st, nil
+	st.BytesWritten += int64(len(data))
+	st.IndexWritten, st.Sequence, st.Expires = true, ix.Sequence, ix.Expires
+	return fpIndexWritten.Inject()
+}
+
+// writeRoot writes a file at the repository's top, durably (fsynced, then
+// the directory).
+func (r *repo) writeRoot(name string, data []byte) error {
+	if err := writeFile(r.root, name, data, true); err != nil {
+		return err
+	}
+	return fsx.SyncDirFd(r.root.fd, r.root.path)
 }
 
 func publicKeys(priv ed25519.PrivateKey) []sign.PublicKey {
