@@ -490,81 +490,17 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	}
 	sort.Strings(digests)
 
-	names, err := s.treeNames()
+	matched, aside, err := s.matchTrees(sv, byDigest, digests)
 	if err != nil {
 		return nil, err
 	}
-	matched := map[uint64]foundManifest{}
-	var aside []string
-	for _, name := range names {
-		id, ok := treeID(name)
-		if fi, err := os.Lstat(filepath.Join(s.Dir, "trees", name)); err != nil || !fi.IsDir() {
-			ok = false
-		}
-		if ok {
-			f, found := s.matchTree(id, sv.txs[id], byDigest, digests)
-			if found {
-				matched[id] = f
-				continue
-			}
-		}
-		aside = append(aside, name)
-	}
-	// Salvaged records without a matching tree, whose manifest is still there.
-	for id, t := range sv.txs {
-		if _, ok := matched[id]; ok {
-			continue
-		}
-		// Its tree, if any, matched nothing and is set aside; initagent or
-		// verify re-blits a fresh one from the manifest.
-		if f, ok := byDigest[t.Digest]; ok {
-			matched[id] = f
-		}
-	}
-
-	ids := make([]uint64, 0, len(matched))
-	for id := range matched {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	now := time.Now().UTC()
-	var prev, maxID uint64
-	for _, id := range ids {
-		f := matched[id]
-		entries, size := f.m.Stats()
-		t := &Tx{}
-		if old := sv.txs[id]; old != nil && old.Digest == f.raw {
-			*t = *old
-			rep.Salvaged++
-		} else {
-			t = &Tx{ID: id, Parent: prev, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
-		}
-		t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.raw, f.key.Hash.String(), f.m.Kernels(), entries, size, now
-		rep.Txs = append(rep.Txs, t)
-		prev, maxID = id, id
-	}
-	rep.Default = pickDefault(rep.Txs, sv.def)
+	maxID := rep.recordsFor(s, matched, sv, now)
 
 	// Set aside first: once the new database is in place, a writer's
 	// cleanup would delete every tree it has no record for.
-	if len(aside) > 0 {
-		lf := filepath.Join(s.Dir, "lost+found")
-		if err := os.MkdirAll(lf, 0o700); err != nil {
-			return nil, fmt.Errorf("rebuild: %w", err)
-		}
-		stamp := now.Format("20060102T150405Z")
-		for _, name := range aside {
-			dst := filepath.Join(lf, "tree-"+name+"-"+stamp)
-			if err := os.Rename(filepath.Join(s.Dir, "trees", name), dst); err != nil {
-				return nil, fmt.Errorf("rebuild: set aside: %w", err)
-			}
-			rep.SetAside = append(rep.SetAside, dst)
-		}
-		for _, d := range []string{lf, filepath.Join(s.Dir, "trees"), s.Dir} {
-			if err := fsx.SyncDir(d); err != nil {
-				return nil, err
-			}
-		}
+	if err := s.setAside(aside, now, rep); err != nil {
+		return nil, err
 	}
 
 	tmp := filepath.Join(s.Dir, "staging", "store.db.rebuild")
@@ -775,4 +711,95 @@ func copyDurable(src, dst string) error {
 		os.Remove(tmp)
 	}
 	return err
+}
+
+// matchTrees pairs each trees/<id> with the manifest that describes it
+// (aside: the names none matches), and adds salvaged records whose tree is
+// gone but whose manifest is still there.
+func (s *Store) matchTrees(sv *salvage, byDigest map[string]foundManifest, digests []string) (map[uint64]foundManifest, []string, error) {
+	names, err := s.treeNames()
+	if err != nil {
+		return nil, nil, err
+	}
+	matched := map[uint64]foundManifest{}
+	var aside []string
+	for _, name := range names {
+		id, ok := treeID(name)
+		if fi, err := os.Lstat(filepath.Join(s.Dir, "trees", name)); err != nil || !fi.IsDir() {
+			ok = false
+		}
+		if ok {
+			f, found := s.matchTree(id, sv.txs[id], byDigest, digests)
+			if found {
+				matched[id] = f
+				continue
+			}
+		}
+		aside = append(aside, name)
+	}
+	// Salvaged records without a matching tree, whose manifest is still there.
+	for id, t := range sv.txs {
+		if _, ok := matched[id]; ok {
+			continue
+		}
+		// Its tree, if any, matched nothing and is set aside; initagent or
+		// verify re-blits a fresh one from the manifest.
+		if f, ok := byDigest[t.Digest]; ok {
+			matched[id] = f
+		}
+	}
+
+	return matched, aside, nil
+}
+
+// recordsFor makes a record for each matched tx, keeping what the old
+// database still tells; it returns the highest id.
+func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]foundManifest, sv *salvage, now time.Time) uint64 {
+	ids := make([]uint64, 0, len(matched))
+	for id := range matched {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	var prev, maxID uint64
+	for _, id := range ids {
+		f := matched[id]
+		entries, size := f.m.Stats()
+		t := &Tx{}
+		if old := sv.txs[id]; old != nil && old.Digest == f.raw {
+			*t = *old
+			rep.Salvaged++
+		} else {
+			t = &Tx{ID: id, Parent: prev, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
+		}
+		t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.raw, f.key.Hash.String(), f.m.Kernels(), entries, size, now
+		rep.Txs = append(rep.Txs, t)
+		prev, maxID = id, id
+	}
+	rep.Default = pickDefault(rep.Txs, sv.def)
+	return maxID
+}
+
+// setAside moves the trees no manifest matches to lost+found, durably.
+func (s *Store) setAside(aside []string, now time.Time, rep *RebuildReport) error {
+	if len(aside) == 0 {
+		return nil
+	}
+	lf := filepath.Join(s.Dir, "lost+found")
+	if err := os.MkdirAll(lf, 0o700); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	stamp := now.Format("20060102T150405Z")
+	for _, name := range aside {
+		dst := filepath.Join(lf, "tree-"+name+"-"+stamp)
+		if err := os.Rename(filepath.Join(s.Dir, "trees", name), dst); err != nil {
+			return fmt.Errorf("rebuild: set aside: %w", err)
+		}
+		rep.SetAside = append(rep.SetAside, dst)
+	}
+	for _, d := range []string{lf, filepath.Join(s.Dir, "trees"), s.Dir} {
+		if err := fsx.SyncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
