@@ -95,7 +95,7 @@ func (r RootSpec) String() string {
 // VerifyMode is txboot.verify=.
 type VerifyMode string
 
-// Verification modes; see DESIGN.md.
+// Verification modes; see docs/design.md.
 const (
 	VerifyFast VerifyMode = "fast"
 	VerifyFull VerifyMode = "full"

@@ -162,7 +162,7 @@ const (
 	alignMiB = 1 // first partition at 1 MiB, like every modern partitioner
 )
 
-// MakeGPTDisk builds img following ANCHORS' recipe, without root: sfdisk
+// MakeGPTDisk builds img without root: sfdisk
 // writes the GPT, the ESP is formatted as a separate file and copied in at
 // its offset (mkfs.vfat --offset + mcopy @@ failed there), and the root is
 // made with mkfs.ext4 -E offset=.
