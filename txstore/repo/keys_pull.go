@@ -14,6 +14,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/sign"
+	"golang.org/x/sys/unix"
 )
 
 // The device's side of key statements, under STORE/trust (TrustDir):
@@ -121,6 +122,18 @@ func (dk *DeviceKeys) trusted(base []sign.PublicKey, now time.Time) []sign.Publi
 // keys and its version against the floor, applies a newer one durably,
 // and returns the keys an index must now be signed with.
 func (p *puller) keyStatement(ctx context.Context, trustDir string) ([]sign.PublicKey, error) {
+	data, sigs, err := p.fetchStatement(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Another pull may accept a statement while this one fetches: the
+	// check against the floor and the write happen under one lock, on the
+	// state as it is then.
+	unlock, err := lockTrust(trustDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	now := p.o.Now()
 	// Keys that expired since the last pull leave the trust store (and
 	// the next initrds) whatever the repository serves.
@@ -131,50 +144,83 @@ func (p *puller) keyStatement(ctx context.Context, trustDir string) ([]sign.Publ
 	if err != nil {
 		return nil, err
 	}
-	data, err := p.get(ctx, KeysPath, MaxKeysSize)
-	if isNotFound(err) {
-		return dk.trusted(p.o.Trusted, now), nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	url := p.f.URL(KeysPath)
-	ks, err := ParseKeys(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", url, err)
-	}
-	raw, err := p.get(ctx, KeysSigPath, MaxKeysSize)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w: key statement without a signature: %w", url, ErrBadKeys, err)
-	}
-	sigs, err := ParseSig(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", p.f.URL(KeysSigPath), err)
-	}
-	if _, err := sign.VerifyKeys(dk.roots(p.o.Trusted, now), data, sigs); err != nil {
-		return nil, fmt.Errorf("%s: %w: no root key of this device signed it: %w", url, ErrBadKeys, err)
-	}
-	if old := dk.Statement; old != nil {
-		switch {
-		case ks.Version < old.Version:
-			return nil, fmt.Errorf("%s: %w: key statement version %d is older than version %d, accepted before", url, ErrRollback, ks.Version, old.Version)
-		case ks.Version == old.Version && !bytes.Equal(data, dk.Raw):
-			return nil, fmt.Errorf("%s: %w: key statement version %d has other content than the one accepted", url, ErrRollback, ks.Version)
-		}
-	}
-	if dk.Statement == nil || ks.Version > dk.Statement.Version {
-		if err := applyStatement(trustDir, ks, data, now); err != nil {
-			return nil, err
-		}
-		for _, id := range ks.Revoked {
-			dk.Revoked[id] = true
-		}
-		dk.Statement, dk.Raw = ks, data
-		if err := forgetRevoked(filepath.Dir(trustDir), dk.Revoked); err != nil {
+	if data != nil {
+		if err := p.acceptStatement(trustDir, dk, data, sigs, now); err != nil {
 			return nil, err
 		}
 	}
 	return dk.trusted(p.o.Trusted, now), nil
+}
+
+// fetchStatement gets the repository's key statement and its signatures;
+// nil data when the repository has none.
+func (p *puller) fetchStatement(ctx context.Context) (data []byte, sigs []sign.Signature, err error) {
+	data, err = p.get(ctx, KeysPath, MaxKeysSize)
+	if isNotFound(err) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	url := p.f.URL(KeysPath)
+	raw, err := p.get(ctx, KeysSigPath, MaxKeysSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w: key statement without a signature: %w", url, ErrBadKeys, err)
+	}
+	if sigs, err = ParseSig(raw); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", p.f.URL(KeysSigPath), err)
+	}
+	return data, sigs, nil
+}
+
+// acceptStatement checks a fetched statement with the device's root keys
+// and its version against the floor, and applies a newer one durably
+// (updating dk). The caller holds the trust lock.
+func (p *puller) acceptStatement(trustDir string, dk *DeviceKeys, data []byte, sigs []sign.Signature, now time.Time) error {
+	url := p.f.URL(KeysPath)
+	ks, err := ParseKeys(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", url, err)
+	}
+	if _, err := sign.VerifyKeys(dk.roots(p.o.Trusted, now), data, sigs); err != nil {
+		return fmt.Errorf("%s: %w: no root key of this device signed it: %w", url, ErrBadKeys, err)
+	}
+	if old := dk.Statement; old != nil {
+		switch {
+		case ks.Version < old.Version:
+			return fmt.Errorf("%s: %w: key statement version %d is older than version %d, accepted before", url, ErrRollback, ks.Version, old.Version)
+		case ks.Version == old.Version && !bytes.Equal(data, dk.Raw):
+			return fmt.Errorf("%s: %w: key statement version %d has other content than the one accepted", url, ErrRollback, ks.Version)
+		case ks.Version == old.Version:
+			return nil
+		}
+	}
+	if err := applyStatement(trustDir, ks, data, now); err != nil {
+		return err
+	}
+	for _, id := range ks.Revoked {
+		dk.Revoked[id] = true
+	}
+	dk.Statement, dk.Raw = ks, data
+	return forgetRevoked(filepath.Dir(trustDir), dk.Revoked)
+}
+
+// lockTrust takes STORE/trust/.lock, which serializes the key statement's
+// check and update between pulls.
+func lockTrust(trustDir string) (func(), error) {
+	if err := os.MkdirAll(trustDir, 0o700); err != nil {
+		return nil, fmt.Errorf("trust state: %w", err)
+	}
+	path := filepath.Join(trustDir, ".lock")
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("trust state lock %s: %w", path, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("trust state lock %s: %w", path, err)
+	}
+	return func() { unix.Close(fd) }, nil
 }
 
 // applyStatement makes ks the device's statement: revocations first (they
