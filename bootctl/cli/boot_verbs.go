@@ -108,18 +108,26 @@ func markGood(e *env, s *txstore.Store, id uint64, why string, ef *entryFlags) e
 	// and so does an ESP that cannot be found when entries are managed:
 	// the loader would count a healthy tx down to bad (RAUC's "mark-good
 	// succeeded while the write failed").
+	var entry, pending string
 	err := resync(e, s, ef, func(rep *bls.Report) error {
+		entry = rep.Entries[id]
 		return ownEntry(rep, id, "blessed", func(n bls.Name) bool { return !n.Counting })
 	})
 	if err == nil {
 		var c entriesConfig
 		var found bool
 		if c, found, err = loadEntriesConfig(s, e.root, ef); err == nil {
-			err = requireBlessable(e, c, found, id)
+			pending, err = requireBlessable(e, c, found, id)
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("tx %d is marked good in the store, but the boot loader will keep counting it down: %w", id, err)
+	}
+	switch {
+	case pending != "":
+		fmt.Fprintf(e.stdout, "not booted by the boot loader and %s: entries are written blessed when synced (bootctl entries sync --esp ESP)\n", printable(pending))
+	case entry != "":
+		fmt.Fprintf(e.stdout, "boot entry %s is blessed\n", printable(entry))
 	}
 	return nil
 }

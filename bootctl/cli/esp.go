@@ -81,26 +81,46 @@ var errNotBlessed = errors.New("boot entry not blessed")
 // boot loader counted this boot, an ESP must have been found; in the
 // running system, the entry file systemd-boot booted must be gone
 // (renamed to its good name), or the loader keeps counting it down.
-func requireBlessable(e *env, c entriesConfig, found bool, id uint64) error {
+// Without an ESP on a system the loader did not boot (offline --root, an
+// image being built), nothing counts: pending says why there is no ESP,
+// and the entries are written blessed by the next sync.
+func requireBlessable(e *env, c entriesConfig, found bool, id uint64) (pending string, err error) {
 	live := isLive(e.root)
 	dir, booted, counted := loaderCounted(e, id)
 	if !found {
 		if c.RootArg == "" && !counted {
-			return nil // txboot does not manage this system's boot entries
+			return "", nil // txboot does not manage this system's boot entries
+		}
+		why := "no ESP is configured or found"
+		if c.espErr != nil {
+			why = c.espErr.Error()
+		}
+		if !counted && !bootedByLoader(e) {
+			return why, nil
 		}
 		if c.espErr != nil {
-			return fmt.Errorf("%w: %w", errNotBlessed, c.espErr)
+			return "", fmt.Errorf("%w: %w", errNotBlessed, c.espErr)
 		}
-		return fmt.Errorf("%w: no ESP is configured or found (pass --esp ESP)", errNotBlessed)
+		return "", fmt.Errorf("%w: %s (pass --esp ESP)", errNotBlessed, why)
 	}
 	if !live || !counted {
-		return nil
+		return "", nil
 	}
 	p := filepath.Join(c.ESP, filepath.FromSlash(dir), booted.String())
 	if _, err := os.Lstat(p); err == nil {
-		return fmt.Errorf("%w: the entry the boot loader booted, %s/%s, is still on %s", errNotBlessed, dir, booted.String(), c.espName())
+		return "", fmt.Errorf("%w: the entry the boot loader booted, %s/%s, is still on %s", errNotBlessed, dir, booted.String(), c.espName())
 	}
-	return nil
+	return "", nil
+}
+
+// bootedByLoader reports whether systemd-boot started the running system
+// (it sets LoaderEntrySelected on every boot); offline, nothing did.
+func bootedByLoader(e *env) bool {
+	if !isLive(e.root) {
+		return false
+	}
+	sel, err := efivars.New(newESPFinder().EFIVarsDir).EntrySelected()
+	return err == nil && sel != ""
 }
 
 // loaderCounted reads LoaderBootCountPath in the running system: whether

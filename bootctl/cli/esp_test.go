@@ -220,8 +220,10 @@ func TestLiveESPBlessing(t *testing.T) {
 			[]string{"health"}, ExitFail, "tx 1 is marked good in the store, but the boot loader will keep counting it down: boot entry not blessed: ESP not found: ", false},
 		{"mark-good, no partition with that PARTUUID", liveOpts{loaderVar: "01234567-89ab-cdef-0123-456789abcdef", counted: counted},
 			[]string{"mark-good"}, ExitFail, "no partition has this PARTUUID", false},
+		// No loader variables: not booted through systemd-boot, nothing
+		// counts this boot down (issue 18).
 		{"mark-good, not booted by systemd-boot, nothing mounted", liveOpts{},
-			[]string{"mark-good"}, ExitFail, "LoaderDevicePartUUID is not set", false},
+			[]string{"mark-good"}, 0, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -394,5 +396,64 @@ func TestBootedFileStillCounted(t *testing.T) {
 	code, out, errs := run(t, "--root", ls.root, "mark-good")
 	if code != ExitFail || !strings.Contains(errs, "the entry the boot loader booted, EFI/Linux/txboot-1+2-1.conf, is still on") {
 		t.Fatalf("mark-good: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// Offline (an image being built: commit, mark good, then entries sync),
+// no boot loader is counting: mark-good succeeds without an ESP and says
+// the entries are written blessed when synced; with an ESP it says the
+// entry is blessed (issue 18).
+func TestMarkGoodOffline(t *testing.T) {
+	td := tools(t)
+	tests := []struct {
+		name  string
+		esp   bool   // commit with --esp
+		code  int    // mark-good's exit status
+		out   string // in stdout
+		entry string // the tx's entry on the ESP after mark-good
+	}{
+		{"no ESP configured, root= from etc/kernel/cmdline", false, 0, "entries are written blessed when synced", ""},
+		{"ESP configured", true, 0, "boot entry txboot-1.conf is blessed", "txboot-1.conf"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root, espDir := t.TempDir(), t.TempDir()
+			writeTestFile(t, filepath.Join(root, "etc/kernel/cmdline"), "root=PARTUUID=feed quiet\n")
+			var extra []string
+			if tt.esp {
+				extra = []string{"--esp", espDir}
+			}
+			if code, out := commitKernel(t, root, td, "6.1.0-test", "kernel-A", extra...); code != 0 {
+				t.Fatalf("commit: %s", out)
+			}
+			code, out, errs := run(t, "--root", root, "mark-good", "1")
+			if code != tt.code || !strings.Contains(out, tt.out) {
+				t.Fatalf("mark-good: exit %d, want %d with %q\n%s%s", code, tt.code, tt.out, out, errs)
+			}
+			if errs != "" {
+				t.Errorf("stderr: %s", errs)
+			}
+			if st := (&liveSystem{root: root}).state(t); st != txstore.StateGood {
+				t.Fatalf("tx 1 is %s, want good", st)
+			}
+			ents, _ := os.ReadDir(filepath.Join(espDir, "loader/entries"))
+			var got []string
+			for _, e := range ents {
+				got = append(got, e.Name())
+			}
+			if strings.Join(got, " ") != tt.entry {
+				t.Errorf("ESP entries %v, want %q", got, tt.entry)
+			}
+		})
+	}
+}
+
+func writeTestFile(t *testing.T, p, data string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

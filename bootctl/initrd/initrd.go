@@ -10,6 +10,7 @@
 package initrd
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -61,7 +62,8 @@ func Build(s *txstore.Store, t *txstore.Tx, mkinitramfs, initagent string, ts *t
 	}
 	args = append(args, TrustArgs(ts)...)
 	if outb, err := exec.Command(mk, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("build initrd for tx %d: %w: %s", t.ID, err, outb)
+		// Trimmed: callers append to this line ("; done: …").
+		return fmt.Errorf("build initrd for tx %d: %w: %s", t.ID, err, bytes.TrimSpace(outb))
 	}
 	return fsx.SyncDir(filepath.Dir(out))
 }

@@ -58,7 +58,7 @@ func fakeMkinitramfs(t *testing.T, fail bool) (tool, args string) {
 	tool, args = filepath.Join(dir, "mkinitramfs"), filepath.Join(dir, "args")
 	body := "#!/bin/sh\nprintf '%s\\n' \"$@\" > " + args + "\n"
 	if fail {
-		body += "echo boom >&2\nexit 3\n"
+		body += "printf 'boom\\nsecond line\\n' >&2\nexit 3\n"
 	} else {
 		body += "while [ $# -gt 0 ]; do [ \"$1\" = -o ] && echo img > \"$2\"; shift; done\nexit 0\n"
 	}
@@ -128,6 +128,11 @@ func TestBuild(t *testing.T) {
 				var ee *exec.ExitError
 				if !errors.As(err, &ee) || ee.ExitCode() != 3 {
 					t.Errorf("Build = %v: the tool's exit status is not wrapped", err)
+				}
+				// Callers append to the message ("; done: …"): the tool's
+				// last newline must not end up inside their line.
+				if msg := err.Error(); msg != strings.TrimSpace(msg) || !strings.Contains(msg, "boom\nsecond line") {
+					t.Errorf("Build = %q: want the tool's lines, no trailing newline", msg)
 				}
 			}
 			if tt.wantErr != nil || tt.errText != "" {

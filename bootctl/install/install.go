@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/txboot/txboot/bootctl/bls"
 	"github.com/txboot/txboot/bootctl/systemd"
@@ -651,7 +652,7 @@ func (p *plan) install() (res *Result, err error) {
 	p.log("committed %s as tx %d %s: %d entries, %d files taken by hardlink", usr, tx.ID, tx.Digest, st.Entries, st.Linked)
 	done := []string{fmt.Sprintf("tx %d committed from %s", tx.ID, usr)}
 	late := func(err error) error {
-		return fmt.Errorf("%w; done: %s; run `bootctl --root %s install --esp %s` again to finish", err, strings.Join(done, ", "), p.root, p.o.ESP)
+		return fmt.Errorf("%w; done: %s; run `bootctl --root %s install --esp %s` again to finish", trimmed{err}, strings.Join(done, ", "), p.root, p.o.ESP)
 	}
 	if err := p.emptyUsr(); err != nil {
 		return res, late(err)
@@ -668,6 +669,13 @@ func (p *plan) install() (res *Result, err error) {
 	}
 	return res, nil
 }
+
+// trimmed is an error without trailing white space in its text: a child
+// process's output ends in a newline, which must not split a summary line.
+type trimmed struct{ error }
+
+func (e trimmed) Error() string { return strings.TrimRightFunc(e.error.Error(), unicode.IsSpace) }
+func (e trimmed) Unwrap() error { return e.error }
 
 // emptyUsr recreates ROOT/usr, now in the store, as an empty directory
 // with its old mode and owner: the mount point initagent binds the tx on.

@@ -424,10 +424,18 @@ func TestInstallLateFailureSaysWhatWasDone(t *testing.T) {
 	o := newTree(t)
 	var calls []entriesCall
 	opt := o.options(&calls)
-	opt.Entries = func(*txstore.Store, *txstore.Tx, string) error { return errors.New("ESP full") }
+	// A child's stderr ends in a newline (issue 18: "…\n; done: …").
+	cause := errors.New("mkinitramfs: ESP full\n")
+	opt.Entries = func(*txstore.Store, *txstore.Tx, string) error { return cause }
 	_, err := Run(opt)
 	if err == nil {
 		t.Fatal("no error")
+	}
+	if !errors.Is(err, cause) {
+		t.Errorf("error %v does not wrap the cause", err)
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error %q: the cause's newline is inside the summary line", err)
 	}
 	msg := strings.ReplaceAll(err.Error(), o.root, "ROOT")
 	for _, w := range []string{"ESP full", "tx 1", "ROOT/usr", "again"} {

@@ -12,7 +12,26 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
+	"github.com/ulikunitz/xz"
 )
+
+// xzEncode compresses data as the kernel's Makefile does (CRC32, 1 MiB
+// dictionary); blockSize > 0 gives a stream of several blocks.
+func xzEncode(t testing.TB, data []byte, blockSize int64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := xz.WriterConfig{DictCap: 1 << 20, CheckSum: xz.CRC32, BlockSize: blockSize}.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
 
 // elfModule returns a minimal ELF64 relocatable object whose only content
 // is a .modinfo section holding the given key=value strings, which is all
@@ -109,7 +128,7 @@ func fakeKernel(t testing.TB, root string) string {
 		case strings.HasSuffix(m.path, ".zst"):
 			data = enc.EncodeAll(data, nil)
 		case strings.HasSuffix(m.path, ".xz"):
-			data = []byte("\xfd7zXZ\x00 fake")
+			data = xzEncode(t, data, 0)
 		}
 		writeFile(t, filepath.Join(dir, m.path), data)
 	}

@@ -69,7 +69,7 @@ func TestResolve(t *testing.T) {
 		{"missing hard dep", []string{"f"}, nil, nil, nil, ErrModuleNotFound},
 		{"cycle", []string{"g"}, nil, nil, nil, ErrDependencyCycle},
 		{"no modinfo", []string{"nomodinfo"}, nil, nil, nil, nil},
-		{"xz", []string{"x"}, nil, nil, nil, ErrUnsupportedCompression},
+		{"xz", []string{"x"}, []string{"x"}, nil, nil, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -158,7 +158,7 @@ func testOptions(t testing.TB) (Options, string) {
 		Init:             staticInit(t, root),
 		KVer:             testKVer,
 		KModDir:          root,
-		Drivers:          []string{"a d", "z,edev"},
+		Drivers:          []string{"a d", "z,edev", "x"},
 		NoDefaultDrivers: true,
 		Files: []FileSpec{
 			{filepath.Join(extra, "busybox"), "/bin/busybox"},
@@ -180,7 +180,7 @@ func TestReproducible(t *testing.T) {
 	// another host path, give the same bytes.
 	o2, _ := testOptions(t)
 	o2.Files = []FileSpec{o2.Files[1], o2.Files[0]}
-	o2.Drivers = []string{"edev", "z d a"}
+	o2.Drivers = []string{"x edev", "z d a"}
 	if b, _ := build(t, o2); !bytes.Equal(first, b) {
 		t.Error("reordered inputs give different bytes")
 	}
@@ -238,6 +238,7 @@ func TestImageContents(t *testing.T) {
 		{"sysroot", cpio.S_IFDIR | 0o755, nil},
 		{"proc", cpio.S_IFDIR | 0o755, nil},
 		{"lib/modules/" + testKVer + "/kernel/drivers/z.ko", cpio.S_IFREG | 0o644, elfModule("name=z", "depends=e-dash")},
+		{"lib/modules/" + testKVer + "/kernel/drivers/x.ko", cpio.S_IFREG | 0o644, elfModule("name=x")},
 	}
 	for _, c := range checks {
 		r, ok := byName[c.name]
@@ -270,7 +271,7 @@ func TestImageContents(t *testing.T) {
 	want := []string{
 		"updates/c.ko", "kernel/drivers/b.ko", "kernel/drivers/a.ko",
 		"kernel/arch/x86/crypto/foo-fast.ko", "kernel/crypto/foo_generic.ko", "kernel/fs/d.ko",
-		"kernel/drivers/e-dash.ko", "kernel/drivers/z.ko",
+		"kernel/drivers/e-dash.ko", "kernel/drivers/x.ko", "kernel/drivers/z.ko",
 	}
 	if !reflect.DeepEqual(paths, want) {
 		t.Errorf("load list = %q\nwant %q", paths, want)
@@ -333,7 +334,6 @@ func TestBuildErrors(t *testing.T) {
 	}{
 		{"missing driver", func(o *Options) { o.Drivers = []string{"a", "nosuch"} }, ErrModuleNotFound, "nosuch"},
 		{"missing hard dep", func(o *Options) { o.Drivers = []string{"f"} }, ErrModuleNotFound, "nosuch"},
-		{"xz module", func(o *Options) { o.Drivers = []string{"x"} }, ErrUnsupportedCompression, "x.ko.xz"},
 		{"dst over init", func(o *Options) { o.Files = append(o.Files, FileSpec{o.Files[0].Src, "/init"}) }, ErrDuplicate, "/init"},
 		{"dst twice", func(o *Options) { o.Files = append(o.Files, o.Files[0]) }, ErrDuplicate, "busybox"},
 		{"dst under a file", func(o *Options) { o.Files = append(o.Files, FileSpec{o.Files[0].Src, "/init/x"}) }, ErrDuplicate, "/init/x"},

@@ -23,14 +23,16 @@ import (
 
 // Sentinel errors, for errors.Is.
 var (
-	ErrModuleNotFound         = errors.New("module not found")
-	ErrDependencyCycle        = errors.New("module dependency cycle")
-	ErrUnsupportedCompression = errors.New("unsupported module compression")
-	ErrNoModInfo              = errors.New("no .modinfo section")
+	ErrModuleNotFound  = errors.New("module not found")
+	ErrDependencyCycle = errors.New("module dependency cycle")
+	ErrNoModInfo       = errors.New("no .modinfo section")
+	ErrTooLarge        = errors.New("module too large")
 )
 
-// maxModuleSize bounds a decompressed module read at build time.
-const maxModuleSize = 512 << 20
+// maxModuleSize bounds a module read at build time, compressed and
+// decompressed, so a hostile tree cannot exhaust memory: Debian's largest
+// module (amdgpu) is about 20 MiB.
+const maxModuleSize = 64 << 20
 
 // NormalizeName gives the kernel's spelling of a module name or alias:
 // '-' and '_' are the same to modprobe.
@@ -293,39 +295,60 @@ func (ix *Index) readDepmodFiles() error {
 	})
 }
 
-// ReadModule returns a module file's contents, decompressed.
+// ReadModule returns a module file's contents, decompressed: the image
+// is compressed as a whole, and compressing each module first only makes
+// it larger (README, "xz-compressed modules"). A module that decompresses
+// to more than maxModuleSize is refused with ErrTooLarge.
 func ReadModule(p string) ([]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, fmt.Errorf("open module: %w", err)
 	}
 	defer f.Close()
-	var r io.Reader = f
-	switch {
-	case strings.HasSuffix(p, ".ko.zst"):
-		d, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxModuleSize))
-		if err != nil {
-			return nil, fmt.Errorf("decompress %s: %w", p, err)
-		}
-		defer d.Close()
-		r = d
-	case strings.HasSuffix(p, ".ko.gz"):
-		z, err := gzip.NewReader(f)
-		if err != nil {
-			return nil, fmt.Errorf("decompress %s: %w", p, err)
-		}
-		r = z
-	case strings.HasSuffix(p, ".ko.xz"):
-		return nil, fmt.Errorf("%s: %w: xz (no xz decoder in go.mod)", p, ErrUnsupportedCompression)
+	r, done, err := moduleReader(f, p)
+	if err != nil {
+		return nil, fmt.Errorf("decompress %s: %w", p, err)
 	}
+	defer done()
 	b, err := io.ReadAll(io.LimitReader(r, maxModuleSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", p, err)
 	}
 	if len(b) > maxModuleSize {
-		return nil, fmt.Errorf("read %s: larger than %d bytes", p, maxModuleSize)
+		return nil, fmt.Errorf("read %s: %w: more than %d bytes", p, ErrTooLarge, maxModuleSize)
 	}
 	return b, nil
+}
+
+// moduleReader returns the decompressing reader for a module file by its
+// suffix, and what to call when done with it.
+func moduleReader(f *os.File, p string) (io.Reader, func(), error) {
+	nop := func() {}
+	switch {
+	case strings.HasSuffix(p, ".ko.zst"):
+		// The memory bound also bounds the window a header can ask for.
+		d, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxModuleSize))
+		if err != nil {
+			return nil, nop, err
+		}
+		return d, d.Close, nil
+	case strings.HasSuffix(p, ".ko.gz"):
+		z, err := gzip.NewReader(f)
+		return z, nop, err
+	case strings.HasSuffix(p, ".ko.xz"):
+		// Read whole (xz's index is at the end); an xz module is
+		// smaller than what it decompresses to.
+		data, err := io.ReadAll(io.LimitReader(f, maxModuleSize+1))
+		if err != nil {
+			return nil, nop, err
+		}
+		if len(data) > maxModuleSize {
+			return nil, nop, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, maxModuleSize)
+		}
+		r, err := newXZReader(data, maxModuleSize)
+		return r, nop, err
+	}
+	return f, nop, nil
 }
 
 // readModInfo reads the .modinfo section of a module file. Uncompressed
