@@ -539,44 +539,75 @@ func (u undoLog) run(t *tree) []string {
 	return left
 }
 
+// install changes ROOT: the files the system needs to boot through txboot,
+// then the commit of ROOT/usr as tx 1, then the ESP. Until the commit is
+// recorded a failure undoes every change; after it, the error says what
+// was done and that a rerun finishes.
 func (p *plan) install() (res *Result, err error) {
-	t := p.t
 	var undo undoLog
 	defer func() {
 		if err != nil && res == nil { // nothing committed: put ROOT back
-			if left := undo.run(t); len(left) > 0 {
+			if left := undo.run(p.t); len(left) > 0 {
 				err = fmt.Errorf("%w; could not undo, remove by hand: %s", err, strings.Join(left, " "))
 			}
 		}
 	}()
+	for _, step := range []func(*undoLog) error{p.copyKernels, p.copyTools, p.installUnit} {
+		if err := step(&undo); err != nil {
+			return nil, err
+		}
+	}
+	_, serr := p.t.lstat(txstore.DirName)
+	storeExisted := serr == nil
+	s, err := txstore.Open(p.root, txstore.Options{Create: true, Timeout: p.o.Timeout})
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	tx, st, err := p.commitUsr(s, storeExisted, &undo)
+	if err != nil {
+		return nil, err
+	}
+	return &Result{Tx: tx, Stats: st}, p.finish(s, tx)
+}
+
+// copyKernels puts each kernel where txboot ships it, in /usr.
+func (p *plan) copyKernels(undo *undoLog) error {
+	t := p.t
 	for _, k := range p.kernels {
 		f, err := t.openRegular(k.from)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		err = t.writeFile(k.to, f, 0o644)
 		f.Close()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		undo.created(k.to)
 		p.log("kernel %s: copied %s to %s", k.kver, t.path(k.from), t.path(k.to))
 	}
+	return nil
+}
+
+// copyTools copies the running system's txboot tools into ROOT's /usr.
+func (p *plan) copyTools(undo *undoLog) error {
+	t := p.t
 	created, err := t.mkdirAll(ToolsDir)
 	undo.createdDirs(created)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, tc := range p.tools {
 		rel := path.Join(ToolsDir, tc.name)
 		f, err := os.Open(tc.src)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		err = t.writeFile(rel, f, 0o755)
 		f.Close()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		undo.created(rel)
 		p.log("%s: copied %s to %s", tc.name, tc.src, t.path(rel))
@@ -584,18 +615,24 @@ func (p *plan) install() (res *Result, err error) {
 	for _, name := range p.keptTools {
 		p.log("%s: keeping the tree's own %s", name, t.path(path.Join(ToolsDir, name)))
 	}
-	created, err = t.mkdirAll(UnitDir)
+	return nil
+}
+
+// installUnit writes the health unit and enables it.
+func (p *plan) installUnit(undo *undoLog) error {
+	t := p.t
+	created, err := t.mkdirAll(UnitDir)
 	undo.createdDirs(created)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	unitRel := path.Join(UnitDir, systemd.HealthUnitName)
 	if p.unitState != unitSame {
 		if err := t.writeFile(unitRel, bytes.NewReader(systemd.HealthUnit), 0o644); err != nil {
-			return nil, err
+			return err
 		}
 		if p.unitState == unitReplace {
-			undo = append(undo, undoStep{rel: unitRel, old: p.unitOld, oldMode: p.unitOldMode, restore: true})
+			*undo = append(*undo, undoStep{rel: unitRel, old: p.unitOld, oldMode: p.unitOldMode, restore: true})
 		} else {
 			undo.created(unitRel)
 		}
@@ -610,64 +647,69 @@ func (p *plan) install() (res *Result, err error) {
 		created, err := t.mkdirAll(l.dir)
 		undo.createdDirs(created)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := t.symlink(unitTarget(), lrel); err != nil {
-			return nil, err
+			return err
 		}
 		undo.created(lrel)
 	}
 	p.log("%s: installed as %s, enabled in %s", systemd.HealthUnitName, t.path(unitRel), strings.Join(enabled, ", "))
+	return nil
+}
 
-	// The commit: ROOT/usr becomes tx 1. Until it is recorded, a failure
-	// puts ROOT/usr back (txstore) and the deferred undo removes the rest.
-	_, serr := t.lstat(txstore.DirName)
-	storeExisted := serr == nil
-	s, err := txstore.Open(p.root, txstore.Options{Create: true, Timeout: p.o.Timeout})
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
+// commitUsr makes ROOT/usr tx 1 (by consuming it: its files become the
+// store's objects by hardlink). Until it is recorded, a failure puts
+// ROOT/usr back (txstore) and the caller's undo removes the rest, and
+// the store too if this install created it.
+func (p *plan) commitUsr(s *txstore.Store, storeExisted bool, undo *undoLog) (*txstore.Tx, *txstore.CommitStats, error) {
+	t := p.t
 	usr := t.path("usr")
 	tx, st, err := s.Commit(usr, txstore.CommitOptions{Summary: "bootctl install", Consume: true})
-	if err != nil {
-		s.Close()
-		if _, lerr := t.lstat("usr"); lerr != nil {
-			// Not put back: the next writer's open of the store does it.
-			undo = nil
-			return nil, fmt.Errorf("%w; %s is still held in %s: run `bootctl --root %s install --esp %s` again, whose store open puts it back first",
-				err, usr, filepath.Join(p.root, txstore.DirName, "staging"), p.root, p.o.ESP)
+	if err == nil {
+		if st.ConsumeErr != nil {
+			p.log("warning: %v", st.ConsumeErr)
 		}
-		if !storeExisted {
-			if _, jerr := t.lstat(path.Join(txstore.DirName, "consume.json")); errors.Is(jerr, fs.ErrNotExist) {
-				os.RemoveAll(filepath.Join(p.root, txstore.DirName))
-			}
+		p.log("committed %s as tx %d %s: %d entries, %d files taken by hardlink", usr, tx.ID, tx.Digest, st.Entries, st.Linked)
+		return tx, st, nil
+	}
+	s.Close()
+	if _, lerr := t.lstat("usr"); lerr != nil {
+		// Not put back: the next writer's open of the store does it.
+		*undo = nil
+		return nil, nil, fmt.Errorf("%w; %s is still held in %s: run `bootctl --root %s install --esp %s` again, whose store open puts it back first",
+			err, usr, filepath.Join(p.root, txstore.DirName, "staging"), p.root, p.o.ESP)
+	}
+	if !storeExisted {
+		if _, jerr := t.lstat(path.Join(txstore.DirName, "consume.json")); errors.Is(jerr, fs.ErrNotExist) {
+			os.RemoveAll(filepath.Join(p.root, txstore.DirName))
 		}
-		return nil, fmt.Errorf("%w (%s was put back and install's changes undone; files taken by hardlink may have lost their write bits)", err, usr)
 	}
-	res = &Result{Tx: tx, Stats: st}
-	if st.ConsumeErr != nil {
-		p.log("warning: %v", st.ConsumeErr)
-	}
-	p.log("committed %s as tx %d %s: %d entries, %d files taken by hardlink", usr, tx.ID, tx.Digest, st.Entries, st.Linked)
+	return nil, nil, fmt.Errorf("%w (%s was put back and install's changes undone; files taken by hardlink may have lost their write bits)", err, usr)
+}
+
+// finish leaves the empty /usr mount point, systemd-boot and the entries;
+// a failure says what was done and that a rerun finishes.
+func (p *plan) finish(s *txstore.Store, tx *txstore.Tx) error {
+	usr := p.t.path("usr")
 	done := []string{fmt.Sprintf("tx %d committed from %s", tx.ID, usr)}
 	late := func(err error) error {
 		return fmt.Errorf("%w; done: %s; run `bootctl --root %s install --esp %s` again to finish", trimmed{err}, strings.Join(done, ", "), p.root, p.o.ESP)
 	}
 	if err := p.emptyUsr(); err != nil {
-		return res, late(err)
+		return late(err)
 	}
 	done = append(done, usr+" is an empty mount point")
 	p.log("%s is now an empty mount point (mode %04o)", usr, p.usrMode)
 	if err := installBootloader(p.o.ESP, p.sdboot, p.sdbootFrom, false, p.o.Log); err != nil {
-		return res, late(err)
+		return late(err)
 	}
 	done = append(done, "systemd-boot on "+p.o.ESP)
 	p.log("entries: root=%s (from %s)", p.rootArg, p.rootArgFrom)
 	if err := p.o.Entries(s, tx, p.rootArgSaved); err != nil {
-		return res, late(err)
+		return late(err)
 	}
-	return res, nil
+	return nil
 }
 
 // trimmed is an error without trailing white space in its text: a child
