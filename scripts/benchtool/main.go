@@ -5,6 +5,7 @@
 //	benchtool commit ROOT DIR        # txstore.Commit with a per-step breakdown
 //	benchtool blit   ROOT ID DST     # tree from the store, like ostree checkout -H
 //	benchtool verify ROOT ID fast|full
+//	benchtool setxattrs DIR          # a user.* xattr on every regular file
 //
 // It prints one line "seconds=<float>" (wall time of the whole operation,
 // including opening the store and loading the manifest) plus details on stderr.
@@ -39,12 +40,15 @@ func main() {
 }
 
 func usage() error {
-	return fmt.Errorf("usage: benchtool commit ROOT DIR | blit ROOT ID DST | verify ROOT ID fast|full")
+	return fmt.Errorf("usage: benchtool commit ROOT DIR | blit ROOT ID DST | verify ROOT ID fast|full | setxattrs DIR")
 }
 
 func run(args []string) error {
 	if len(args) == 3 && args[0] == "commit" {
 		return commit(args[1], args[2])
+	}
+	if len(args) == 2 && args[0] == "setxattrs" {
+		return setxattrs(args[1])
 	}
 	if len(args) < 3 {
 		return usage()
