@@ -370,6 +370,9 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 		return nil, nil, err
 	}
 	if err := fpTreePublished.Inject(); err != nil {
+		if movedTo == "" { // else src goes back first; the next Open removes the rest
+			removeTree(final)
+		}
 		return nil, nil, err
 	}
 
@@ -464,7 +467,8 @@ func (s *Store) record(t *Tx, noDefault bool, ev Event) error {
 		if err := putTx(txs, t); err != nil {
 			return err
 		}
-		if err := meta.Put(keyNext, u64(t.ID+1)); err != nil {
+		// Never lowered (a guard: a tx is recorded at or above it).
+		if err := meta.Put(keyNext, u64(max(getU64(meta, keyNext), t.ID+1))); err != nil {
 			return err
 		}
 		if !noDefault {

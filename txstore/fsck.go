@@ -475,20 +475,15 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	rep := &RebuildReport{DB: p}
 	sv := s.salvage()
 
-	byDigest := map[string]foundManifest{}
 	skip := func(err error) {
 		if len(rep.Skipped) < maxProblems {
 			rep.Skipped = append(rep.Skipped, oneLine(err.Error()))
 		}
 	}
-	if err := s.scanManifests("", func(f foundManifest) bool { byDigest[f.raw] = f; return true }, skip); err != nil {
+	byDigest, digests, err := s.manifestsByDigest(skip)
+	if err != nil {
 		return nil, fmt.Errorf("rebuild %s: %w", p, err)
 	}
-	digests := make([]string, 0, len(byDigest))
-	for d := range byDigest {
-		digests = append(digests, d)
-	}
-	sort.Strings(digests)
 
 	matched, aside, err := s.matchTrees(sv, byDigest, digests)
 	if err != nil {
@@ -523,6 +518,21 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+// manifestsByDigest is every usable manifest object in the CAS by digest,
+// and the digests sorted (see scanManifests for skip).
+func (s *Store) manifestsByDigest(skip func(error)) (map[string]foundManifest, []string, error) {
+	byDigest := map[string]foundManifest{}
+	if err := s.scanManifests("", func(f foundManifest) bool { byDigest[f.raw] = f; return true }, skip); err != nil {
+		return nil, nil, err
+	}
+	digests := make([]string, 0, len(byDigest))
+	for d := range byDigest {
+		digests = append(digests, d)
+	}
+	sort.Strings(digests)
+	return byDigest, digests, nil
 }
 
 // matchTree finds the manifest tx id's tree holds: the digest its old
@@ -763,20 +773,32 @@ func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]foundManifest,
 	var prev, maxID uint64
 	for _, id := range ids {
 		f := matched[id]
-		entries, size := f.m.Stats()
-		t := &Tx{}
+		t := s.recoveredTx(id, prev, f, now)
 		if old := sv.txs[id]; old != nil && old.Digest == f.raw {
-			*t = *old
+			t = old
+			describe(t, f, now)
 			rep.Salvaged++
-		} else {
-			t = &Tx{ID: id, Parent: prev, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
 		}
-		t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.raw, f.key.Hash.String(), f.m.Kernels(), entries, size, now
 		rep.Txs = append(rep.Txs, t)
 		prev, maxID = id, id
 	}
 	rep.Default = pickDefault(rep.Txs, sv.def)
 	return maxID
+}
+
+// recoveredTx is a new record for tree id, which manifest f describes:
+// pending with fresh tries, parent as given, created when the tree was
+// placed.
+func (s *Store) recoveredTx(id, parent uint64, f foundManifest, now time.Time) *Tx {
+	t := &Tx{ID: id, Parent: parent, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
+	describe(t, f, now)
+	return t
+}
+
+// describe sets what manifest f says of a tx in its record.
+func describe(t *Tx, f foundManifest, now time.Time) {
+	entries, size := f.m.Stats()
+	t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.raw, f.key.Hash.String(), f.m.Kernels(), entries, size, now
 }
 
 // setAside moves the trees no manifest matches to lost+found, durably.

@@ -436,6 +436,7 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 		return nil, err
 	}
 	if err := fpImportTreePublished.Inject(); err != nil {
+		removeTree(final)
 		return nil, err
 	}
 

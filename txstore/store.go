@@ -708,6 +708,13 @@ func (s *Store) Cleanup() error {
 	for _, t := range txs {
 		known[strconv.FormatUint(t.ID, 10)] = true
 	}
+	// Whole trees whose record was lost are recorded again, not removed
+	// (not through a damaged trees/).
+	if s.checkDir(dfd, "trees") == nil {
+		if err := s.recordLostTrees(known); err != nil {
+			return err
+		}
+	}
 	// trees/<id> and boot/<id> without a record: an interrupted commit or prune.
 	for _, sub := range []string{"trees", "boot"} {
 		fd, err := safefs.OpenDir(dfd, sub)
