@@ -22,6 +22,7 @@ import (
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/records"
 	"github.com/txboot/txboot/txstore/sign"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -423,11 +424,11 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 // under the writer lock (held since Open, so the id stays free).
 func (s *Store) nextID() (id, parent uint64, err error) {
 	err = s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		id, parent = getU64(meta, keyNext), getU64(meta, keyDefault)
+		id, parent = records.Uint(meta, records.KeyNext), records.Uint(meta, records.KeyDefault)
 		if id == 0 {
 			id = 1
 		}
@@ -457,26 +458,26 @@ func (s *Store) publishTree(treeRoot string, id uint64) (string, error) {
 // next id, makes t the default unless noDefault, and logs ev.
 func (s *Store) record(t *Tx, noDefault bool, ev Event) error {
 	return s.update(func(tx *bbolt.Tx) error {
-		txs, meta, events, err := buckets(tx)
+		txs, meta, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		if txs.Get(u64(t.ID)) != nil {
+		if txs.Get(records.Key(t.ID)) != nil {
 			return fmt.Errorf("%w: tx %d already recorded", ErrCorrupt, t.ID)
 		}
-		if err := putTx(txs, t); err != nil {
+		if err := records.PutTx(txs, t); err != nil {
 			return err
 		}
 		// Never lowered (a guard: a tx is recorded at or above it).
-		if err := meta.Put(keyNext, u64(max(getU64(meta, keyNext), t.ID+1))); err != nil {
+		if err := meta.Put(records.KeyNext, records.Key(max(records.Uint(meta, records.KeyNext), t.ID+1))); err != nil {
 			return err
 		}
 		if !noDefault {
-			if err := meta.Put(keyDefault, u64(t.ID)); err != nil {
+			if err := meta.Put(records.KeyDefault, records.Key(t.ID)); err != nil {
 				return err
 			}
 		}
-		return appendEvent(events, ev)
+		return records.AppendEvent(events, ev)
 	})
 }
 

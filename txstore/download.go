@@ -14,6 +14,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/records"
 	"github.com/txboot/txboot/txstore/sign"
 	"go.etcd.io/bbolt"
 )
@@ -130,7 +131,7 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 		return nil, err
 	}
 	err = s.update(func(tx *bbolt.Tx) error {
-		_, meta, events, err := buckets(tx)
+		_, meta, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
@@ -141,7 +142,7 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 		if d.Origin != "" {
 			detail += ", from " + d.Origin
 		}
-		return appendEvent(events, Event{Kind: "download", Detail: detail})
+		return records.AppendEvent(events, Event{Kind: "download", Detail: detail})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("download %s: record: %w", digest, err)
@@ -162,7 +163,7 @@ func ManifestObject(raw []byte) ([]byte, cas.Key) {
 func (s *Store) Downloads() ([]*Download, error) {
 	var out []*Download
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
@@ -224,7 +225,7 @@ func (s *Store) RemoveDownload(digest string) error {
 		return err
 	}
 	return s.update(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}

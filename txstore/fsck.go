@@ -21,6 +21,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -68,14 +69,14 @@ func (s *Store) Fsck() (*FsckReport, error) {
 		for err := range tx.Check() { // drained fully: Check's goroutine blocks on every send
 			rep.add("%s: %v", p, err)
 		}
-		txs, meta, events, err := buckets(tx)
+		txs, meta, events, err := records.Buckets(tx)
 		if err != nil {
 			rep.add("%s: %v", p, err)
 			return nil
 		}
 		var maxID uint64
 		txs.ForEach(func(k, v []byte) error {
-			t, err := decodeTx(k, v)
+			t, err := records.DecodeTx(k, v)
 			if err != nil {
 				rep.add("%s: %v", p, err)
 				return nil
@@ -92,10 +93,10 @@ func (s *Store) Fsck() (*FsckReport, error) {
 			}
 			return nil
 		})
-		if next := getU64(meta, keyNext); next <= maxID {
+		if next := records.Uint(meta, records.KeyNext); next <= maxID {
 			rep.add("%s: next id %d is not above the newest record %d", p, next, maxID)
 		}
-		if def := getU64(meta, keyDefault); def != 0 && !ids[def] {
+		if def := records.Uint(meta, records.KeyDefault); def != 0 && !ids[def] {
 			rep.add("%s: default tx %d has no record", p, def)
 		}
 		return nil
@@ -399,9 +400,9 @@ type salvage struct {
 func (s *Store) salvage() *salvage {
 	sv := &salvage{txs: map[uint64]*Tx{}, cfg: map[string][]byte{}}
 	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(bucketTx); b != nil {
+		if b := tx.Bucket(records.BucketTx); b != nil {
 			b.ForEach(func(k, v []byte) error {
-				if t, err := decodeTx(k, v); err == nil {
+				if t, err := records.DecodeTx(k, v); err == nil {
 					sv.txs[t.ID] = t
 				}
 				return nil
@@ -410,8 +411,8 @@ func (s *Store) salvage() *salvage {
 		return nil
 	})
 	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(bucketMeta); b != nil {
-			sv.def, sv.next = getU64(b, keyDefault), getU64(b, keyNext)
+		if b := tx.Bucket(records.BucketMeta); b != nil {
+			sv.def, sv.next = records.Uint(b, records.KeyDefault), records.Uint(b, records.KeyNext)
 			b.ForEach(func(k, v []byte) error {
 				if bytes.HasPrefix(k, []byte("cfg/")) && v != nil {
 					sv.cfg[string(k)] = bytes.Clone(v)
@@ -422,7 +423,7 @@ func (s *Store) salvage() *salvage {
 		return nil
 	})
 	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(bucketEvents); b != nil {
+		if b := tx.Bucket(records.BucketEvents); b != nil {
 			b.ForEach(func(k, v []byte) error {
 				var ev Event
 				if json.Unmarshal(v, &ev) == nil {
@@ -611,25 +612,17 @@ func writeDB(path string, timeout time.Duration, txs []*Tx, def, next uint64, cf
 		return fmt.Errorf("rebuild: create %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketTx, bucketMeta, bucketEvents} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+		if err := records.Init(tx, next); err != nil {
+			return err
 		}
-		txb, meta, evb := tx.Bucket(bucketTx), tx.Bucket(bucketMeta), tx.Bucket(bucketEvents)
+		txb, meta, evb := tx.Bucket(records.BucketTx), tx.Bucket(records.BucketMeta), tx.Bucket(records.BucketEvents)
 		for _, t := range txs {
-			if err := putTx(txb, t); err != nil {
+			if err := records.PutTx(txb, t); err != nil {
 				return err
 			}
-		}
-		if err := meta.Put(keyVersion, []byte("1")); err != nil {
-			return err
-		}
-		if err := meta.Put(keyNext, u64(next)); err != nil {
-			return err
 		}
 		if def != 0 {
-			if err := meta.Put(keyDefault, u64(def)); err != nil {
+			if err := meta.Put(records.KeyDefault, records.Key(def)); err != nil {
 				return err
 			}
 		}
@@ -638,11 +631,11 @@ func writeDB(path string, timeout time.Duration, txs []*Tx, def, next uint64, cf
 				return err
 			}
 		}
-		if len(events) > maxEvents {
-			events = events[len(events)-maxEvents:]
+		if len(events) > records.MaxEvents {
+			events = events[len(events)-records.MaxEvents:]
 		}
 		for _, ev := range events {
-			if err := appendEvent(evb, ev); err != nil {
+			if err := records.AppendEvent(evb, ev); err != nil {
 				return err
 			}
 		}

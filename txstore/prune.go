@@ -10,6 +10,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/safefs"
+	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -66,18 +67,12 @@ func (s *Store) PruneWith(keep int, protect []uint64, before func(remove []uint6
 	}
 	res := &PruneResult{}
 	err = s.update(func(tx *bbolt.Tx) error {
-		txs, _, events, err := buckets(tx)
+		txs, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		var all []*Tx
-		if err := txs.ForEach(func(k, v []byte) error {
-			t, err := decodeTx(k, v)
-			if err == nil {
-				all = append(all, t)
-			}
-			return err
-		}); err != nil {
+		all, err := records.AllTxs(txs)
+		if err != nil {
 			return err
 		}
 		for _, id := range sortedIDs(all) {
@@ -85,10 +80,10 @@ func (s *Store) PruneWith(keep int, protect []uint64, before func(remove []uint6
 				res.Kept = append(res.Kept, id)
 				continue
 			}
-			if err := txs.Delete(u64(id)); err != nil {
+			if err := txs.Delete(records.Key(id)); err != nil {
 				return err
 			}
-			if err := appendEvent(events, Event{Kind: "prune", TxID: id}); err != nil {
+			if err := records.AppendEvent(events, Event{Kind: "prune", TxID: id}); err != nil {
 				return err
 			}
 			res.Removed = append(res.Removed, id)

@@ -1,8 +1,6 @@
 package txstore
 
 import (
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +17,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/safefs"
+	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
@@ -30,18 +29,6 @@ const DirName = ".txboot"
 // DefaultTimeout bounds every lock and database open: a stuck lock must end
 // in an error a person can act on, never in a boot that hangs forever.
 const DefaultTimeout = 5 * time.Second
-
-// maxEvents bounds the event log.
-const maxEvents = 2000
-
-var (
-	bucketTx     = []byte("tx")
-	bucketMeta   = []byte("meta")
-	bucketEvents = []byte("events")
-	keyNext      = []byte("next")
-	keyDefault   = []byte("default")
-	keyVersion   = []byte("version")
-)
 
 // Options for Open.
 type Options struct {
@@ -178,18 +165,7 @@ func create(dir string, timeout time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("create store db %s: %w", tmp, err)
 	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketTx, bucketMeta, bucketEvents} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		m := tx.Bucket(bucketMeta)
-		if err := m.Put(keyVersion, []byte("1")); err != nil {
-			return err
-		}
-		return m.Put(keyNext, u64(1))
-	})
+	err = db.Update(func(tx *bbolt.Tx) error { return records.Init(tx, 1) })
 	if cerr := db.Close(); err == nil {
 		err = cerr
 	}
@@ -434,49 +410,19 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }
 
-func u64(v uint64) []byte {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint64(b, v)
-	return b
-}
-
-func buckets(tx *bbolt.Tx) (txs, meta, events *bbolt.Bucket, err error) {
-	txs, meta, events = tx.Bucket(bucketTx), tx.Bucket(bucketMeta), tx.Bucket(bucketEvents)
-	if txs == nil || meta == nil || events == nil {
-		return nil, nil, nil, fmt.Errorf("%w: store.db lacks its buckets", ErrCorrupt)
-	}
-	return txs, meta, events, nil
-}
-
-func getU64(b *bbolt.Bucket, k []byte) uint64 {
-	v := b.Get(k)
-	if len(v) != 8 {
-		return 0
-	}
-	return binary.BigEndian.Uint64(v)
-}
-
-func decodeTx(k, v []byte) (*Tx, error) {
-	t := &Tx{}
-	if err := json.Unmarshal(v, t); err != nil || len(k) != 8 || t.ID != binary.BigEndian.Uint64(k) {
-		return nil, fmt.Errorf("%w: tx record %x unreadable", ErrCorrupt, k)
-	}
-	return t, nil
-}
-
 // Get returns one tx record (a copy: nothing points into bbolt's memory).
 func (s *Store) Get(id uint64) (*Tx, error) {
 	var t *Tx
 	err := s.view(func(tx *bbolt.Tx) error {
-		txs, _, _, err := buckets(tx)
+		txs, _, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		v := txs.Get(u64(id))
+		v := txs.Get(records.Key(id))
 		if v == nil {
 			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
 		}
-		t, err = decodeTx(u64(id), v)
+		t, err = records.DecodeTx(records.Key(id), v)
 		return err
 	})
 	return t, err
@@ -486,17 +432,12 @@ func (s *Store) Get(id uint64) (*Tx, error) {
 func (s *Store) List() ([]*Tx, error) {
 	var out []*Tx
 	err := s.view(func(tx *bbolt.Tx) error {
-		txs, _, _, err := buckets(tx)
+		txs, _, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		return txs.ForEach(func(k, v []byte) error {
-			t, err := decodeTx(k, v)
-			if err == nil {
-				out = append(out, t)
-			}
-			return err
-		})
+		out, err = records.AllTxs(txs)
+		return err
 	})
 	return out, err
 }
@@ -505,9 +446,9 @@ func (s *Store) List() ([]*Tx, error) {
 func (s *Store) Default() (uint64, error) {
 	var id uint64
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err == nil {
-			id = getU64(meta, keyDefault)
+			id = records.Uint(meta, records.KeyDefault)
 		}
 		return err
 	})
@@ -517,17 +458,17 @@ func (s *Store) Default() (uint64, error) {
 // SetDefault makes id the default.
 func (s *Store) SetDefault(id uint64) error {
 	return s.update(func(tx *bbolt.Tx) error {
-		txs, meta, events, err := buckets(tx)
+		txs, meta, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		if txs.Get(u64(id)) == nil {
+		if txs.Get(records.Key(id)) == nil {
 			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
 		}
-		if err := meta.Put(keyDefault, u64(id)); err != nil {
+		if err := meta.Put(records.KeyDefault, records.Key(id)); err != nil {
 			return err
 		}
-		return appendEvent(events, Event{Kind: "set-default", TxID: id})
+		return records.AppendEvent(events, Event{Kind: "set-default", TxID: id})
 	})
 }
 
@@ -536,15 +477,15 @@ func (s *Store) SetDefault(id uint64) error {
 func (s *Store) Update(id uint64, ev Event, fn func(t *Tx) error) (*Tx, error) {
 	var out *Tx
 	err := s.update(func(tx *bbolt.Tx) error {
-		txs, _, events, err := buckets(tx)
+		txs, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		v := txs.Get(u64(id))
+		v := txs.Get(records.Key(id))
 		if v == nil {
 			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
 		}
-		t, err := decodeTx(u64(id), v)
+		t, err := records.DecodeTx(records.Key(id), v)
 		if err != nil {
 			return err
 		}
@@ -552,25 +493,17 @@ func (s *Store) Update(id uint64, ev Event, fn func(t *Tx) error) (*Tx, error) {
 			return err
 		}
 		t.Updated = time.Now().UTC()
-		if err := putTx(txs, t); err != nil {
+		if err := records.PutTx(txs, t); err != nil {
 			return err
 		}
 		out = t
 		if ev.Kind != "" {
 			ev.TxID = id
-			return appendEvent(events, ev)
+			return records.AppendEvent(events, ev)
 		}
 		return nil
 	})
 	return out, err
-}
-
-func putTx(b *bbolt.Bucket, t *Tx) error {
-	v, err := json.Marshal(t)
-	if err != nil {
-		return err
-	}
-	return b.Put(u64(t.ID), v)
 }
 
 // SetPinned pins or unpins a tx (pinned txs survive prune).
@@ -586,54 +519,27 @@ func (s *Store) SetPinned(id uint64, pinned bool) error {
 // Log appends an event.
 func (s *Store) Log(ev Event) error {
 	return s.update(func(tx *bbolt.Tx) error {
-		_, _, events, err := buckets(tx)
+		_, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		return appendEvent(events, ev)
+		return records.AppendEvent(events, ev)
 	})
-}
-
-func appendEvent(b *bbolt.Bucket, ev Event) error {
-	seq, err := b.NextSequence()
-	if err != nil {
-		return err
-	}
-	ev.Seq = seq
-	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
-	}
-	v, err := json.Marshal(ev)
-	if err != nil {
-		return err
-	}
-	if err := b.Put(u64(seq), v); err != nil {
-		return err
-	}
-	if seq > maxEvents { // drop the oldest
-		c := b.Cursor()
-		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-maxEvents; k, _ = c.Next() {
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 // Events returns the newest n events (all if n <= 0), oldest first.
 func (s *Store) Events(n int) ([]Event, error) {
 	var out []Event
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, _, events, err := buckets(tx)
+		_, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
 		c := events.Cursor()
 		for k, v := c.Last(); k != nil && (n <= 0 || len(out) < n); k, v = c.Prev() {
-			var ev Event
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return fmt.Errorf("%w: event %x unreadable", ErrCorrupt, k)
+			ev, err := records.DecodeEvent(k, v)
+			if err != nil {
+				return err
 			}
 			out = append(out, ev)
 		}
@@ -831,7 +737,7 @@ func sortedIDs(txs []*Tx) []uint64 {
 func (s *Store) Config(name string) ([]byte, error) {
 	var out []byte
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err == nil {
 			if v := meta.Get([]byte("cfg/" + name)); v != nil {
 				out = append([]byte(nil), v...) // copy out of bbolt's mmap
@@ -845,7 +751,7 @@ func (s *Store) Config(name string) ([]byte, error) {
 // SetConfig saves a small named setting.
 func (s *Store) SetConfig(name string, val []byte) error {
 	return s.update(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
