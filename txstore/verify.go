@@ -1,0 +1,64 @@
+package txstore
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/txboot/txboot/txstore/blit"
+	"golang.org/x/sys/unix"
+)
+
+// ManifestProblem is the Path of the Problem Verify reports when the tx's
+// manifest object cannot be loaded; it is not a path in the tree.
+const ManifestProblem = "manifest"
+
+// Verify checks tx id's tree: fast or full (see blit.Verify). Problems name
+// paths as "usr/…"; the error is only for failing to run at all.
+func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
+	t, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if mode == VerifyOff {
+		return nil, nil
+	}
+	unlock, err := s.gcLock(unix.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	m, err := s.Manifest(t)
+	if err != nil {
+		// Path already says "manifest" (and the caller knows the tx): keep
+		// only what went wrong, which names the object.
+		reason := strings.TrimPrefix(err.Error(), fmt.Sprintf("tx %d manifest: ", id))
+		return []Problem{{Path: ManifestProblem, Reason: reason}}, nil
+	}
+	// trees/<id> is opened without following a symlink: one there (even to
+	// a good copy, or to /) is damage to report, not a tree to check.
+	tfd, prob := s.openTree(id)
+	if prob != nil {
+		return []Problem{*prob}, nil
+	}
+	defer unix.Close(tfd)
+	probs, err := blit.VerifyAt(m, s.objects, tfd, "usr", mode == VerifyFull, s.opts.Workers, s.hashed)
+	for i := range probs {
+		if probs[i].Path == "." {
+			probs[i].Path = "usr"
+		} else {
+			probs[i].Path = "usr/" + probs[i].Path
+		}
+	}
+	return probs, err
+}
+
+// gcLock serialises deletions (prune, gc: exclusive) against readers that
+// walk trees and objects (verify: shared).
+func (s *Store) gcLock(how int) (func(), error) {
+	fd, err := lockFile(filepath.Join(s.Dir, "gc.lock"), how, s.opts.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	return func() { unix.Close(fd) }, nil
+}
