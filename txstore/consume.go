@@ -10,37 +10,48 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
 
+// Failpoints of a consuming commit's adopt step (see commitJob).
+var (
+	fpJournaled  = failpoint.New("commit/consume-journaled")
+	fpAdopted    = failpoint.New("commit/adopted")
+	fpRelinkHalf = failpoint.New("commit/relink-half")
+	fpRelinked   = failpoint.New("commit/relinked")
+)
+
 // checkConsumable refuses to consume (and later remove) a directory that
-// holds the store or lies inside it, or a filesystem root.
-func (s *Store) checkConsumable(src string) error {
+// holds the store or lies inside it, or a filesystem root, and returns
+// its absolute path with symlinks resolved.
+func (s *Store) checkConsumable(src string) (string, error) {
 	abs, err := filepath.Abs(src)
 	if err == nil {
 		abs, err = filepath.EvalSymlinks(abs)
 	}
 	if err != nil {
-		return fmt.Errorf("commit --consume %s: %w", src, err)
+		return "", fmt.Errorf("commit --consume %s: %w", src, err)
 	}
 	store, err := filepath.EvalSymlinks(s.Dir)
 	if err != nil {
-		return fmt.Errorf("commit --consume: %w", err)
+		return "", fmt.Errorf("commit --consume: %w", err)
 	}
 	inside := func(a, b string) bool { // a is b or under it
 		rel, err := filepath.Rel(b, a)
 		return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 	}
 	if abs == "/" || inside(abs, store) || inside(store, abs) {
-		return fmt.Errorf("commit --consume %s: %w: it holds the store, lies in it, or is /", src, ErrInvalid)
+		return "", fmt.Errorf("commit --consume %s: %w: it holds the store, lies in it, or is /", src, ErrInvalid)
 	}
-	return nil
+	return abs, nil
 }
 
 // fileID is what a consuming commit remembers of a file at its scan, to
@@ -78,16 +89,111 @@ const (
 	adoptStuck                       // src moved and could not be put back: the journal stays
 )
 
-// consumeCtx is what adopt needs of a consuming commit.
-type consumeCtx struct {
+// consumeJob is what a consuming commit keeps of src, from the scan until
+// src is the new tree (or back where it was).
+type consumeJob struct {
 	src, work string // src's absolute path; the commit's staging directory
 	id        uint64
 	digest    string
 	m         *manifest.Manifest
-	relink    []manifest.Entry // files that are not (yet) their object's inode
-	scanned   map[string]fileID
-	linked    []linkedObj
-	why       error // adoptRestored without an error: why src was not adopted
+
+	mu      sync.Mutex       // the scan's fields, during the scan
+	relink  []manifest.Entry // files that are not (yet) their object's inode
+	scanned map[string]fileID
+	linked  []linkedObj
+
+	movedTo string // where src is while the store holds it and no tx records it
+	stuck   bool   // src moved and could not be put back: the next Open does
+	why     error  // src was put back after a failure that is not a change
+}
+
+// newConsumeJob checks that src may be consumed and names it by absolute
+// path (a symlink given as src is followed, as the scan does): the journal
+// records it.
+func (s *Store) newConsumeJob(src string) (*consumeJob, error) {
+	abs, err := s.checkConsumable(src)
+	if err != nil {
+		return nil, err
+	}
+	return &consumeJob{src: abs, scanned: map[string]fileID{}}, nil
+}
+
+// scannedFile remembers a scanned file: which inode it was, and whether
+// its object is that inode (linked) or it must be relinked in the tree.
+func (c *consumeJob) scannedFile(e *manifest.Entry, fst *unix.Stat_t, linked bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.scanned[e.Path] = idOf(fst)
+	if linked {
+		c.linked = append(c.linked, linkedObj{e.Path, e.Key()})
+	} else {
+		c.relink = append(c.relink, *e)
+	}
+}
+
+// take tries to make src tx id's tree at root/usr (see adopt); false: the
+// caller blits.
+func (c *consumeJob) take(s *Store, id uint64, digest string, m *manifest.Manifest, root string) (bool, error) {
+	c.id, c.digest, c.m = id, digest, m
+	res, err := s.adopt(c)
+	switch res {
+	case adoptYes:
+		c.movedTo = filepath.Join(root, "usr")
+	case adoptStuck:
+		c.stuck = true
+	}
+	return res == adoptYes, err
+}
+
+// checkUnchanged: src, copied into the tree, is removed after the record,
+// so it must hold nothing the tree lacks (unless it is kept anyway).
+func (c *consumeJob) checkUnchanged(m *manifest.Manifest) error {
+	if c.why != nil {
+		return nil
+	}
+	return unchanged(c.src, m, c.scanned)
+}
+
+// placed follows an adopted src to the tree's final directory.
+func (c *consumeJob) placed(final string) {
+	if c.movedTo != "" {
+		c.movedTo = filepath.Join(final, "usr")
+	}
+}
+
+// abandon undoes a consuming commit that recorded nothing: the objects
+// that are src's own inodes leave the CAS (src may be handed back and must
+// not alias them) and src goes back. True while src is still in the
+// store (the next Open's recoverConsumed moves it): keep what holds it.
+func (c *consumeJob) abandon(s *Store) (stuck bool) {
+	for _, l := range c.linked {
+		os.Remove(s.objects.Path(l.k))
+	}
+	if c.movedTo != "" {
+		if _, err := s.putBack(c.movedTo, c.src); err != nil {
+			return true
+		}
+	}
+	return c.stuck
+}
+
+// finish gives up src once tx id is recorded: adopted, only the journal
+// goes; copied, src is removed unless it was kept (c.why). The error says
+// what was left.
+func (c *consumeJob) finish(s *Store, id uint64, adopted bool) error {
+	switch {
+	case adopted:
+		if err := s.dropJournal(); err != nil { // the next Open drops it
+			return fmt.Errorf("tx %d committed: %w", id, err)
+		}
+	case c.why != nil:
+		return fmt.Errorf("tx %d committed by copy; %s was kept: %w", id, c.src, c.why)
+	default:
+		if err := removeTree(c.src); err != nil {
+			return fmt.Errorf("tx %d committed, but %s was not removed: %w", id, c.src, err)
+		}
+	}
+	return nil
 }
 
 // adopt makes src the new tree at work/tree/usr instead of blitting one
@@ -101,7 +207,7 @@ type consumeCtx struct {
 // extra or missing, every file its object) and a look at the objects taken
 // from src then catch any other change since the scan: ErrChanged, and src
 // goes back. Any other failure puts src back too; the caller then blits.
-func (s *Store) adopt(c *consumeCtx) (adoptResult, error) {
+func (s *Store) adopt(c *consumeJob) (adoptResult, error) {
 	dst := filepath.Join(c.work, "tree", "usr")
 	// A file taken by hardlink that was written since its scan would give
 	// its new content to the files about to be linked to its object.
@@ -148,7 +254,7 @@ func (s *Store) adopt(c *consumeCtx) (adoptResult, error) {
 // relinkTree replaces the files of relink in the adopted tree dst (see
 // adopt). Temporary names live in work, never in src: a crash leaves
 // nothing of ours in the user's directory.
-func (s *Store) relinkTree(c *consumeCtx, dst string) error {
+func (s *Store) relinkTree(c *consumeJob, dst string) error {
 	rootfd, err := walk.OpenDirAt(unix.AT_FDCWD, dst)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dst, err)
@@ -229,7 +335,7 @@ func (s *Store) relinkTree(c *consumeCtx, dst string) error {
 // a fast verify (every manifest entry there, nothing else, each file its
 // object's inode), and the objects taken from src by hardlink still as
 // scanned (a writer could have written through them).
-func (s *Store) checkAdopted(c *consumeCtx, dst string) error {
+func (s *Store) checkAdopted(c *consumeJob, dst string) error {
 	probs, err := blit.Verify(c.m, s.objects, dst, false, s.opts.Workers, nil)
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", dst, err)
@@ -242,7 +348,7 @@ func (s *Store) checkAdopted(c *consumeCtx, dst string) error {
 
 // checkLinked checks that the objects taken from src by hardlink are as
 // scanned.
-func (s *Store) checkLinked(c *consumeCtx) error {
+func (s *Store) checkLinked(c *consumeJob) error {
 	for _, l := range c.linked {
 		var st unix.Stat_t
 		if err := s.objects.Stat(l.k, &st); err != nil {

@@ -1,17 +1,13 @@
 package txstore
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
-	"github.com/txboot/txboot/txstore/blit"
-	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/manifest"
@@ -23,14 +19,14 @@ import (
 var ErrMissingObject = errors.New("object not in the store")
 
 // Failpoints of CommitManifest (a pull's commit), in order.
-var (
-	fpImportChecked       = failpoint.New("commit-manifest/objects-checked")
-	fpImportManifest      = failpoint.New("commit-manifest/manifest-published")
-	fpImportBlitted       = failpoint.New("commit-manifest/blitted")
-	fpImportTreeSynced    = failpoint.New("commit-manifest/tree-synced")
-	fpImportTreePublished = failpoint.New("commit-manifest/tree-published")
-	fpImportRecorded      = failpoint.New("commit-manifest/recorded")
-)
+var manifestFailpoints = commitPoints{
+	staged:     failpoint.New("commit-manifest/objects-checked"),
+	published:  failpoint.New("commit-manifest/manifest-published"),
+	built:      failpoint.New("commit-manifest/blitted"),
+	treeSynced: failpoint.New("commit-manifest/tree-synced"),
+	placed:     failpoint.New("commit-manifest/tree-published"),
+	recorded:   failpoint.New("commit-manifest/recorded"),
+}
 
 // Import brings objects from outside the store (a pull from a repository)
 // into the CAS, the way Commit stores a scanned file: staged in the store's
@@ -56,14 +52,9 @@ type Import struct {
 
 	flushMu      sync.Mutex // one Flush at a time; add never waits for it
 	mu           sync.Mutex
-	pending      []importStaged
+	pending      []stagedObj
 	pendingBytes int64
 	published    int
-}
-
-type importStaged struct {
-	tmp string
-	key cas.Key
 }
 
 // importFlushBytes and importFlushObjects bound what an Import keeps staged
@@ -167,7 +158,7 @@ func (im *Import) AddFile(path string, h cas.Hash, size int64, keys []cas.Key) e
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != size {
 		return fmt.Errorf("import: %s: not a regular file of %d bytes", path, size)
 	}
-	var staged []importStaged
+	var staged []stagedObj
 	fail := func(err error) error {
 		for _, p := range staged {
 			os.Remove(p.tmp)
@@ -194,7 +185,7 @@ func (im *Import) AddFile(path string, h cas.Hash, size int64, keys []cas.Key) e
 		if err != nil {
 			return fail(fmt.Errorf("import object %s: %w", k.RelPath(), err))
 		}
-		staged = append(staged, importStaged{tmp, k})
+		staged = append(staged, stagedObj{tmp, k})
 	}
 	return im.add(staged, size)
 }
@@ -212,7 +203,7 @@ func (im *Import) CopyLocal(src cas.Key, size int64, keys []cas.Key) error {
 	if h != src.Hash || st.Size != size {
 		return fmt.Errorf("%w: object objects/%s: content does not match its name", ErrDamaged, src.RelPath())
 	}
-	var staged []importStaged
+	var staged []stagedObj
 	for _, k := range keys {
 		if k.Hash != src.Hash {
 			err = fmt.Errorf("%w: import: key %s for content %s", ErrInvalid, k.RelPath(), src.Hash)
@@ -223,7 +214,7 @@ func (im *Import) CopyLocal(src cas.Key, size int64, keys []cas.Key) error {
 			err = fmt.Errorf("import object %s from %s: %w", k.RelPath(), src.RelPath(), err)
 			break
 		}
-		staged = append(staged, importStaged{tmp, k})
+		staged = append(staged, stagedObj{tmp, k})
 	}
 	if err != nil {
 		for _, s := range staged {
@@ -255,14 +246,14 @@ func (im *Import) AddObject(w *cas.Writer) error {
 	if err != nil {
 		return fmt.Errorf("import object %s: %w", k.RelPath(), err)
 	}
-	return im.add([]importStaged{{tmp, k}}, size)
+	return im.add([]stagedObj{{tmp, k}}, size)
 }
 
 // add queues staged objects and publishes a batch once enough is staged.
 // The caller that fills a batch flushes it; when a Flush is already under
 // way the batch waits for the next add or Flush instead of the caller
 // waiting (the bound on what is staged is a target, not a hard limit).
-func (im *Import) add(staged []importStaged, size int64) error {
+func (im *Import) add(staged []stagedObj, size int64) error {
 	im.mu.Lock()
 	im.pending = append(im.pending, staged...)
 	im.pendingBytes += size * int64(len(staged))
@@ -294,7 +285,7 @@ func (im *Import) flushLocked() error {
 	}
 	// requeue puts back what was not published (a later Flush retries it,
 	// Close removes it).
-	requeue := func(rest []importStaged) {
+	requeue := func(rest []stagedObj) {
 		im.mu.Lock()
 		im.pending = append(rest, im.pending...)
 		im.pendingBytes += bytes
@@ -346,117 +337,54 @@ func (s *Store) CommitManifest(m *manifest.Manifest, raw []byte, o CommitOptions
 	if o.Consume {
 		return nil, fmt.Errorf("%w: commit from a manifest cannot consume", ErrInvalid)
 	}
+	digest, err := s.checkManifest(m, raw)
+	if err != nil {
+		return nil, err
+	}
+	j, err := s.newCommitJob(digest, o, manifestFailpoints)
+	if err != nil {
+		return nil, err
+	}
+	return j.run(func() error { return j.checkObjects(m, raw) })
+}
+
+// checkManifest refuses a manifest that is empty or not raw decoded, and
+// a store whose directories are damaged; it returns raw's digest.
+func (s *Store) checkManifest(m *manifest.Manifest, raw []byte) (string, error) {
 	digest := manifest.Digest(raw)
 	if len(m.Entries) == 0 {
-		return nil, fmt.Errorf("commit %s: %w: no entries", digest, ErrBadManifest)
+		return "", fmt.Errorf("commit %s: %w: no entries", digest, ErrBadManifest)
 	}
 	if enc := m.Encode(); len(enc) != len(raw) || manifest.Digest(enc) != digest {
-		return nil, fmt.Errorf("commit %s: %w: the manifest is not its encoding", digest, ErrDigest)
+		return "", fmt.Errorf("commit %s: %w: the manifest is not its encoding", digest, ErrDigest)
 	}
 	if err := s.checkDirs("staging", "objects", "trees"); err != nil {
-		return nil, fmt.Errorf("commit %s: %w", digest, err)
+		return "", fmt.Errorf("commit %s: %w", digest, err)
 	}
-	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "commit-")
-	if err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
-	}
-	defer removeTree(work)
-	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
-	defer objs.Close()
+	return digest, nil
+}
 
-	// Every object first: a clear error before anything is written.
-	seen := map[cas.Key]bool{}
+// checkObjects is CommitManifest's stage step: every object m names must
+// be in the CAS (a clear error before anything is written); only the
+// manifest object is staged.
+func (j *commitJob) checkObjects(m *manifest.Manifest, raw []byte) error {
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if e.Type != manifest.File || e.Size == 0 {
 			continue
 		}
 		k := e.Key()
-		if seen[k] {
+		if j.seen[k] {
 			continue
 		}
-		seen[k] = true
-		has, err := objs.Has(k)
+		j.seen[k] = true
+		has, err := j.objs.Has(k)
 		if err != nil {
-			return nil, fmt.Errorf("commit %s: %w", digest, err)
+			return fmt.Errorf("commit %s: %w", j.name, err)
 		}
 		if !has {
-			return nil, fmt.Errorf("commit %s: %w: objects/%s (for %s)", digest, ErrMissingObject, k.RelPath(), e.Path)
+			return fmt.Errorf("commit %s: %w: objects/%s (for %s)", j.name, ErrMissingObject, k.RelPath(), e.Path)
 		}
 	}
-	if err := fpImportChecked.Inject(); err != nil {
-		return nil, err
-	}
-
-	zbytes := encoder().EncodeAll(raw, nil)
-	mkey := cas.NewKey(sha256.Sum256(zbytes), 0o444, 0, 0)
-	if has, err := objs.Has(mkey); err != nil {
-		return nil, err
-	} else if !has {
-		tmp, err := objs.StageBytes(zbytes, mkey)
-		if err != nil {
-			return nil, err
-		}
-		if err := cas.Syncfs(s.Dir); err != nil {
-			return nil, err
-		}
-		if err := objs.Publish(tmp, mkey); err != nil {
-			return nil, err
-		}
-	}
-	if err := fpImportManifest.Inject(); err != nil {
-		return nil, err
-	}
-
-	id, parent, err := s.nextID()
-	if err != nil {
-		return nil, err
-	}
-	treeRoot := filepath.Join(work, "tree")
-	if err := os.Mkdir(treeRoot, 0o755); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
-	}
-	if _, err := blit.Blit(m, s.objects, filepath.Join(treeRoot, "usr"), s.opts.Workers); err != nil {
-		return nil, fmt.Errorf("commit %s: %w", digest, err)
-	}
-	if err := fpImportBlitted.Inject(); err != nil {
-		return nil, err
-	}
-	if err := cas.Syncfs(s.Dir); err != nil {
-		return nil, err
-	}
-	if err := fpImportTreeSynced.Inject(); err != nil {
-		return nil, err
-	}
-	final, err := s.publishTree(treeRoot, id)
-	if err != nil {
-		if final != "" {
-			removeTree(final)
-		}
-		return nil, err
-	}
-	if err := fpImportTreePublished.Inject(); err != nil {
-		removeTree(final)
-		return nil, err
-	}
-
-	entries, bytes := m.Stats()
-	now := time.Now().UTC()
-	t := &Tx{ID: id, Digest: digest, Parent: parent, Created: now, Updated: now,
-		Summary: o.Summary, Kernels: m.Kernels(), Entries: entries, Bytes: bytes,
-		Manifest: mkey.Hash.String(), Boot: bootstate.New(o.Tries),
-		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin}
-	detail := fmt.Sprintf("%s, %d entries, from a manifest", digest, entries)
-	if o.Origin != "" {
-		detail = fmt.Sprintf("%s, %d entries, pulled from %s", digest, entries, o.Origin)
-	}
-	if err := s.record(t, o.NoDefault, Event{Kind: "commit", TxID: id, Detail: detail}); err != nil {
-		removeTree(final)
-		return nil, fmt.Errorf("commit: record tx %d: %w", id, err)
-	}
-	// The tx exists; an injected error is reported with it.
-	if err := fpImportRecorded.Inject(); err != nil {
-		return t, err
-	}
-	return t, nil
+	return j.useManifest(m, raw)
 }
