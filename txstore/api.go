@@ -15,6 +15,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/internal/dbio"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 )
@@ -50,8 +51,8 @@ type Problem = blit.Problem
 // Sentinel errors callers check with errors.Is.
 var (
 	ErrNotFound    = errors.New("no such transaction")
-	ErrBusy        = errors.New("store is locked by another writer")
-	ErrNoStore     = errors.New("no txboot store")
+	ErrBusy        = dbio.ErrBusy
+	ErrNoStore     = dbio.ErrNoStore
 	ErrCorrupt     = records.ErrCorrupt
 	ErrReadOnly    = errors.New("store opened read-only")
 	ErrUnsupported = manifest.ErrUnsupported

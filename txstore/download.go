@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/dbio"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 	"github.com/txboot/txboot/txstore/sign"
@@ -111,7 +112,7 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 			return nil, fmt.Errorf("download %s: %w", digest, err)
 		}
 		// One file: fsync it rather than the whole filesystem.
-		if err := fsyncFile(tmp); err != nil {
+		if err := dbio.Fsync(tmp); err != nil {
 			return nil, fmt.Errorf("download %s: %w", digest, err)
 		}
 		if err := objs.Publish(tmp, mkey); err != nil {

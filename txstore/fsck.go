@@ -2,11 +2,9 @@ package txstore
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"os"
 	"path/filepath"
@@ -20,6 +18,7 @@ import (
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/dbio"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
@@ -47,7 +46,7 @@ type FsckReport struct {
 
 func (r *FsckReport) add(format string, a ...any) {
 	if len(r.Problems) < maxProblems {
-		r.Problems = append(r.Problems, oneLine(fmt.Sprintf(format, a...)))
+		r.Problems = append(r.Problems, dbio.OneLine(fmt.Sprintf(format, a...)))
 	} else if len(r.Problems) == maxProblems {
 		r.Problems = append(r.Problems, "more problems not listed")
 	}
@@ -61,7 +60,7 @@ func (r *FsckReport) add(format string, a ...any) {
 func (s *Store) Fsck() (*FsckReport, error) {
 	p := filepath.Join(s.Dir, "store.db")
 	rep := &FsckReport{DB: p}
-	for _, m := range metaProblems(p) {
+	for _, m := range dbio.MetaProblems(p) {
 		rep.add("%s: %s", p, m)
 	}
 	ids := map[uint64]bool{}
@@ -118,46 +117,6 @@ func (s *Store) Fsck() (*FsckReport, error) {
 		}
 	}
 	return rep, nil
-}
-
-// metaProblems checks bbolt's two meta pages by hand: with one of them
-// damaged bbolt silently uses the other, older one, which can drop the last
-// write (say, the record of the newest commit).
-func metaProblems(p string) []string {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil // the database open reports it
-	}
-	defer f.Close()
-	page := func(off int64) ([]byte, bool) {
-		b := make([]byte, 16+64)
-		if _, err := f.ReadAt(b, off); err != nil {
-			return nil, false
-		}
-		m := b[16:] // after the page header
-		h := fnv.New64a()
-		h.Write(m[:56])
-		ok := binary.LittleEndian.Uint32(m[0:]) == 0xED0CDAED && binary.LittleEndian.Uint32(m[4:]) == 2 &&
-			binary.LittleEndian.Uint64(m[56:]) == h.Sum64()
-		return m, ok
-	}
-	m0, ok0 := page(0)
-	size := int64(os.Getpagesize())
-	if ok0 {
-		size = int64(binary.LittleEndian.Uint32(m0[8:]))
-	}
-	_, ok1 := page(size)
-	switch {
-	case ok0 && ok1:
-		return nil
-	case ok0 || ok1:
-		bad, good := 0, 1
-		if ok0 {
-			bad, good = 1, 0
-		}
-		return []string{fmt.Sprintf("meta page %d is damaged; bbolt uses meta page %d, which may be one write older", bad, good)}
-	}
-	return nil // both bad: the open fails and says so
 }
 
 // treeNames lists trees/ (names only; nothing is followed).
@@ -366,28 +325,6 @@ func (s *Store) FindManifest(digest string, hint uint64) (*manifest.Manifest, ca
 	return nil, cas.Key{}, fmt.Errorf("%w: %s in %s%s", ErrNoManifest, digest, s.objects.Dir, also)
 }
 
-// VerifyManifest is Verify of tx id's tree against a manifest the caller
-// found (FindManifest) rather than the one its record names.
-func (s *Store) VerifyManifest(id uint64, m *manifest.Manifest, mode VerifyMode) ([]Problem, error) {
-	if mode == VerifyOff {
-		return nil, nil
-	}
-	unlock, err := s.gcLock(unix.LOCK_SH)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
-	for i := range probs {
-		if probs[i].Path == "." {
-			probs[i].Path = "usr"
-		} else {
-			probs[i].Path = "usr/" + probs[i].Path
-		}
-	}
-	return probs, err
-}
-
 // salvage is what the old database still tells, read best-effort: each
 // bucket in its own call, so damage in one loses only that one.
 type salvage struct {
@@ -478,7 +415,7 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 
 	skip := func(err error) {
 		if len(rep.Skipped) < maxProblems {
-			rep.Skipped = append(rep.Skipped, oneLine(err.Error()))
+			rep.Skipped = append(rep.Skipped, dbio.OneLine(err.Error()))
 		}
 	}
 	byDigest, digests, err := s.manifestsByDigest(skip)
@@ -502,9 +439,9 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	tmp := filepath.Join(s.Dir, "staging", "store.db.rebuild")
 	os.Remove(tmp)
 	ev := Event{Kind: "fsck-rebuild", Time: now, Detail: fmt.Sprintf("%d txs from trees and manifests (%d records kept from the previous database); %d trees set aside", len(rep.Txs), rep.Salvaged, len(aside))}
-	if err := writeDB(tmp, s.opts.Timeout, rep.Txs, rep.Default, max(sv.next, maxID+1), sv.cfg, append(sv.events, ev)); err != nil {
+	if err := records.Write(tmp, s.opts.Timeout, rep.Txs, rep.Default, max(sv.next, maxID+1), sv.cfg, append(sv.events, ev)); err != nil {
 		os.Remove(tmp)
-		return nil, err
+		return nil, fmt.Errorf("rebuild: %w", err)
 	}
 	if rep.Saved, err = keepOld(p, now); err != nil {
 		os.Remove(tmp)
@@ -603,51 +540,6 @@ func pickDefault(txs []*Tx, old uint64) uint64 {
 		return txs[len(txs)-1].ID
 	}
 	return 0
-}
-
-// writeDB builds a complete database at path and fsyncs it.
-func writeDB(path string, timeout time.Duration, txs []*Tx, def, next uint64, cfg map[string][]byte, events []Event) error {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
-	if err != nil {
-		return fmt.Errorf("rebuild: create %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		if err := records.Init(tx, next); err != nil {
-			return err
-		}
-		txb, meta, evb := tx.Bucket(records.BucketTx), tx.Bucket(records.BucketMeta), tx.Bucket(records.BucketEvents)
-		for _, t := range txs {
-			if err := records.PutTx(txb, t); err != nil {
-				return err
-			}
-		}
-		if def != 0 {
-			if err := meta.Put(records.KeyDefault, records.Key(def)); err != nil {
-				return err
-			}
-		}
-		for k, v := range cfg {
-			if err := meta.Put([]byte(k), v); err != nil {
-				return err
-			}
-		}
-		if len(events) > records.MaxEvents {
-			events = events[len(events)-records.MaxEvents:]
-		}
-		for _, ev := range events {
-			if err := records.AppendEvent(evb, ev); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("rebuild: write %s: %w", path, err)
-	}
-	return fsyncFile(path)
 }
 
 // keepOld preserves the current store.db as store.db.corrupt-<time> before

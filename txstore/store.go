@@ -3,23 +3,20 @@ package txstore
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/dbio"
 	"github.com/txboot/txboot/txstore/internal/safefs"
 	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 )
 
@@ -104,7 +101,7 @@ func (s *Store) LockWriter() error {
 	if s.opts.ReadOnly {
 		return ErrReadOnly
 	}
-	fd, err := lockFile(filepath.Join(s.Dir, "lock"), unix.LOCK_EX, s.opts.Timeout)
+	fd, err := dbio.Lock(filepath.Join(s.Dir, "lock"), unix.LOCK_EX, s.opts.Timeout)
 	if err != nil {
 		return err
 	}
@@ -161,19 +158,8 @@ func create(dir string, timeout time.Duration) error {
 	}
 	tmp := filepath.Join(dir, "staging", "store.db.new")
 	os.Remove(tmp)
-	db, err := bbolt.Open(tmp, 0o600, &bbolt.Options{Timeout: timeout})
-	if err != nil {
-		return fmt.Errorf("create store db %s: %w", tmp, err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error { return records.Init(tx, 1) })
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("create store db %s: %w", tmp, err)
-	}
-	if err := fsyncFile(tmp); err != nil {
-		return err
+	if err := records.Write(tmp, timeout, nil, 0, 1, nil, nil); err != nil {
+		return fmt.Errorf("create store db: %w", err)
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, "store.db")); err != nil {
 		return fmt.Errorf("create store db: %w", err)
@@ -184,42 +170,6 @@ func create(dir string, timeout time.Duration) error {
 		}
 	}
 	return nil
-}
-
-func fsyncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	return nil
-}
-
-// lockFile takes a flock, polling until timeout.
-func lockFile(path string, how int, timeout time.Duration) (int, error) {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return -1, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		err := unix.Flock(fd, how|unix.LOCK_NB)
-		if err == nil {
-			return fd, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			unix.Close(fd)
-			return -1, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if time.Now().After(deadline) {
-			unix.Close(fd)
-			return -1, fmt.Errorf("%w: %s held for over %s", ErrBusy, path, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // Close releases the writer lock and the CAS's open directories; the
@@ -264,150 +214,9 @@ func (s *Store) update(fn func(tx *bbolt.Tx) error) error {
 	return s.withDB(false, func(db *bbolt.DB) error { return db.Update(fn) })
 }
 
-// withDB opens store.db for one call. bbolt panics on a damaged file (bad
-// page ids, garbage pages), often only when a read reaches the damaged page,
-// so the whole call — open, fn, close — runs under recover and a panic
-// becomes ErrCorrupt naming the file: a damaged index must never crash
-// bootctl or PID 1.
-func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) (err error) {
-	p := filepath.Join(s.Dir, "store.db")
-	var file *os.File
-	var db *bbolt.DB
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true)) // a stray read of the mapping panics instead of killing the process
-	defer func() {
-		if r := recover(); r != nil {
-			abandon(db, file)
-			err = fmt.Errorf("%w: %s: %s", ErrCorrupt, p, oneLine(fmt.Sprint(r)))
-		}
-	}()
-	db, err = bbolt.Open(p, 0o600, &bbolt.Options{Timeout: s.opts.Timeout, ReadOnly: ro,
-		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
-			f, err := openDBFile(name, flag)
-			file = f
-			return f, err
-		}})
-	if err != nil {
-		return dbOpenError(p, s.Dir, err)
-	}
-	err = fn(db)
-	if errors.Is(err, ErrCorrupt) && !strings.Contains(err.Error(), p) {
-		err = fmt.Errorf("%s: %w", p, err)
-	}
-	if cerr := db.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("close %s: %w", p, cerr)
-	}
-	return err
-}
-
-// abandon releases what a bbolt call that panicked holds. Close is tried
-// first, since it also unmaps the file; but a panic can leave one of bbolt's
-// own mutexes taken, and then Close blocks forever, so it gets a moment and
-// then the flock is dropped and the fd closed by hand (the mapping keeps
-// the file's description, and with it the flock, alive until exit or exec).
-func abandon(db *bbolt.DB, f *os.File) {
-	if db != nil {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			defer func() { recover() }()
-			db.Close()
-		}()
-		select {
-		case <-done:
-			return
-		case <-time.After(time.Second):
-		}
-	}
-	if f != nil {
-		unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		f.Close()
-	}
-}
-
-// errEmptyDB: bbolt would silently turn a 0-byte file into a new, empty
-// database (and Cleanup would then take every tree for a leftover).
-var errEmptyDB = errors.New("empty file (0 bytes)")
-
-// openDBFile opens store.db for bbolt; tests inject I/O errors here.
-var openDBFile = openDB
-
-// openDB is bbolt's file opener: never create (the store makes its first
-// database itself, in staging), never follow a symlink out of the store,
-// never block on a FIFO, and refuse an empty file instead of letting bbolt
-// initialise it.
-func openDB(name string, flag int) (*os.File, error) {
-	fd, err := unix.Open(name, flag&^os.O_CREATE|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: name, Err: err}
-	}
-	var st unix.Stat_t
-	err = unix.Fstat(fd, &st)
-	switch {
-	case err != nil:
-		err = &os.PathError{Op: "stat", Path: name, Err: err}
-	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		err = &os.PathError{Op: "open", Path: name, Err: unix.EISDIR}
-	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		err = fmt.Errorf("not a regular file (mode %#o)", st.Mode)
-	case st.Size == 0:
-		err = errEmptyDB
-	default:
-		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0) // clear O_NONBLOCK
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), name), nil
-}
-
-// dbOpenError classifies a bbolt.Open failure: lock timeout, missing file,
-// and I/O errors (EACCES, EIO, ELOOP …, anything carrying an errno) stay
-// themselves; only what bbolt found wrong with the content is ErrCorrupt.
-func dbOpenError(p, dir string, err error) error {
-	var errno unix.Errno
-	switch {
-	case errors.Is(err, berrors.ErrTimeout):
-		return fmt.Errorf("%w: %s", ErrBusy, p)
-	case errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("%w at %s", ErrNoStore, dir)
-	case errors.As(err, &errno):
-		return fmt.Errorf("store database: %w", err) // err names the path
-	}
-	// bbolt ignores a failed read of its meta pages and reports the file
-	// as invalid: read the header again to tell an unreadable disk (EIO)
-	// from damaged content.
-	if rerr := readHeader(p); rerr != nil {
-		return fmt.Errorf("store database: %w", rerr)
-	}
-	return fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
-}
-
-// readHeader reads store.db's first page; only an I/O error (with its
-// errno) is returned.
-func readHeader(p string) error {
-	f, err := openDBFile(p, os.O_RDONLY)
-	if err != nil {
-		var errno unix.Errno
-		if errors.As(err, &errno) {
-			return err
-		}
-		return nil
-	}
-	defer f.Close()
-	var buf [4096]byte
-	if _, err := f.ReadAt(buf[:], 0); err != nil && !errors.Is(err, io.EOF) {
-		var errno unix.Errno
-		if errors.As(err, &errno) {
-			return err // *fs.PathError: "read <p>: …"
-		}
-	}
-	return nil
-}
-
-// oneLine keeps a panic message to one line of an error.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+// withDB opens store.db for one call (see dbio.With).
+func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) error {
+	return dbio.With(filepath.Join(s.Dir, "store.db"), ro, s.opts.Timeout, fn)
 }
 
 // Get returns one tx record (a copy: nothing points into bbolt's memory).

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/txboot/txboot/txstore/blit"
+	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,6 +45,37 @@ func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
 	}
 	defer unix.Close(tfd)
 	probs, err := blit.VerifyAt(m, s.objects, tfd, "usr", mode == VerifyFull, s.opts.Workers, s.hashed)
+	return underUsr(probs), err
+}
+
+// gcLock serialises deletions (prune, gc: exclusive) against readers that
+// walk trees and objects (verify: shared).
+func (s *Store) gcLock(how int) (func(), error) {
+	fd, err := dbio.Lock(filepath.Join(s.Dir, "gc.lock"), how, s.opts.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// VerifyManifest is Verify of tx id's tree against a manifest the caller
+// found (FindManifest) rather than the one its record names.
+func (s *Store) VerifyManifest(id uint64, m *manifest.Manifest, mode VerifyMode) ([]Problem, error) {
+	if mode == VerifyOff {
+		return nil, nil
+	}
+	unlock, err := s.gcLock(unix.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
+	return underUsr(probs), err
+}
+
+// underUsr makes the paths of problems found in a tree's usr/ relative to
+// trees/<id> ("usr/…"), as Verify reports them.
+func underUsr(probs []Problem) []Problem {
 	for i := range probs {
 		if probs[i].Path == "." {
 			probs[i].Path = "usr"
@@ -50,15 +83,5 @@ func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
 			probs[i].Path = "usr/" + probs[i].Path
 		}
 	}
-	return probs, err
-}
-
-// gcLock serialises deletions (prune, gc: exclusive) against readers that
-// walk trees and objects (verify: shared).
-func (s *Store) gcLock(how int) (func(), error) {
-	fd, err := lockFile(filepath.Join(s.Dir, "gc.lock"), how, s.opts.Timeout)
-	if err != nil {
-		return nil, err
-	}
-	return func() { unix.Close(fd) }, nil
+	return probs
 }

@@ -8,17 +8,17 @@ package records
 import (
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/internal/dbio"
 	"github.com/txboot/txboot/txstore/sign"
 	"go.etcd.io/bbolt"
 )
 
 // ErrCorrupt: the database is damaged (txstore.ErrCorrupt is this error).
-var ErrCorrupt = errors.New("store damaged")
+var ErrCorrupt = dbio.ErrCorrupt
 
 // Tx is one transaction record as stored in bbolt (JSON-encoded).
 type Tx struct {
@@ -175,4 +175,51 @@ func DecodeEvent(k, v []byte) (Event, error) {
 		return ev, fmt.Errorf("%w: event %x unreadable", ErrCorrupt, k)
 	}
 	return ev, nil
+}
+
+// Write builds a complete database at path and fsyncs it: the records
+// txs, the default def (0: none), the next id, settings cfg (meta keys
+// "cfg/…") and the newest MaxEvents of events, renumbered.
+func Write(path string, timeout time.Duration, txs []*Tx, def, next uint64, cfg map[string][]byte, events []Event) error {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		if err := Init(tx, next); err != nil {
+			return err
+		}
+		txb, meta, evb := tx.Bucket(BucketTx), tx.Bucket(BucketMeta), tx.Bucket(BucketEvents)
+		for _, t := range txs {
+			if err := PutTx(txb, t); err != nil {
+				return err
+			}
+		}
+		if def != 0 {
+			if err := meta.Put(KeyDefault, Key(def)); err != nil {
+				return err
+			}
+		}
+		for k, v := range cfg {
+			if err := meta.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		if len(events) > MaxEvents {
+			events = events[len(events)-MaxEvents:]
+		}
+		for _, ev := range events {
+			if err := AppendEvent(evb, ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return dbio.Fsync(path)
 }
