@@ -16,6 +16,7 @@ import (
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/manifestio"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 )
@@ -61,4 +62,9 @@ var (
 	ErrDigest      = errors.New("digest mismatch")
 	ErrBadManifest = manifest.ErrBad
 	ErrInvalid     = errors.New("invalid request")
+	// ErrManifestTooLarge: a manifest object decodes (or declares it
+	// decodes) to more bytes or lines than a manifest it could be: more
+	// than manifest.MaxSize, manifest.MaxEntries, or what the tx's entry
+	// count allows. Also an ErrBadManifest.
+	ErrManifestTooLarge = manifestio.ErrTooLarge
 )

@@ -14,6 +14,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/manifestio"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 	"github.com/txboot/txboot/txstore/sign"
@@ -242,7 +243,7 @@ func (s *Store) ManifestBytes(manifestHex, digest string) ([]byte, error) {
 		return nil, err
 	}
 	// No entry count here: bounded by the manifest limits alone.
-	raw, err := s.manifestText(k, 0)
+	raw, err := manifestio.Text(s.objects, k, 0)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", digest, err)
 	}

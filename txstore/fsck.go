@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/txboot/txboot/txstore/blit"
@@ -19,6 +18,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/manifestio"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
@@ -142,156 +142,6 @@ func treeID(name string) (uint64, bool) {
 	return id, err == nil && id > 0 && strconv.FormatUint(id, 10) == name
 }
 
-// Manifest objects are named by the hash of their zstd bytes (see
-// manifestKey), not by the tx digest, and share the key form 0444 root:root
-// with ordinary files; so finding one by digest without the database means
-// looking at those objects' first bytes for a zstd frame, and decoding only
-// the first bytes of those until one starts as a manifest does.
-var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
-
-type foundManifest struct {
-	key cas.Key
-	m   *manifest.Manifest
-	raw string // digest
-}
-
-// scanManifests calls fn with every manifest object in the CAS (with want,
-// only the one with that digest) until fn returns false, and skipped (if
-// not nil) with each object that starts as a manifest does but cannot be
-// used (too large, damaged). Objects are read on s.opts.Workers
-// goroutines, one fan-out directory at a time each.
-func (s *Store) scanManifests(want string, fn func(f foundManifest) bool, skipped func(error)) error {
-	ofd, err := unix.Open(s.objects.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", s.objects.Dir, err)
-	}
-	defer unix.Close(ofd)
-	var (
-		mu   sync.Mutex
-		stop bool
-		wg   sync.WaitGroup
-		errs []error
-	)
-	fans := make(chan int)
-	worker := func() {
-		defer wg.Done()
-		for b := range fans {
-			name := fmt.Sprintf("%02x", b)
-			fd, err := unix.Openat(ofd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err == unix.ENOENT {
-				continue
-			}
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("open %s/%s: %w", s.objects.Dir, name, err))
-				mu.Unlock()
-				continue
-			}
-			var keys []cas.Key
-			err = cas.ReadDir(fd, func(n string, _ uint64, typ uint8) {
-				if len(n) != 64+5 || !strings.HasSuffix(n, ".0444") || (typ != unix.DT_REG && typ != unix.DT_UNKNOWN) {
-					return
-				}
-				if k, err := cas.ParseName(n); err == nil {
-					keys = append(keys, k)
-				}
-			})
-			unix.Close(fd)
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("list %s/%s: %w", s.objects.Dir, name, err))
-				mu.Unlock()
-				continue
-			}
-			for _, k := range keys {
-				mu.Lock()
-				done := stop
-				mu.Unlock()
-				if done {
-					break
-				}
-				f, ok, err := s.readManifest(k, want)
-				mu.Lock()
-				switch {
-				case err != nil && skipped != nil && !stop:
-					skipped(err)
-				case ok && !stop && !fn(f):
-					stop = true
-				}
-				mu.Unlock()
-			}
-		}
-	}
-	for i := 0; i < s.opts.Workers; i++ {
-		wg.Add(1)
-		go worker()
-	}
-	for b := 0; b < 256; b++ {
-		fans <- b
-	}
-	close(fans)
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// readManifest returns object k as a manifest if it is one (and, with want,
-// has that digest). An object that is not zstd or whose text does not start
-// with the manifest header is simply not a manifest (ok false, no error);
-// one that does but cannot be used — too large for a manifest, not
-// canonical, damaged, a hash that does not match its name — is an error
-// naming it. Decoding is bounded (decodeManifest): with want, a first pass
-// only hashes the text, so no object but the one wanted is ever held in
-// memory whole.
-func (s *Store) readManifest(k cas.Key, want string) (foundManifest, bool, error) {
-	fd, err := s.objects.Open(k)
-	if err != nil {
-		return foundManifest{}, false, nil
-	}
-	f := os.NewFile(uintptr(fd), s.objects.Path(k))
-	defer f.Close()
-	var head [4]byte
-	var st unix.Stat_t
-	if n, _ := unix.Pread(fd, head[:], 0); n != 4 || !bytes.Equal(head[:], zstdMagic) || unix.Fstat(fd, &st) != nil {
-		return foundManifest{}, false, nil
-	}
-	// Streamed from the file: most zstd objects (compressed modules,
-	// firmware) are told apart by their first decoded bytes, so they
-	// are never read whole.
-	open := func() io.Reader { return io.NewSectionReader(f, 0, st.Size) }
-	bad := func(err error) (foundManifest, bool, error) {
-		if errors.Is(err, errNotManifest) {
-			return foundManifest{}, false, nil
-		}
-		return foundManifest{}, false, fmt.Errorf("%s: %w", s.objects.Path(k), err)
-	}
-	if want != "" {
-		d, err := hashManifest(open, 0)
-		if err != nil {
-			return bad(err)
-		}
-		if d != want {
-			return foundManifest{}, false, nil
-		}
-	}
-	raw, err := decodeManifest(open, 0)
-	if err != nil {
-		return bad(err)
-	}
-	d := manifest.Digest(raw)
-	if want != "" && d != want { // changed between the two reads
-		return foundManifest{}, false, nil
-	}
-	// The object's own hash, last: only manifests get this far.
-	if h, err := cas.HashObject(fd); err != nil || h != k.Hash {
-		return bad(fmt.Errorf("%w: content does not match its name", ErrBadManifest))
-	}
-	m, err := manifest.DecodeOwned(raw)
-	if err != nil {
-		return bad(err)
-	}
-	return foundManifest{key: k, m: m, raw: d}, true, nil
-}
-
 // FindManifest returns the manifest with digest ("sha256:HEX") and the key
 // of its CAS object, without trusting the database: if tx hint's record is
 // still readable and has that digest its manifest object is tried first,
@@ -309,11 +159,11 @@ func (s *Store) FindManifest(digest string, hint uint64) (*manifest.Manifest, ca
 			}
 		}
 	}
-	var found *foundManifest
+	var found *manifestio.Found
 	var skips []error
-	err := s.scanManifests(digest, func(f foundManifest) bool { found = &f; return false }, func(err error) { skips = append(skips, err) })
+	err := manifestio.Scan(s.objects, s.opts.Workers, digest, func(f manifestio.Found) bool { found = &f; return false }, func(err error) { skips = append(skips, err) })
 	if found != nil {
-		return found.m, found.key, nil
+		return found.M, found.Key, nil
 	}
 	if err != nil {
 		return nil, cas.Key{}, fmt.Errorf("find manifest %s: %w", digest, err)
@@ -418,7 +268,7 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 			rep.Skipped = append(rep.Skipped, dbio.OneLine(err.Error()))
 		}
 	}
-	byDigest, digests, err := s.manifestsByDigest(skip)
+	byDigest, digests, err := manifestio.ByDigest(s.objects, s.opts.Workers, skip)
 	if err != nil {
 		return nil, fmt.Errorf("rebuild %s: %w", p, err)
 	}
@@ -458,28 +308,13 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	return rep, nil
 }
 
-// manifestsByDigest is every usable manifest object in the CAS by digest,
-// and the digests sorted (see scanManifests for skip).
-func (s *Store) manifestsByDigest(skip func(error)) (map[string]foundManifest, []string, error) {
-	byDigest := map[string]foundManifest{}
-	if err := s.scanManifests("", func(f foundManifest) bool { byDigest[f.raw] = f; return true }, skip); err != nil {
-		return nil, nil, err
-	}
-	digests := make([]string, 0, len(byDigest))
-	for d := range byDigest {
-		digests = append(digests, d)
-	}
-	sort.Strings(digests)
-	return byDigest, digests, nil
-}
-
 // matchTree finds the manifest tx id's tree holds: the digest its old
 // record names first, then every other manifest whose sizes agree on a
 // sample of files, each confirmed by a fast verify with no problem.
-func (s *Store) matchTree(id uint64, old *Tx, byDigest map[string]foundManifest, digests []string) (foundManifest, bool) {
+func (s *Store) matchTree(id uint64, old *Tx, byDigest map[string]manifestio.Found, digests []string) (manifestio.Found, bool) {
 	tree := s.TreeDir(id)
-	try := func(f foundManifest) bool {
-		probs, err := blit.Verify(f.m, s.objects, tree, false, s.opts.Workers, nil)
+	try := func(f manifestio.Found) bool {
+		probs, err := blit.Verify(f.M, s.objects, tree, false, s.opts.Workers, nil)
 		return err == nil && len(probs) == 0
 	}
 	if old != nil {
@@ -489,11 +324,11 @@ func (s *Store) matchTree(id uint64, old *Tx, byDigest map[string]foundManifest,
 	}
 	for _, d := range digests {
 		f := byDigest[d]
-		if (old == nil || d != old.Digest) && sizesAgree(f.m, tree) && try(f) {
+		if (old == nil || d != old.Digest) && sizesAgree(f.M, tree) && try(f) {
 			return f, true
 		}
 	}
-	return foundManifest{}, false
+	return manifestio.Found{}, false
 }
 
 // sizesAgree is a cheap filter before a verify: up to 32 regular files of m,
@@ -611,12 +446,12 @@ func copyDurable(src, dst string) error {
 // matchTrees pairs each trees/<id> with the manifest that describes it
 // (aside: the names none matches), and adds salvaged records whose tree is
 // gone but whose manifest is still there.
-func (s *Store) matchTrees(sv *salvage, byDigest map[string]foundManifest, digests []string) (map[uint64]foundManifest, []string, error) {
+func (s *Store) matchTrees(sv *salvage, byDigest map[string]manifestio.Found, digests []string) (map[uint64]manifestio.Found, []string, error) {
 	names, err := s.treeNames()
 	if err != nil {
 		return nil, nil, err
 	}
-	matched := map[uint64]foundManifest{}
+	matched := map[uint64]manifestio.Found{}
 	var aside []string
 	for _, name := range names {
 		id, ok := treeID(name)
@@ -649,7 +484,7 @@ func (s *Store) matchTrees(sv *salvage, byDigest map[string]foundManifest, diges
 
 // recordsFor makes a record for each matched tx, keeping what the old
 // database still tells; it returns the highest id.
-func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]foundManifest, sv *salvage, now time.Time) uint64 {
+func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]manifestio.Found, sv *salvage, now time.Time) uint64 {
 	ids := make([]uint64, 0, len(matched))
 	for id := range matched {
 		ids = append(ids, id)
@@ -659,7 +494,7 @@ func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]foundManifest,
 	for _, id := range ids {
 		f := matched[id]
 		t := s.recoveredTx(id, prev, f, now)
-		if old := sv.txs[id]; old != nil && old.Digest == f.raw {
+		if old := sv.txs[id]; old != nil && old.Digest == f.Digest {
 			t = old
 			describe(t, f, now)
 			rep.Salvaged++
@@ -674,16 +509,16 @@ func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]foundManifest,
 // recoveredTx is a new record for tree id, which manifest f describes:
 // pending with fresh tries, parent as given, created when the tree was
 // placed.
-func (s *Store) recoveredTx(id, parent uint64, f foundManifest, now time.Time) *Tx {
+func (s *Store) recoveredTx(id, parent uint64, f manifestio.Found, now time.Time) *Tx {
 	t := &Tx{ID: id, Parent: parent, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
 	describe(t, f, now)
 	return t
 }
 
 // describe sets what manifest f says of a tx in its record.
-func describe(t *Tx, f foundManifest, now time.Time) {
-	entries, size := f.m.Stats()
-	t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.raw, f.key.Hash.String(), f.m.Kernels(), entries, size, now
+func describe(t *Tx, f manifestio.Found, now time.Time) {
+	entries, size := f.M.Stats()
+	t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.Digest, f.Key.Hash.String(), f.M.Kernels(), entries, size, now
 }
 
 // setAside moves the trees no manifest matches to lost+found, durably.

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/txboot/txboot/txstore/internal/manifestio"
 )
 
 // recordLostTrees records again each trees/<id> that has no record, an id
@@ -28,7 +30,7 @@ func (s *Store) recordLostTrees(known map[string]bool) error {
 		return err
 	}
 	// Only now the CAS scan: an open with nothing lost reads no object.
-	byDigest, digests, err := s.manifestsByDigest(nil)
+	byDigest, digests, err := manifestio.ByDigest(s.objects, s.opts.Workers, nil)
 	if err != nil {
 		return fmt.Errorf("cleanup: find manifests for unrecorded trees: %w", err)
 	}
