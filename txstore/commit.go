@@ -1,13 +1,13 @@
 package txstore
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/failpoint"
+	"github.com/txboot/txboot/txstore/internal/consume"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/sign"
 	"golang.org/x/sys/unix"
@@ -18,7 +18,7 @@ var (
 	// ErrChanged: the source directory changed after it was scanned (a file
 	// added, removed or modified). Nothing is recorded and, with Consume,
 	// the directory is left (or put back) where it was.
-	ErrChanged = errors.New("source directory changed during the commit")
+	ErrChanged = consume.ErrChanged
 	// ErrHoldsStore: the source directory is the store, lies inside it, or
 	// holds it (compared by device and inode). Also an ErrInvalid.
 	ErrHoldsStore = fmt.Errorf("%w: the directory holds the store or lies inside it", ErrInvalid)
@@ -92,7 +92,7 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err := s.checkNotStore(src); err != nil {
 		return nil, nil, err
 	}
-	var c *consumeJob
+	var c *consume.Job
 	if o.Consume {
 		var err error
 		if c, err = s.newConsumeJob(src); err != nil {
@@ -105,7 +105,7 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 	}
 	j.src, j.c = src, c
 	if c != nil {
-		c.work = j.work
+		c.Work = j.work
 	}
 	t, err := j.run(j.scan)
 	if t == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/consume"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
@@ -42,11 +43,11 @@ type commitJob struct {
 	s     *Store
 	o     CommitOptions
 	fp    commitPoints
-	name  string      // src, or the manifest's digest: for errors
-	src   string      // "" for a manifest
-	c     *consumeJob // Consume only
-	work  string      // staging/commit-*
-	objs  *cas.Store  // the CAS, staging into work
+	name  string       // src, or the manifest's digest: for errors
+	src   string       // "" for a manifest
+	c     *consume.Job // Consume only
+	work  string       // staging/commit-*
+	objs  *cas.Store   // the CAS, staging into work
 	st    *CommitStats
 	start time.Time
 
@@ -116,7 +117,7 @@ func (j *commitJob) close() {
 	keepWork := false
 	if j.tx == nil {
 		if j.c != nil {
-			keepWork = j.c.abandon(j.s)
+			keepWork = j.c.Abandon()
 		}
 		if j.final != "" && !keepWork {
 			removeTree(j.final)
@@ -188,7 +189,7 @@ func (j *commitJob) buildTree() error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	if j.c != nil {
-		if j.st.Adopted, err = j.c.take(j.s, j.id, j.digest, j.m, root); err != nil {
+		if j.st.Adopted, err = j.c.Take(j.id, j.digest, j.m, root); err != nil {
 			return fmt.Errorf("commit %s: %w", j.name, err)
 		}
 	}
@@ -197,7 +198,7 @@ func (j *commitJob) buildTree() error {
 			return fmt.Errorf("commit %s: %w", j.name, err)
 		}
 		if j.c != nil {
-			if err := j.c.checkUnchanged(j.m); err != nil {
+			if err := j.c.CheckUnchanged(j.m); err != nil {
 				return fmt.Errorf("commit %s: %w", j.name, err)
 			}
 		}
@@ -218,7 +219,7 @@ func (j *commitJob) placeTree() error {
 	final, err := j.s.publishTree(filepath.Join(j.work, "tree"), j.id)
 	j.final = final // renamed, even if the fsync failed
 	if j.c != nil && final != "" {
-		j.c.placed(final)
+		j.c.Placed(final)
 	}
 	if err != nil {
 		return err
@@ -263,7 +264,7 @@ func (j *commitJob) finish() error {
 	if j.c == nil {
 		return nil
 	}
-	j.st.ConsumeErr = j.c.finish(j.s, j.id, j.st.Adopted)
+	j.st.ConsumeErr = j.c.Finish(j.id, j.st.Adopted, removeTree)
 	return inject(j.fp.finished)
 }
 
@@ -272,7 +273,7 @@ func (j *commitJob) finish() error {
 func (j *commitJob) stageFile(e *manifest.Entry, path string, fst *unix.Stat_t) error {
 	linked, err := j.stageObject(e, path, fst)
 	if err == nil && j.c != nil {
-		j.c.scannedFile(e, fst, linked)
+		j.c.ScannedFile(e, fst, linked)
 	}
 	return err
 }
