@@ -17,6 +17,7 @@ import (
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/internal/dbio"
 	"github.com/txboot/txboot/txstore/internal/manifestio"
+	"github.com/txboot/txboot/txstore/internal/storeerr"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 )
@@ -61,7 +62,7 @@ var (
 	ErrVerify      = errors.New("verification failed")
 	ErrDigest      = errors.New("digest mismatch")
 	ErrBadManifest = manifest.ErrBad
-	ErrInvalid     = errors.New("invalid request")
+	ErrInvalid     = storeerr.ErrInvalid
 	// ErrManifestTooLarge: a manifest object decodes (or declares it
 	// decodes) to more bytes or lines than a manifest it could be: more
 	// than manifest.MaxSize, manifest.MaxEntries, or what the tx's entry

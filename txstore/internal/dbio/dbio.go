@@ -16,17 +16,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/txboot/txboot/txstore/internal/storeerr"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 )
 
-// Errors of opening; txstore's errors of the same names are these.
+// Errors of opening (see package storeerr).
 var (
-	ErrBusy    = errors.New("store is locked by another writer")
-	ErrCorrupt = errors.New("store damaged")
-	ErrNoStore = errors.New("no txboot store")
+	ErrBusy    = storeerr.ErrBusy
+	ErrNoStore = storeerr.ErrNoStore
+	ErrCorrupt = storeerr.ErrCorrupt
 )
+
+// Fsync makes the file at p durable.
 
 func Fsync(p string) error {
 	f, err := os.Open(p)
