@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -293,9 +292,9 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 		os.Remove(tmp)
 		return nil, fmt.Errorf("rebuild: %w", err)
 	}
-	if rep.Saved, err = keepOld(p, now); err != nil {
+	if rep.Saved, err = dbio.KeepOld(p, now); err != nil {
 		os.Remove(tmp)
-		return nil, err
+		return nil, fmt.Errorf("rebuild: %w", err)
 	}
 	if err := os.Rename(tmp, p); err != nil {
 		return nil, fmt.Errorf("rebuild: install %s: %w", p, err)
@@ -375,72 +374,6 @@ func pickDefault(txs []*Tx, old uint64) uint64 {
 		return txs[len(txs)-1].ID
 	}
 	return 0
-}
-
-// keepOld preserves the current store.db as store.db.corrupt-<time> before
-// it is replaced: a hard link (the name appears, nothing is copied; the
-// database stays in place until the rename over it), else a durable copy.
-// A store.db that is not a regular file (a directory, say) is renamed away.
-// Returns "" when there is no store.db.
-func keepOld(p string, now time.Time) (string, error) {
-	fi, err := os.Lstat(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("rebuild: %w", err)
-	}
-	base := p + ".corrupt-" + now.Format("20060102T150405Z")
-	saved := base
-	for i := 1; ; i++ {
-		if _, err := os.Lstat(saved); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		saved = fmt.Sprintf("%s.%d", base, i)
-	}
-	switch {
-	case !fi.Mode().IsRegular():
-		err = os.Rename(p, saved)
-	default:
-		if err = os.Link(p, saved); err != nil {
-			err = copyDurable(p, saved)
-		}
-	}
-	if err != nil {
-		return "", fmt.Errorf("rebuild: keep the old database as %s: %w", saved, err)
-	}
-	if err := fsx.SyncDir(filepath.Dir(p)); err != nil {
-		return "", err
-	}
-	return saved, nil
-}
-
-// copyDurable copies src to dst via a temp file, fsynced, then renamed.
-func copyDurable(src, dst string) error {
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // matchTrees pairs each trees/<id> with the manifest that describes it

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/storeerr"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -251,4 +252,70 @@ func MetaProblems(p string) []string {
 		return []string{fmt.Sprintf("meta page %d is damaged; bbolt uses meta page %d, which may be one write older", bad, good)}
 	}
 	return nil // both bad: the open fails and says so
+}
+
+// KeepOld preserves the current store.db as store.db.corrupt-<time> before
+// it is replaced: a hard link (the name appears, nothing is copied; the
+// database stays in place until the rename over it), else a durable copy.
+// A store.db that is not a regular file (a directory, say) is renamed away.
+// Returns "" when there is no store.db.
+func KeepOld(p string, now time.Time) (string, error) {
+	fi, err := os.Lstat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("keep %s: %w", p, err)
+	}
+	base := p + ".corrupt-" + now.Format("20060102T150405Z")
+	saved := base
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(saved); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		saved = fmt.Sprintf("%s.%d", base, i)
+	}
+	switch {
+	case !fi.Mode().IsRegular():
+		err = os.Rename(p, saved)
+	default:
+		if err = os.Link(p, saved); err != nil {
+			err = copyDurable(p, saved)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("keep the old database as %s: %w", saved, err)
+	}
+	if err := fsx.SyncDir(filepath.Dir(p)); err != nil {
+		return "", err
+	}
+	return saved, nil
+}
+
+// copyDurable copies src to dst via a temp file, fsynced, then renamed.
+func copyDurable(src, dst string) error {
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
