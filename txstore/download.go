@@ -14,6 +14,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/internal/manifestio"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
@@ -77,14 +78,14 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkDirs("staging", "objects"); err != nil {
+	if err := s.layout().CheckAll("staging", "objects"); err != nil {
 		return nil, fmt.Errorf("download %s: %w", digest, err)
 	}
 	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "download-")
 	if err != nil {
 		return nil, fmt.Errorf("download: %w", err)
 	}
-	defer removeTree(work)
+	defer layout.RemoveTree(work)
 	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
 	defer objs.Close()
 	// A caller that staged the manifest object itself (ManifestObject)

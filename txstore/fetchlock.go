@@ -3,7 +3,6 @@ package txstore
 import (
 	"errors"
 	"path/filepath"
-	"strings"
 
 	"github.com/txboot/txboot/txstore/internal/dbio"
 	"golang.org/x/sys/unix"
@@ -17,12 +16,6 @@ import (
 // them and will reference them at its commit). Both only try it, never
 // wait: a slow download must not hold up a writer.
 const fetchLockName = "fetch.lock"
-
-// importPrefix names an Import's directory under staging/.
-const importPrefix = "import-"
-
-// isImportDir reports whether a staging entry is an Import's directory.
-func isImportDir(name string) bool { return strings.HasPrefix(name, importPrefix) }
 
 // lockFetchShared takes Dir/fetch.lock shared for an Import, waiting at
 // most Options.Timeout (only a running GC or Cleanup holds it exclusively).

@@ -8,6 +8,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/internal/importer"
+	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -60,19 +61,19 @@ func (s *Store) NewImport() (*Import, error) {
 			return nil, err
 		}
 	}
-	if err := s.checkDirs("staging", "objects", "trees"); err != nil {
+	if err := s.layout().CheckAll("staging", "objects", "trees"); err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
 	fd, err := s.lockFetchShared()
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), importPrefix)
+	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), layout.ImportPrefix)
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	return &Import{Importer: importer.New(s.Dir, work, s.objects.Dir, fd, removeTree), s: s}, nil
+	return &Import{Importer: importer.New(s.Dir, work, s.objects.Dir, fd, layout.RemoveTree), s: s}, nil
 }
 
 // Commit publishes what is staged and commits the tx (CommitManifest).
@@ -119,7 +120,7 @@ func (s *Store) checkManifest(m *manifest.Manifest, raw []byte) (string, error) 
 	if enc := m.Encode(); len(enc) != len(raw) || manifest.Digest(enc) != digest {
 		return "", fmt.Errorf("commit %s: %w: the manifest is not its encoding", digest, ErrDigest)
 	}
-	if err := s.checkDirs("staging", "objects", "trees"); err != nil {
+	if err := s.layout().CheckAll("staging", "objects", "trees"); err != nil {
 		return "", fmt.Errorf("commit %s: %w", digest, err)
 	}
 	return digest, nil

@@ -17,6 +17,7 @@ import (
 	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/consume"
+	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
@@ -120,12 +121,12 @@ func (j *commitJob) close() {
 			keepWork = j.c.Abandon()
 		}
 		if j.final != "" && !keepWork {
-			removeTree(j.final)
+			layout.RemoveTree(j.final)
 		}
 	}
 	j.objs.Close()
 	if !keepWork {
-		removeTree(j.work)
+		layout.RemoveTree(j.work)
 	}
 }
 
@@ -264,7 +265,7 @@ func (j *commitJob) finish() error {
 	if j.c == nil {
 		return nil
 	}
-	j.st.ConsumeErr = j.c.Finish(j.id, j.st.Adopted, removeTree)
+	j.st.ConsumeErr = j.c.Finish(j.id, j.st.Adopted, layout.RemoveTree)
 	return inject(j.fp.finished)
 }
 
@@ -365,7 +366,7 @@ func (s *Store) nextID() (id, parent uint64, err error) {
 func (s *Store) publishTree(treeRoot string, id uint64) (string, error) {
 	trees := filepath.Join(s.Dir, "trees")
 	final := filepath.Join(trees, strconv.FormatUint(id, 10))
-	if err := removeTree(final); err != nil { // unrecorded leftover, if any
+	if err := layout.RemoveTree(final); err != nil { // unrecorded leftover, if any
 		return "", err
 	}
 	if err := os.Rename(treeRoot, final); err != nil {

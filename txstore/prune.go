@@ -9,6 +9,7 @@ import (
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/internal/safefs"
 	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
@@ -102,19 +103,19 @@ func (s *Store) removeTxFiles(ids []uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	dfd, err := openStoreDir(s.Dir)
+	dfd, err := layout.Open(s.Dir)
 	if err != nil {
 		return fmt.Errorf("prune: open store %s: %w", s.Dir, err)
 	}
 	defer unix.Close(dfd)
-	var damage damageList
+	var damage layout.Damage
 	for _, sub := range []string{"trees", BootDir} {
 		fd, err := safefs.OpenDir(dfd, sub)
 		if errors.Is(err, unix.ENOENT) {
 			continue
 		}
 		if safefs.IsNotDir(err) {
-			damage = append(damage, s.damaged(dfd, "", sub))
+			damage = append(damage, s.layout().Damaged(dfd, "", sub))
 			continue
 		}
 		if err != nil {
@@ -127,7 +128,7 @@ func (s *Store) removeTxFiles(ids []uint64) error {
 					unix.Close(fd)
 					return fmt.Errorf("prune %s/%s: %w", s.Dir, sub, err)
 				}
-				damage = append(damage, s.damaged(fd, sub, name))
+				damage = append(damage, s.layout().Damaged(fd, sub, name))
 			}
 		}
 		err = fsx.SyncDirFd(fd, filepath.Join(s.Dir, sub))
@@ -136,7 +137,7 @@ func (s *Store) removeTxFiles(ids []uint64) error {
 			return fmt.Errorf("prune: %w", err)
 		}
 	}
-	return damage.err()
+	return damage.Err()
 }
 
 // pruneKeepSet is bootstate.Keep over the records: the default and
@@ -242,14 +243,14 @@ func (s *Store) GC() (*GCStats, error) {
 		return nil, fmt.Errorf("nothing removed: %w", err)
 	}
 	st := &GCStats{Referenced: len(ref), PullRunning: pull}
-	dfd, err := openStoreDir(s.Dir)
+	dfd, err := layout.Open(s.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", s.Dir, err)
 	}
 	defer unix.Close(dfd)
 	ofd, err := safefs.OpenDir(dfd, "objects")
 	if safefs.IsNotDir(err) {
-		return nil, fmt.Errorf("nothing removed: %w", s.damaged(dfd, "", "objects"))
+		return nil, fmt.Errorf("nothing removed: %w", s.layout().Damaged(dfd, "", "objects"))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", s.objects.Dir, err)
@@ -259,7 +260,7 @@ func (s *Store) GC() (*GCStats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", s.objects.Dir, err)
 	}
-	var damage damageList
+	var damage layout.Damage
 	for _, fan := range fans {
 		if err := s.gcFan(ofd, fan, ref, st, &damage); err != nil {
 			return st, err
@@ -275,7 +276,7 @@ func (s *Store) GC() (*GCStats, error) {
 			return st, err
 		}
 	}
-	if err := damage.err(); err != nil {
+	if err := damage.Err(); err != nil {
 		return st, err
 	}
 	return st, nil
@@ -283,14 +284,14 @@ func (s *Store) GC() (*GCStats, error) {
 
 // gcFan removes the unreferenced entries of fan-out directory fan of the
 // open objects directory ofd.
-func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCStats, damage *damageList) error {
+func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCStats, damage *layout.Damage) error {
 	if safefs.TypeOf(ofd, fan) != unix.DT_DIR {
-		*damage = append(*damage, s.damaged(ofd, "objects", fan.Name))
+		*damage = append(*damage, s.layout().Damaged(ofd, "objects", fan.Name))
 		return nil
 	}
 	fd, err := safefs.OpenDir(ofd, fan.Name)
 	if safefs.IsNotDir(err) { // replaced since the listing
-		*damage = append(*damage, s.damaged(ofd, "objects", fan.Name))
+		*damage = append(*damage, s.layout().Damaged(ofd, "objects", fan.Name))
 		return nil
 	}
 	if err != nil {

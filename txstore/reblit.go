@@ -9,6 +9,7 @@ import (
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/layout"
 )
 
 // Reblit rebuilds tx id's tree from the CAS: blit into staging, sync, swap.
@@ -26,14 +27,14 @@ func (s *Store) Reblit(id uint64) (blit.Stats, error) {
 		return bs, err
 	}
 	// Never blit into, or swap trees through, a symlinked store directory.
-	if err := s.checkDirs("staging", "trees"); err != nil {
+	if err := s.layout().CheckAll("staging", "trees"); err != nil {
 		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
 	}
 	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "reblit-")
 	if err != nil {
 		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
 	}
-	defer removeTree(work)
+	defer layout.RemoveTree(work)
 	fresh := filepath.Join(work, "tree")
 	if err := os.Mkdir(fresh, 0o755); err != nil {
 		return bs, fmt.Errorf("reblit tx %d: %w", id, err)

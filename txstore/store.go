@@ -14,6 +14,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/internal/safefs"
 	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
@@ -377,14 +378,14 @@ func (s *Store) Cleanup() error {
 	if err := s.writable(); err != nil {
 		return err
 	}
-	dfd, err := openStoreDir(s.Dir)
+	dfd, err := layout.Open(s.Dir)
 	if err != nil {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	defer unix.Close(dfd)
-	var damage damageList
+	var damage layout.Damage
 	for _, sub := range []string{"objects", "trees", "staging", "boot"} {
-		if err := s.checkDir(dfd, sub); err != nil {
+		if err := s.layout().Check(dfd, sub); err != nil {
 			if !errors.Is(err, ErrDamaged) {
 				return fmt.Errorf("cleanup: %w", err)
 			}
@@ -407,7 +408,7 @@ func (s *Store) Cleanup() error {
 		if err != nil {
 			err = fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
 		} else {
-			err = s.cleanStaging(sfd, live, &damage)
+			err = s.layout().CleanStaging(sfd, live, &damage)
 			unlock()
 		}
 		unix.Close(sfd)
@@ -425,7 +426,7 @@ func (s *Store) Cleanup() error {
 	}
 	// Whole trees whose record was lost are recorded again, not removed
 	// (not through a damaged trees/).
-	if s.checkDir(dfd, "trees") == nil {
+	if s.layout().Check(dfd, "trees") == nil {
 		if err := s.recordLostTrees(known); err != nil {
 			return err
 		}
@@ -439,96 +440,13 @@ func (s *Store) Cleanup() error {
 		if err != nil {
 			return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
 		}
-		err = s.removeUnknown(fd, sub, known, &damage)
+		err = s.layout().RemoveUnknown(fd, sub, known, &damage)
 		unix.Close(fd)
 		if err != nil {
 			return err
 		}
 	}
-	return damage.err()
-}
-
-// cleanStaging empties the open staging directory: directories as trees,
-// other files unlinked, symlinks left alone as damage. With imports live
-// (a pull holds fetch.lock), directories named import-* stay.
-func (s *Store) cleanStaging(sfd int, imports bool, damage *damageList) error {
-	ents, err := safefs.List(sfd)
-	if err != nil {
-		return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
-	}
-	for _, e := range ents {
-		switch safefs.TypeOf(sfd, e) {
-		case unix.DT_LNK:
-			*damage = append(*damage, s.damaged(sfd, "staging", e.Name))
-		case unix.DT_DIR:
-			if imports && isImportDir(e.Name) {
-				continue
-			}
-			if err := safefs.RemoveTree(sfd, e.Name); err != nil {
-				if !errors.Is(err, safefs.ErrNotDir) {
-					return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
-				}
-				*damage = append(*damage, s.damaged(sfd, "staging", e.Name))
-			}
-		default:
-			if err := unix.Unlinkat(sfd, e.Name, 0); err != nil && err != unix.ENOENT {
-				return fmt.Errorf("cleanup %s/staging/%s: %w", s.Dir, e.Name, err)
-			}
-		}
-	}
-	return nil
-}
-
-// removeUnknown removes the entries of the open directory fd (trees or
-// boot) not named in known; a non-directory among them is damage, left alone.
-func (s *Store) removeUnknown(fd int, sub string, known map[string]bool, damage *damageList) error {
-	ents, err := safefs.List(fd)
-	if err != nil {
-		return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
-	}
-	removed := false
-	for _, e := range ents {
-		if known[e.Name] {
-			continue
-		}
-		if err := safefs.RemoveTree(fd, e.Name); err != nil {
-			if !errors.Is(err, safefs.ErrNotDir) {
-				return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
-			}
-			*damage = append(*damage, s.damaged(fd, sub, e.Name))
-			continue
-		}
-		removed = true
-	}
-	if removed {
-		if err := fsx.SyncDirFd(fd, filepath.Join(s.Dir, sub)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// removeTree deletes the directory tree at p (whose directories may lack
-// write bits) without following any symlink in it; p itself must be a
-// directory (else ErrDamaged, nothing removed) or missing.
-func removeTree(p string) error {
-	p = filepath.Clean(p)
-	dfd, err := openStoreDir(filepath.Dir(p))
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("remove %s: %w", p, err)
-	}
-	defer unix.Close(dfd)
-	base := filepath.Base(p)
-	if err := safefs.RemoveTree(dfd, base); err != nil {
-		if errors.Is(err, safefs.ErrNotDir) {
-			return fmt.Errorf("%w: %s is %s, not a directory: left alone (not followed, not removed)", ErrDamaged, p, safefs.Describe(dfd, base))
-		}
-		return fmt.Errorf("remove %s: %w", p, err)
-	}
-	return nil
+	return damage.Err()
 }
 
 // sortedIDs returns ids sorted descending.
