@@ -64,39 +64,8 @@ func (s *Store) Fsck() (*FsckReport, error) {
 	}
 	ids := map[uint64]bool{}
 	err := s.view(func(tx *bbolt.Tx) error {
-		for err := range tx.Check() { // drained fully: Check's goroutine blocks on every send
-			rep.add("%s: %v", p, err)
-		}
-		txs, meta, events, err := records.Buckets(tx)
-		if err != nil {
-			rep.add("%s: %v", p, err)
-			return nil
-		}
-		var maxID uint64
-		txs.ForEach(func(k, v []byte) error {
-			t, err := records.DecodeTx(k, v)
-			if err != nil {
-				rep.add("%s: %v", p, err)
-				return nil
-			}
-			rep.Records++
-			ids[t.ID] = true
-			maxID = max(maxID, t.ID)
-			return nil
-		})
-		events.ForEach(func(k, v []byte) error {
-			var ev Event
-			if json.Unmarshal(v, &ev) != nil {
-				rep.add("%s: event %x unreadable", p, k)
-			}
-			return nil
-		})
-		if next := records.Uint(meta, records.KeyNext); next <= maxID {
-			rep.add("%s: next id %d is not above the newest record %d", p, next, maxID)
-		}
-		if def := records.Uint(meta, records.KeyDefault); def != 0 && !ids[def] {
-			rep.add("%s: default tx %d has no record", p, def)
-		}
+		ids = records.Check(tx, func(problem string) { rep.add("%s: %s", p, problem) })
+		rep.Records = len(ids)
 		return nil
 	})
 	if err != nil {

@@ -9,10 +9,13 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/storeerr"
 	"github.com/txboot/txboot/txstore/sign"
 	"go.etcd.io/bbolt"
 )
@@ -222,4 +225,73 @@ func Write(path string, timeout time.Duration, txs []*Tx, def, next uint64, cfg 
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return dbio.Fsync(path)
+}
+
+// Check checks the database as fsck does: bbolt's own consistency check,
+// the buckets, every record and event, the next id and the default. Each
+// problem goes to problem; it returns the ids of the readable records.
+func Check(tx *bbolt.Tx, problem func(string)) map[uint64]bool {
+	ids := map[uint64]bool{}
+	for err := range tx.Check() { // drained fully: Check's goroutine blocks on every send
+		problem(err.Error())
+	}
+	txs, meta, events, err := Buckets(tx)
+	if err != nil {
+		problem(err.Error())
+		return ids
+	}
+	var maxID uint64
+	txs.ForEach(func(k, v []byte) error {
+		t, err := DecodeTx(k, v)
+		if err != nil {
+			problem(err.Error())
+			return nil
+		}
+		ids[t.ID] = true
+		maxID = max(maxID, t.ID)
+		return nil
+	})
+	events.ForEach(func(k, v []byte) error {
+		if _, err := DecodeEvent(k, v); err != nil {
+			problem(fmt.Sprintf("event %x unreadable", k))
+		}
+		return nil
+	})
+	if next := Uint(meta, KeyNext); next <= maxID {
+		problem(fmt.Sprintf("next id %d is not above the newest record %d", next, maxID))
+	}
+	if def := Uint(meta, KeyDefault); def != 0 && !ids[def] {
+		problem(fmt.Sprintf("default tx %d has no record", def))
+	}
+	return ids
+}
+
+// DownloadPrefix keys download records in the meta bucket. Under "cfg/"
+// so that Rebuild keeps them (it salvages every cfg/ key): a rebuilt
+// database must not turn a pending download's objects into garbage.
+const DownloadPrefix = "cfg/download/"
+
+// Download is a tx fetched from a repository but not committed (pull
+// --download-only): its objects and its manifest object are in the CAS,
+// durable, and GC keeps them; ApplyDownload commits it.
+type Download struct {
+	Digest     string           `json:"digest"`   // "sha256:<hex>" of the manifest
+	Manifest   string           `json:"manifest"` // CAS object: hex sha256 of the zstd manifest
+	Version    string           `json:"version,omitempty"`
+	Origin     string           `json:"origin,omitempty"`
+	Parent     string           `json:"parent,omitempty"` // the repository's parent digest
+	Signatures []sign.Signature `json:"signatures,omitempty"`
+	Kernels    []string         `json:"kernels,omitempty"`
+	Entries    int              `json:"entries"`
+	Bytes      int64            `json:"bytes"`
+	Created    time.Time        `json:"created"` // when it was downloaded
+}
+
+// DownloadKey is the meta key of the download of digest ("sha256:<hex>").
+func DownloadKey(digest string) ([]byte, error) {
+	hex, ok := strings.CutPrefix(digest, "sha256:")
+	if _, err := cas.ParseHash(hex); !ok || err != nil {
+		return nil, fmt.Errorf("%w: digest %q is not sha256:<64 hex digits>", storeerr.ErrInvalid, digest)
+	}
+	return []byte(DownloadPrefix + hex), nil
 }
