@@ -1,7 +1,6 @@
 package txstore
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -94,50 +93,12 @@ func (s *Store) PruneWith(keep int, protect []uint64, before func(remove []uint6
 	if err != nil {
 		return nil, err
 	}
-	return res, s.removeTxFiles(res.Removed)
-}
-
-// removeTxFiles removes trees/<id> and boot/<id> (bootctl's initrd) of
-// removed txs through directory fds, never following a symlink.
-func (s *Store) removeTxFiles(ids []uint64) error {
-	if len(ids) == 0 {
-		return nil
+	names := make([]string, len(res.Removed))
+	for i, id := range res.Removed {
+		names[i] = strconv.FormatUint(id, 10)
 	}
-	dfd, err := layout.Open(s.Dir)
-	if err != nil {
-		return fmt.Errorf("prune: open store %s: %w", s.Dir, err)
-	}
-	defer unix.Close(dfd)
-	var damage layout.Damage
-	for _, sub := range []string{"trees", BootDir} {
-		fd, err := safefs.OpenDir(dfd, sub)
-		if errors.Is(err, unix.ENOENT) {
-			continue
-		}
-		if safefs.IsNotDir(err) {
-			damage = append(damage, s.layout().Damaged(dfd, "", sub))
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("prune: open %s/%s: %w", s.Dir, sub, err)
-		}
-		for _, id := range ids {
-			name := strconv.FormatUint(id, 10)
-			if err := safefs.RemoveTree(fd, name); err != nil {
-				if !errors.Is(err, safefs.ErrNotDir) {
-					unix.Close(fd)
-					return fmt.Errorf("prune %s/%s: %w", s.Dir, sub, err)
-				}
-				damage = append(damage, s.layout().Damaged(fd, sub, name))
-			}
-		}
-		err = fsx.SyncDirFd(fd, filepath.Join(s.Dir, sub))
-		unix.Close(fd)
-		if err != nil {
-			return fmt.Errorf("prune: %w", err)
-		}
-	}
-	return damage.Err()
+	// trees/<id> and boot/<id> (bootctl's initrd)
+	return res, s.layout().RemoveEntries([]string{"trees", BootDir}, names)
 }
 
 // pruneKeepSet is bootstate.Keep over the records: the default and

@@ -193,3 +193,46 @@ const ImportPrefix = "import-"
 
 // IsImportDir reports whether a staging entry is an Import's directory.
 func IsImportDir(name string) bool { return strings.HasPrefix(name, ImportPrefix) }
+
+// RemoveEntries removes the entries names of each directory subs of the
+// store (a pruned tx's trees/<id> and boot/<id>) through directory fds,
+// never following a symlink; one that is not a directory is damage.
+func (d Dir) RemoveEntries(subs, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	dfd, err := Open(string(d))
+	if err != nil {
+		return fmt.Errorf("prune: open store %s: %w", string(d), err)
+	}
+	defer unix.Close(dfd)
+	var damage Damage
+	for _, sub := range subs {
+		fd, err := safefs.OpenDir(dfd, sub)
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if safefs.IsNotDir(err) {
+			damage = append(damage, d.Damaged(dfd, "", sub))
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("prune: open %s/%s: %w", string(d), sub, err)
+		}
+		for _, name := range names {
+			if err := safefs.RemoveTree(fd, name); err != nil {
+				if !errors.Is(err, safefs.ErrNotDir) {
+					unix.Close(fd)
+					return fmt.Errorf("prune %s/%s: %w", string(d), sub, err)
+				}
+				damage = append(damage, d.Damaged(fd, sub, name))
+			}
+		}
+		err = fsx.SyncDirFd(fd, filepath.Join(string(d), sub))
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("prune: %w", err)
+		}
+	}
+	return damage.Err()
+}
