@@ -22,14 +22,12 @@ func (s *Store) Verify(id uint64, mode VerifyMode) ([]Problem, error) {
 	if err != nil {
 		return nil, err
 	}
-	if mode == VerifyOff {
-		return nil, nil
-	}
-	unlock, err := s.gcLock(unix.LOCK_SH)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
+	return s.verifying(mode, func() ([]Problem, error) { return s.verifyTree(t, mode) })
+}
+
+// verifyTree is Verify of tx t, under the gc lock.
+func (s *Store) verifyTree(t *Tx, mode VerifyMode) ([]Problem, error) {
+	id := t.ID
 	m, err := s.Manifest(t)
 	if err != nil {
 		// Path already says "manifest" (and the caller knows the tx): keep
@@ -61,6 +59,15 @@ func (s *Store) gcLock(how int) (func(), error) {
 // VerifyManifest is Verify of tx id's tree against a manifest the caller
 // found (FindManifest) rather than the one its record names.
 func (s *Store) VerifyManifest(id uint64, m *manifest.Manifest, mode VerifyMode) ([]Problem, error) {
+	return s.verifying(mode, func() ([]Problem, error) {
+		probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
+		return underUsr(probs), err
+	})
+}
+
+// verifying runs a verify unless mode is VerifyOff, holding the gc lock
+// shared: no prune or gc removes what it reads meanwhile.
+func (s *Store) verifying(mode VerifyMode, fn func() ([]Problem, error)) ([]Problem, error) {
 	if mode == VerifyOff {
 		return nil, nil
 	}
@@ -69,8 +76,7 @@ func (s *Store) VerifyManifest(id uint64, m *manifest.Manifest, mode VerifyMode)
 		return nil, err
 	}
 	defer unlock()
-	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
-	return underUsr(probs), err
+	return fn()
 }
 
 // underUsr makes the paths of problems found in a tree's usr/ relative to
