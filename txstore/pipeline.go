@@ -60,6 +60,7 @@ type commitJob struct {
 	digest     string
 	mkey       cas.Key // the manifest object
 	id, parent uint64
+	publishing bool   // objects may be under objects/ (publishObjects began)
 	final      string // trees/<id>, once placed
 	tx         *Tx    // once recorded
 }
@@ -118,7 +119,7 @@ func (j *commitJob) close() {
 	keepWork := false
 	if j.tx == nil {
 		if j.c != nil {
-			keepWork = j.c.Abandon()
+			keepWork = j.c.Abandon(j.publishing)
 		}
 		if j.final != "" && !keepWork {
 			layout.RemoveTree(j.final)
@@ -161,6 +162,7 @@ func (j *commitJob) publishObjects() error {
 	if err := inject(j.fp.synced); err != nil {
 		return err
 	}
+	j.publishing = true
 	for i, p := range j.pending {
 		if err := j.objs.Publish(p.tmp, p.key); err != nil {
 			return err

@@ -151,12 +151,16 @@ func (c *Job) Placed(final string) {
 	}
 }
 
-// Abandon undoes a consuming commit that recorded nothing: the objects
-// that are src's own inodes leave the CAS (src may be handed back and must
-// not alias them) and src goes back. True while src is still in the
-// store (the next Open's recoverConsumed moves it): keep what holds it.
-func (c *Job) Abandon() (stuck bool) {
+// Abandon undoes a consuming commit that recorded nothing: once objects
+// were published, those that are src's own inodes leave the CAS (src may
+// be handed back and must not alias them); src goes back. True while src
+// is still in the store (the next Open's recoverConsumed moves it): keep
+// what holds it.
+func (c *Job) Abandon(published bool) (stuck bool) {
 	for _, l := range c.linked {
+		if !published {
+			break
+		}
 		os.Remove(c.st.Objects.Path(l.k))
 	}
 	if c.movedTo != "" {
