@@ -1,8 +1,6 @@
 package txstore
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -143,55 +141,6 @@ func (s *Store) FindManifest(digest string, hint uint64) (*manifest.Manifest, ca
 	return nil, cas.Key{}, fmt.Errorf("%w: %s in %s%s", ErrNoManifest, digest, s.objects.Dir, also)
 }
 
-// salvage is what the old database still tells, read best-effort: each
-// bucket in its own call, so damage in one loses only that one.
-type salvage struct {
-	txs       map[uint64]*Tx
-	def, next uint64
-	cfg       map[string][]byte
-	events    []Event
-}
-
-func (s *Store) salvage() *salvage {
-	sv := &salvage{txs: map[uint64]*Tx{}, cfg: map[string][]byte{}}
-	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(records.BucketTx); b != nil {
-			b.ForEach(func(k, v []byte) error {
-				if t, err := records.DecodeTx(k, v); err == nil {
-					sv.txs[t.ID] = t
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(records.BucketMeta); b != nil {
-			sv.def, sv.next = records.Uint(b, records.KeyDefault), records.Uint(b, records.KeyNext)
-			b.ForEach(func(k, v []byte) error {
-				if bytes.HasPrefix(k, []byte("cfg/")) && v != nil {
-					sv.cfg[string(k)] = bytes.Clone(v)
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(records.BucketEvents); b != nil {
-			b.ForEach(func(k, v []byte) error {
-				var ev Event
-				if json.Unmarshal(v, &ev) == nil {
-					sv.events = append(sv.events, ev)
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	return sv
-}
-
 // RebuildReport says what Rebuild did.
 type RebuildReport struct {
 	DB       string `json:"db"`
@@ -229,7 +178,7 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	defer unlock()
 	p := filepath.Join(s.Dir, "store.db")
 	rep := &RebuildReport{DB: p}
-	sv := s.salvage()
+	sv := records.Salvage(s.view)
 
 	skip := func(err error) {
 		if len(rep.Skipped) < maxProblems {
@@ -257,7 +206,7 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	tmp := filepath.Join(s.Dir, "staging", "store.db.rebuild")
 	os.Remove(tmp)
 	ev := Event{Kind: "fsck-rebuild", Time: now, Detail: fmt.Sprintf("%d txs from trees and manifests (%d records kept from the previous database); %d trees set aside", len(rep.Txs), rep.Salvaged, len(aside))}
-	if err := records.Write(tmp, s.opts.Timeout, rep.Txs, rep.Default, max(sv.next, maxID+1), sv.cfg, append(sv.events, ev)); err != nil {
+	if err := records.Write(tmp, s.opts.Timeout, rep.Txs, rep.Default, max(sv.Next, maxID+1), sv.Cfg, append(sv.Events, ev)); err != nil {
 		os.Remove(tmp)
 		return nil, fmt.Errorf("rebuild: %w", err)
 	}
@@ -348,7 +297,7 @@ func pickDefault(txs []*Tx, old uint64) uint64 {
 // matchTrees pairs each trees/<id> with the manifest that describes it
 // (aside: the names none matches), and adds salvaged records whose tree is
 // gone but whose manifest is still there.
-func (s *Store) matchTrees(sv *salvage, byDigest map[string]manifestio.Found, digests []string) (map[uint64]manifestio.Found, []string, error) {
+func (s *Store) matchTrees(sv *records.Salvaged, byDigest map[string]manifestio.Found, digests []string) (map[uint64]manifestio.Found, []string, error) {
 	names, err := s.treeNames()
 	if err != nil {
 		return nil, nil, err
@@ -361,7 +310,7 @@ func (s *Store) matchTrees(sv *salvage, byDigest map[string]manifestio.Found, di
 			ok = false
 		}
 		if ok {
-			f, found := s.matchTree(id, sv.txs[id], byDigest, digests)
+			f, found := s.matchTree(id, sv.Txs[id], byDigest, digests)
 			if found {
 				matched[id] = f
 				continue
@@ -370,7 +319,7 @@ func (s *Store) matchTrees(sv *salvage, byDigest map[string]manifestio.Found, di
 		aside = append(aside, name)
 	}
 	// Salvaged records without a matching tree, whose manifest is still there.
-	for id, t := range sv.txs {
+	for id, t := range sv.Txs {
 		if _, ok := matched[id]; ok {
 			continue
 		}
@@ -386,7 +335,7 @@ func (s *Store) matchTrees(sv *salvage, byDigest map[string]manifestio.Found, di
 
 // recordsFor makes a record for each matched tx, keeping what the old
 // database still tells; it returns the highest id.
-func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]manifestio.Found, sv *salvage, now time.Time) uint64 {
+func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]manifestio.Found, sv *records.Salvaged, now time.Time) uint64 {
 	ids := make([]uint64, 0, len(matched))
 	for id := range matched {
 		ids = append(ids, id)
@@ -396,7 +345,7 @@ func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]manifestio.Fou
 	for _, id := range ids {
 		f := matched[id]
 		t := s.recoveredTx(id, prev, f, now)
-		if old := sv.txs[id]; old != nil && old.Digest == f.Digest {
+		if old := sv.Txs[id]; old != nil && old.Digest == f.Digest {
 			t = old
 			describe(t, f, now)
 			rep.Salvaged++
@@ -404,7 +353,7 @@ func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]manifestio.Fou
 		rep.Txs = append(rep.Txs, t)
 		prev, maxID = id, id
 	}
-	rep.Default = pickDefault(rep.Txs, sv.def)
+	rep.Default = pickDefault(rep.Txs, sv.Default)
 	return maxID
 }
 

@@ -6,6 +6,7 @@
 package records
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -294,4 +295,54 @@ func DownloadKey(digest string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: digest %q is not sha256:<64 hex digits>", storeerr.ErrInvalid, digest)
 	}
 	return []byte(DownloadPrefix + hex), nil
+}
+
+// Salvaged is what a damaged database still tells (see Salvage).
+type Salvaged struct {
+	Txs           map[uint64]*Tx
+	Default, Next uint64
+	Cfg           map[string][]byte // settings, by their meta key ("cfg/…")
+	Events        []Event
+}
+
+// Salvage reads what it can of a database, best-effort: each bucket in its
+// own call of view (a bbolt View that recovers from damage), so damage in
+// one loses only that one.
+func Salvage(view func(func(*bbolt.Tx) error) error) *Salvaged {
+	sv := &Salvaged{Txs: map[uint64]*Tx{}, Cfg: map[string][]byte{}}
+	view(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(BucketTx); b != nil {
+			b.ForEach(func(k, v []byte) error {
+				if t, err := DecodeTx(k, v); err == nil {
+					sv.Txs[t.ID] = t
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	view(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(BucketMeta); b != nil {
+			sv.Default, sv.Next = Uint(b, KeyDefault), Uint(b, KeyNext)
+			b.ForEach(func(k, v []byte) error {
+				if bytes.HasPrefix(k, []byte("cfg/")) && v != nil {
+					sv.Cfg[string(k)] = bytes.Clone(v)
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	view(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(BucketEvents); b != nil {
+			b.ForEach(func(k, v []byte) error {
+				if ev, err := DecodeEvent(k, v); err == nil {
+					sv.Events = append(sv.Events, ev)
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	return sv
 }
