@@ -12,12 +12,14 @@ package txstore
 
 import (
 	"errors"
-	"time"
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/manifestio"
+	"github.com/txboot/txboot/txstore/internal/storeerr"
 	"github.com/txboot/txboot/txstore/manifest"
-	"github.com/txboot/txboot/txstore/sign"
+	"github.com/txboot/txboot/txstore/records"
 )
 
 // State is a transaction's boot-assessment state (see package bootstate).
@@ -30,37 +32,11 @@ const (
 	StateBad     = bootstate.Bad
 )
 
-// Tx is one transaction record as stored in bbolt (JSON-encoded).
-type Tx struct {
-	ID       uint64    `json:"id"`
-	Digest   string    `json:"digest"` // "sha256:<64 hex>" of the canonical manifest
-	Parent   uint64    `json:"parent,omitempty"`
-	Created  time.Time `json:"created"`
-	Summary  string    `json:"summary,omitempty"`
-	Kernels  []string  `json:"kernels,omitempty"` // versions with usr/lib/modules/<v>/vmlinuz
-	Entries  int       `json:"entries"`           // manifest entries
-	Bytes    int64     `json:"bytes"`             // sum of regular file sizes
-	Manifest string    `json:"manifest"`          // CAS object (hex sha256 of the zstd bytes)
-	Pinned   bool      `json:"pinned,omitempty"`
-	Updated  time.Time `json:"updated"`
-	// Signatures over Digest (sign.SignTx): commit --sign, or carried from
-	// the repository a tx was pulled from.
-	Signatures []sign.Signature `json:"signatures,omitempty"`
-	// Version and Origin: the version string and repository URL of a
-	// pulled tx ("" for a local commit).
-	Version string `json:"version,omitempty"`
-	Origin  string `json:"origin,omitempty"`
-	bootstate.Boot
-}
+// Tx is one transaction record as stored in bbolt (see package records).
+type Tx = records.Tx
 
-// Event is one line of the store's event log (boot attempts, fallbacks, marks).
-type Event struct {
-	Seq    uint64    `json:"seq"`
-	Time   time.Time `json:"time"`
-	Kind   string    `json:"kind"` // e.g. "commit", "boot", "fallback", "mark-good", "mark-bad", "prune"
-	TxID   uint64    `json:"tx,omitempty"`
-	Detail string    `json:"detail,omitempty"`
-}
+// Event is one line of the store's event log (see package records).
+type Event = records.Event
 
 // VerifyMode selects how deep Verify looks.
 type VerifyMode int
@@ -77,14 +53,19 @@ type Problem = blit.Problem
 // Sentinel errors callers check with errors.Is.
 var (
 	ErrNotFound    = errors.New("no such transaction")
-	ErrBusy        = errors.New("store is locked by another writer")
-	ErrNoStore     = errors.New("no txboot store")
-	ErrCorrupt     = errors.New("store damaged")
+	ErrBusy        = dbio.ErrBusy
+	ErrNoStore     = dbio.ErrNoStore
+	ErrCorrupt     = records.ErrCorrupt
 	ErrReadOnly    = errors.New("store opened read-only")
 	ErrUnsupported = manifest.ErrUnsupported
 	ErrUnsafePath  = manifest.ErrUnsafePath
 	ErrVerify      = errors.New("verification failed")
 	ErrDigest      = errors.New("digest mismatch")
 	ErrBadManifest = manifest.ErrBad
-	ErrInvalid     = errors.New("invalid request")
+	ErrInvalid     = storeerr.ErrInvalid
+	// ErrManifestTooLarge: a manifest object decodes (or declares it
+	// decodes) to more bytes or lines than a manifest it could be: more
+	// than manifest.MaxSize, manifest.MaxEntries, or what the tx's entry
+	// count allows. Also an ErrBadManifest.
+	ErrManifestTooLarge = manifestio.ErrTooLarge
 )

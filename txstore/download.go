@@ -13,42 +13,20 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/layout"
+	"github.com/txboot/txboot/txstore/internal/manifestio"
 	"github.com/txboot/txboot/txstore/manifest"
-	"github.com/txboot/txboot/txstore/sign"
+	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
 )
 
 // ErrNoDownload: no pending download matches the request.
 var ErrNoDownload = errors.New("no such download")
 
-// downloadPrefix keys download records in the meta bucket. Under "cfg/"
-// so that Rebuild keeps them (it salvages every cfg/ key): a rebuilt
-// database must not turn a pending download's objects into garbage.
-const downloadPrefix = "cfg/download/"
-
-// Download is a tx fetched from a repository but not committed (pull
-// --download-only): its objects and its manifest object are in the CAS,
-// durable, and GC keeps them; ApplyDownload commits it.
-type Download struct {
-	Digest     string           `json:"digest"`   // "sha256:<hex>" of the manifest
-	Manifest   string           `json:"manifest"` // CAS object: hex sha256 of the zstd manifest
-	Version    string           `json:"version,omitempty"`
-	Origin     string           `json:"origin,omitempty"`
-	Parent     string           `json:"parent,omitempty"` // the repository's parent digest
-	Signatures []sign.Signature `json:"signatures,omitempty"`
-	Kernels    []string         `json:"kernels,omitempty"`
-	Entries    int              `json:"entries"`
-	Bytes      int64            `json:"bytes"`
-	Created    time.Time        `json:"created"` // when it was downloaded
-}
-
-func downloadKey(digest string) ([]byte, error) {
-	hex, ok := strings.CutPrefix(digest, "sha256:")
-	if _, err := cas.ParseHash(hex); !ok || err != nil {
-		return nil, fmt.Errorf("%w: digest %q is not sha256:<64 hex digits>", ErrInvalid, digest)
-	}
-	return []byte(downloadPrefix + hex), nil
-}
+// Download is a tx fetched from a repository but not committed (see
+// package records).
+type Download = records.Download
 
 // StoreDownload records a download of the tx whose manifest is m, with
 // canonical encoding raw (d.Manifest may name its manifest object when the
@@ -70,18 +48,18 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 	if enc := m.Encode(); !bytes.Equal(enc, raw) {
 		return nil, fmt.Errorf("download %s: %w: the manifest is not its encoding", digest, ErrDigest)
 	}
-	key, err := downloadKey(digest)
+	key, err := records.DownloadKey(digest)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkDirs("staging", "objects"); err != nil {
+	if err := s.layout().CheckAll("staging", "objects"); err != nil {
 		return nil, fmt.Errorf("download %s: %w", digest, err)
 	}
 	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "download-")
 	if err != nil {
 		return nil, fmt.Errorf("download: %w", err)
 	}
-	defer removeTree(work)
+	defer layout.RemoveTree(work)
 	objs := &cas.Store{Dir: s.objects.Dir, TmpDir: work}
 	defer objs.Close()
 	// A caller that staged the manifest object itself (ManifestObject)
@@ -110,7 +88,7 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 			return nil, fmt.Errorf("download %s: %w", digest, err)
 		}
 		// One file: fsync it rather than the whole filesystem.
-		if err := fsyncFile(tmp); err != nil {
+		if err := dbio.Fsync(tmp); err != nil {
 			return nil, fmt.Errorf("download %s: %w", digest, err)
 		}
 		if err := objs.Publish(tmp, mkey); err != nil {
@@ -130,7 +108,7 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 		return nil, err
 	}
 	err = s.update(func(tx *bbolt.Tx) error {
-		_, meta, events, err := buckets(tx)
+		_, meta, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
@@ -141,7 +119,7 @@ func (s *Store) StoreDownload(m *manifest.Manifest, raw []byte, d Download) (*Do
 		if d.Origin != "" {
 			detail += ", from " + d.Origin
 		}
-		return appendEvent(events, Event{Kind: "download", Detail: detail})
+		return records.AppendEvent(events, Event{Kind: "download", Detail: detail})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("download %s: record: %w", digest, err)
@@ -162,18 +140,18 @@ func ManifestObject(raw []byte) ([]byte, cas.Key) {
 func (s *Store) Downloads() ([]*Download, error) {
 	var out []*Download
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
 		c := meta.Cursor()
-		pre := []byte(downloadPrefix)
+		pre := []byte(records.DownloadPrefix)
 		for k, v := c.Seek(pre); k != nil && bytes.HasPrefix(k, pre); k, v = c.Next() {
 			var d Download
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("%w: download record %s: %w", ErrCorrupt, k, err)
 			}
-			if want, err := downloadKey(d.Digest); err != nil || !bytes.Equal(want, k) {
+			if want, err := records.DownloadKey(d.Digest); err != nil || !bytes.Equal(want, k) {
 				return fmt.Errorf("%w: download record %s names digest %q", ErrCorrupt, k, d.Digest)
 			}
 			out = append(out, &d)
@@ -200,7 +178,7 @@ func (s *Store) FindDownload(want string) (*Download, error) {
 		return nil, err
 	}
 	if strings.HasPrefix(want, "sha256:") {
-		if _, err := downloadKey(want); err != nil {
+		if _, err := records.DownloadKey(want); err != nil {
 			return nil, err
 		}
 	}
@@ -219,12 +197,12 @@ func (s *Store) FindDownload(want string) (*Download, error) {
 // RemoveDownload drops the record of the download with digest (its
 // objects stay until GC finds nothing that uses them). Missing is no error.
 func (s *Store) RemoveDownload(digest string) error {
-	key, err := downloadKey(digest)
+	key, err := records.DownloadKey(digest)
 	if err != nil {
 		return err
 	}
 	return s.update(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
@@ -240,7 +218,7 @@ func (s *Store) ManifestBytes(manifestHex, digest string) ([]byte, error) {
 		return nil, err
 	}
 	// No entry count here: bounded by the manifest limits alone.
-	raw, err := s.manifestText(k, 0)
+	raw, err := manifestio.Text(s.objects, k, 0)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", digest, err)
 	}

@@ -1,10 +1,14 @@
 package txstore
 
-import "os"
+import (
+	"os"
+
+	"github.com/txboot/txboot/txstore/internal/dbio"
+)
 
 // SetOpenDB replaces store.db's opener until the returned func is called.
 func SetOpenDB(f func(name string, flag int) (*os.File, error)) (restore func()) {
-	old := openDBFile
-	openDBFile = f
-	return func() { openDBFile = old }
+	old := dbio.OpenFile
+	dbio.OpenFile = f
+	return func() { dbio.OpenFile = old }
 }

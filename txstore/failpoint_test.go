@@ -54,6 +54,10 @@ var storeFailpoints = map[string]struct {
 	"commit-manifest/recorded":           {true, "manifest"},
 }
 
+// recoveredAt: a crash here leaves a published tree without a record,
+// which the next writer's open records again (see recordLostTrees).
+var recoveredAt = map[string]bool{"commit/tree-published": true, "commit-manifest/tree-published": true}
+
 // errFallsBack: an injected error at these points makes a consuming
 // commit put DIR back and blit a copy (CommitStats.ConsumeErr says why).
 var errFallsBack = map[string]bool{"commit/adopted": true, "commit/relink-half": true, "commit/relinked": true}
@@ -162,8 +166,12 @@ func TestFailpointCrash(t *testing.T) {
 					if action == "error" && errFallsBack[name] {
 						recorded, kept = true, true
 					}
+					// A whole tree whose record is missing is recorded
+					// again by the next writer's open (not the default);
+					// a consumed DIR goes back first, so none is left.
+					recovered := action == "crash" && mode != "consume" && recoveredAt[name]
 					for round := 0; round < 2; round++ {
-						checkAfterFailpoint(t, root, src, want, mode, recorded, kept, round)
+						checkAfterFailpoint(t, root, src, want, mode, recorded || recovered, recovered, kept, round)
 					}
 				})
 			}
@@ -180,7 +188,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func checkAfterFailpoint(t *testing.T, root, src string, want map[string]string, mode string, recorded, kept bool, round int) {
+func checkAfterFailpoint(t *testing.T, root, src string, want map[string]string, mode string, recorded, recovered, kept bool, round int) {
 	t.Helper()
 	s, err := txstore.Open(root, txstore.Options{})
 	if err != nil {
@@ -226,8 +234,12 @@ func checkAfterFailpoint(t *testing.T, root, src string, want map[string]string,
 		sameTree(t, "DIR put back", snapshot(t, src), want)
 	}
 	if recorded {
-		if d, err := s.Default(); err != nil || d != 2 {
-			t.Fatalf("round %d: default %d (%v), want the new tx", round, d, err)
+		want := uint64(2)
+		if recovered {
+			want = 1
+		}
+		if d, err := s.Default(); err != nil || d != want {
+			t.Fatalf("round %d: default %d (%v), want %d", round, d, err, want)
 		}
 	}
 }

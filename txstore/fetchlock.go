@@ -3,8 +3,8 @@ package txstore
 import (
 	"errors"
 	"path/filepath"
-	"strings"
 
+	"github.com/txboot/txboot/txstore/internal/dbio"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,23 +17,17 @@ import (
 // wait: a slow download must not hold up a writer.
 const fetchLockName = "fetch.lock"
 
-// importPrefix names an Import's directory under staging/.
-const importPrefix = "import-"
-
-// isImportDir reports whether a staging entry is an Import's directory.
-func isImportDir(name string) bool { return strings.HasPrefix(name, importPrefix) }
-
 // lockFetchShared takes Dir/fetch.lock shared for an Import, waiting at
 // most Options.Timeout (only a running GC or Cleanup holds it exclusively).
 func (s *Store) lockFetchShared() (int, error) {
-	return lockFile(filepath.Join(s.Dir, fetchLockName), unix.LOCK_SH, s.opts.Timeout)
+	return dbio.Lock(filepath.Join(s.Dir, fetchLockName), unix.LOCK_SH, s.opts.Timeout)
 }
 
 // tryFetchExclusive tries Dir/fetch.lock exclusively, without waiting.
 // busy reports that an Import holds it (a pull is running); otherwise the
 // caller holds it until unlock, so that no Import starts meanwhile.
 func (s *Store) tryFetchExclusive() (unlock func(), busy bool, err error) {
-	fd, err := lockFile(filepath.Join(s.Dir, fetchLockName), unix.LOCK_EX, 0)
+	fd, err := dbio.Lock(filepath.Join(s.Dir, fetchLockName), unix.LOCK_EX, 0)
 	if errors.Is(err, ErrBusy) {
 		return func() {}, true, nil
 	}

@@ -1,26 +1,23 @@
 package txstore
 
 import (
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/manifestio"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -46,7 +43,7 @@ type FsckReport struct {
 
 func (r *FsckReport) add(format string, a ...any) {
 	if len(r.Problems) < maxProblems {
-		r.Problems = append(r.Problems, oneLine(fmt.Sprintf(format, a...)))
+		r.Problems = append(r.Problems, dbio.OneLine(fmt.Sprintf(format, a...)))
 	} else if len(r.Problems) == maxProblems {
 		r.Problems = append(r.Problems, "more problems not listed")
 	}
@@ -60,44 +57,13 @@ func (r *FsckReport) add(format string, a ...any) {
 func (s *Store) Fsck() (*FsckReport, error) {
 	p := filepath.Join(s.Dir, "store.db")
 	rep := &FsckReport{DB: p}
-	for _, m := range metaProblems(p) {
+	for _, m := range dbio.MetaProblems(p) {
 		rep.add("%s: %s", p, m)
 	}
 	ids := map[uint64]bool{}
 	err := s.view(func(tx *bbolt.Tx) error {
-		for err := range tx.Check() { // drained fully: Check's goroutine blocks on every send
-			rep.add("%s: %v", p, err)
-		}
-		txs, meta, events, err := buckets(tx)
-		if err != nil {
-			rep.add("%s: %v", p, err)
-			return nil
-		}
-		var maxID uint64
-		txs.ForEach(func(k, v []byte) error {
-			t, err := decodeTx(k, v)
-			if err != nil {
-				rep.add("%s: %v", p, err)
-				return nil
-			}
-			rep.Records++
-			ids[t.ID] = true
-			maxID = max(maxID, t.ID)
-			return nil
-		})
-		events.ForEach(func(k, v []byte) error {
-			var ev Event
-			if json.Unmarshal(v, &ev) != nil {
-				rep.add("%s: event %x unreadable", p, k)
-			}
-			return nil
-		})
-		if next := getU64(meta, keyNext); next <= maxID {
-			rep.add("%s: next id %d is not above the newest record %d", p, next, maxID)
-		}
-		if def := getU64(meta, keyDefault); def != 0 && !ids[def] {
-			rep.add("%s: default tx %d has no record", p, def)
-		}
+		ids = records.Check(tx, func(problem string) { rep.add("%s: %s", p, problem) })
+		rep.Records = len(ids)
 		return nil
 	})
 	if err != nil {
@@ -117,46 +83,6 @@ func (s *Store) Fsck() (*FsckReport, error) {
 		}
 	}
 	return rep, nil
-}
-
-// metaProblems checks bbolt's two meta pages by hand: with one of them
-// damaged bbolt silently uses the other, older one, which can drop the last
-// write (say, the record of the newest commit).
-func metaProblems(p string) []string {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil // the database open reports it
-	}
-	defer f.Close()
-	page := func(off int64) ([]byte, bool) {
-		b := make([]byte, 16+64)
-		if _, err := f.ReadAt(b, off); err != nil {
-			return nil, false
-		}
-		m := b[16:] // after the page header
-		h := fnv.New64a()
-		h.Write(m[:56])
-		ok := binary.LittleEndian.Uint32(m[0:]) == 0xED0CDAED && binary.LittleEndian.Uint32(m[4:]) == 2 &&
-			binary.LittleEndian.Uint64(m[56:]) == h.Sum64()
-		return m, ok
-	}
-	m0, ok0 := page(0)
-	size := int64(os.Getpagesize())
-	if ok0 {
-		size = int64(binary.LittleEndian.Uint32(m0[8:]))
-	}
-	_, ok1 := page(size)
-	switch {
-	case ok0 && ok1:
-		return nil
-	case ok0 || ok1:
-		bad, good := 0, 1
-		if ok0 {
-			bad, good = 1, 0
-		}
-		return []string{fmt.Sprintf("meta page %d is damaged; bbolt uses meta page %d, which may be one write older", bad, good)}
-	}
-	return nil // both bad: the open fails and says so
 }
 
 // treeNames lists trees/ (names only; nothing is followed).
@@ -182,156 +108,6 @@ func treeID(name string) (uint64, bool) {
 	return id, err == nil && id > 0 && strconv.FormatUint(id, 10) == name
 }
 
-// Manifest objects are named by the hash of their zstd bytes (see
-// manifestKey), not by the tx digest, and share the key form 0444 root:root
-// with ordinary files; so finding one by digest without the database means
-// looking at those objects' first bytes for a zstd frame, and decoding only
-// the first bytes of those until one starts as a manifest does.
-var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
-
-type foundManifest struct {
-	key cas.Key
-	m   *manifest.Manifest
-	raw string // digest
-}
-
-// scanManifests calls fn with every manifest object in the CAS (with want,
-// only the one with that digest) until fn returns false, and skipped (if
-// not nil) with each object that starts as a manifest does but cannot be
-// used (too large, damaged). Objects are read on s.opts.Workers
-// goroutines, one fan-out directory at a time each.
-func (s *Store) scanManifests(want string, fn func(f foundManifest) bool, skipped func(error)) error {
-	ofd, err := unix.Open(s.objects.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", s.objects.Dir, err)
-	}
-	defer unix.Close(ofd)
-	var (
-		mu   sync.Mutex
-		stop bool
-		wg   sync.WaitGroup
-		errs []error
-	)
-	fans := make(chan int)
-	worker := func() {
-		defer wg.Done()
-		for b := range fans {
-			name := fmt.Sprintf("%02x", b)
-			fd, err := unix.Openat(ofd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err == unix.ENOENT {
-				continue
-			}
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("open %s/%s: %w", s.objects.Dir, name, err))
-				mu.Unlock()
-				continue
-			}
-			var keys []cas.Key
-			err = cas.ReadDir(fd, func(n string, _ uint64, typ uint8) {
-				if len(n) != 64+5 || !strings.HasSuffix(n, ".0444") || (typ != unix.DT_REG && typ != unix.DT_UNKNOWN) {
-					return
-				}
-				if k, err := cas.ParseName(n); err == nil {
-					keys = append(keys, k)
-				}
-			})
-			unix.Close(fd)
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("list %s/%s: %w", s.objects.Dir, name, err))
-				mu.Unlock()
-				continue
-			}
-			for _, k := range keys {
-				mu.Lock()
-				done := stop
-				mu.Unlock()
-				if done {
-					break
-				}
-				f, ok, err := s.readManifest(k, want)
-				mu.Lock()
-				switch {
-				case err != nil && skipped != nil && !stop:
-					skipped(err)
-				case ok && !stop && !fn(f):
-					stop = true
-				}
-				mu.Unlock()
-			}
-		}
-	}
-	for i := 0; i < s.opts.Workers; i++ {
-		wg.Add(1)
-		go worker()
-	}
-	for b := 0; b < 256; b++ {
-		fans <- b
-	}
-	close(fans)
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// readManifest returns object k as a manifest if it is one (and, with want,
-// has that digest). An object that is not zstd or whose text does not start
-// with the manifest header is simply not a manifest (ok false, no error);
-// one that does but cannot be used — too large for a manifest, not
-// canonical, damaged, a hash that does not match its name — is an error
-// naming it. Decoding is bounded (decodeManifest): with want, a first pass
-// only hashes the text, so no object but the one wanted is ever held in
-// memory whole.
-func (s *Store) readManifest(k cas.Key, want string) (foundManifest, bool, error) {
-	fd, err := s.objects.Open(k)
-	if err != nil {
-		return foundManifest{}, false, nil
-	}
-	f := os.NewFile(uintptr(fd), s.objects.Path(k))
-	defer f.Close()
-	var head [4]byte
-	var st unix.Stat_t
-	if n, _ := unix.Pread(fd, head[:], 0); n != 4 || !bytes.Equal(head[:], zstdMagic) || unix.Fstat(fd, &st) != nil {
-		return foundManifest{}, false, nil
-	}
-	// Streamed from the file: most zstd objects (compressed modules,
-	// firmware) are told apart by their first decoded bytes, so they
-	// are never read whole.
-	open := func() io.Reader { return io.NewSectionReader(f, 0, st.Size) }
-	bad := func(err error) (foundManifest, bool, error) {
-		if errors.Is(err, errNotManifest) {
-			return foundManifest{}, false, nil
-		}
-		return foundManifest{}, false, fmt.Errorf("%s: %w", s.objects.Path(k), err)
-	}
-	if want != "" {
-		d, err := hashManifest(open, 0)
-		if err != nil {
-			return bad(err)
-		}
-		if d != want {
-			return foundManifest{}, false, nil
-		}
-	}
-	raw, err := decodeManifest(open, 0)
-	if err != nil {
-		return bad(err)
-	}
-	d := manifest.Digest(raw)
-	if want != "" && d != want { // changed between the two reads
-		return foundManifest{}, false, nil
-	}
-	// The object's own hash, last: only manifests get this far.
-	if h, err := cas.HashObject(fd); err != nil || h != k.Hash {
-		return bad(fmt.Errorf("%w: content does not match its name", ErrBadManifest))
-	}
-	m, err := manifest.DecodeOwned(raw)
-	if err != nil {
-		return bad(err)
-	}
-	return foundManifest{key: k, m: m, raw: d}, true, nil
-}
-
 // FindManifest returns the manifest with digest ("sha256:HEX") and the key
 // of its CAS object, without trusting the database: if tx hint's record is
 // still readable and has that digest its manifest object is tried first,
@@ -349,11 +125,11 @@ func (s *Store) FindManifest(digest string, hint uint64) (*manifest.Manifest, ca
 			}
 		}
 	}
-	var found *foundManifest
+	var found *manifestio.Found
 	var skips []error
-	err := s.scanManifests(digest, func(f foundManifest) bool { found = &f; return false }, func(err error) { skips = append(skips, err) })
+	err := manifestio.Scan(s.objects, s.opts.Workers, digest, func(f manifestio.Found) bool { found = &f; return false }, func(err error) { skips = append(skips, err) })
 	if found != nil {
-		return found.m, found.key, nil
+		return found.M, found.Key, nil
 	}
 	if err != nil {
 		return nil, cas.Key{}, fmt.Errorf("find manifest %s: %w", digest, err)
@@ -363,77 +139,6 @@ func (s *Store) FindManifest(digest string, hint uint64) (*manifest.Manifest, ca
 		also = fmt.Sprintf(" (skipped %d unusable: %v)", len(skips), skips[0])
 	}
 	return nil, cas.Key{}, fmt.Errorf("%w: %s in %s%s", ErrNoManifest, digest, s.objects.Dir, also)
-}
-
-// VerifyManifest is Verify of tx id's tree against a manifest the caller
-// found (FindManifest) rather than the one its record names.
-func (s *Store) VerifyManifest(id uint64, m *manifest.Manifest, mode VerifyMode) ([]Problem, error) {
-	if mode == VerifyOff {
-		return nil, nil
-	}
-	unlock, err := s.gcLock(unix.LOCK_SH)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	probs, err := blit.Verify(m, s.objects, s.TreeDir(id), mode == VerifyFull, s.opts.Workers, s.hashed)
-	for i := range probs {
-		if probs[i].Path == "." {
-			probs[i].Path = "usr"
-		} else {
-			probs[i].Path = "usr/" + probs[i].Path
-		}
-	}
-	return probs, err
-}
-
-// salvage is what the old database still tells, read best-effort: each
-// bucket in its own call, so damage in one loses only that one.
-type salvage struct {
-	txs       map[uint64]*Tx
-	def, next uint64
-	cfg       map[string][]byte
-	events    []Event
-}
-
-func (s *Store) salvage() *salvage {
-	sv := &salvage{txs: map[uint64]*Tx{}, cfg: map[string][]byte{}}
-	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(bucketTx); b != nil {
-			b.ForEach(func(k, v []byte) error {
-				if t, err := decodeTx(k, v); err == nil {
-					sv.txs[t.ID] = t
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(bucketMeta); b != nil {
-			sv.def, sv.next = getU64(b, keyDefault), getU64(b, keyNext)
-			b.ForEach(func(k, v []byte) error {
-				if bytes.HasPrefix(k, []byte("cfg/")) && v != nil {
-					sv.cfg[string(k)] = bytes.Clone(v)
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	s.view(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(bucketEvents); b != nil {
-			b.ForEach(func(k, v []byte) error {
-				var ev Event
-				if json.Unmarshal(v, &ev) == nil {
-					sv.events = append(sv.events, ev)
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	return sv
 }
 
 // RebuildReport says what Rebuild did.
@@ -473,22 +178,17 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	defer unlock()
 	p := filepath.Join(s.Dir, "store.db")
 	rep := &RebuildReport{DB: p}
-	sv := s.salvage()
+	sv := records.Salvage(s.view)
 
-	byDigest := map[string]foundManifest{}
 	skip := func(err error) {
 		if len(rep.Skipped) < maxProblems {
-			rep.Skipped = append(rep.Skipped, oneLine(err.Error()))
+			rep.Skipped = append(rep.Skipped, dbio.OneLine(err.Error()))
 		}
 	}
-	if err := s.scanManifests("", func(f foundManifest) bool { byDigest[f.raw] = f; return true }, skip); err != nil {
+	byDigest, digests, err := manifestio.ByDigest(s.objects, s.opts.Workers, skip)
+	if err != nil {
 		return nil, fmt.Errorf("rebuild %s: %w", p, err)
 	}
-	digests := make([]string, 0, len(byDigest))
-	for d := range byDigest {
-		digests = append(digests, d)
-	}
-	sort.Strings(digests)
 
 	matched, aside, err := s.matchTrees(sv, byDigest, digests)
 	if err != nil {
@@ -506,13 +206,13 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 	tmp := filepath.Join(s.Dir, "staging", "store.db.rebuild")
 	os.Remove(tmp)
 	ev := Event{Kind: "fsck-rebuild", Time: now, Detail: fmt.Sprintf("%d txs from trees and manifests (%d records kept from the previous database); %d trees set aside", len(rep.Txs), rep.Salvaged, len(aside))}
-	if err := writeDB(tmp, s.opts.Timeout, rep.Txs, rep.Default, max(sv.next, maxID+1), sv.cfg, append(sv.events, ev)); err != nil {
+	if err := records.Write(tmp, s.opts.Timeout, rep.Txs, rep.Default, max(sv.Next, maxID+1), sv.Cfg, append(sv.Events, ev)); err != nil {
 		os.Remove(tmp)
-		return nil, err
+		return nil, fmt.Errorf("rebuild: %w", err)
 	}
-	if rep.Saved, err = keepOld(p, now); err != nil {
+	if rep.Saved, err = dbio.KeepOld(p, now); err != nil {
 		os.Remove(tmp)
-		return nil, err
+		return nil, fmt.Errorf("rebuild: %w", err)
 	}
 	if err := os.Rename(tmp, p); err != nil {
 		return nil, fmt.Errorf("rebuild: install %s: %w", p, err)
@@ -528,10 +228,10 @@ func (s *Store) Rebuild() (*RebuildReport, error) {
 // matchTree finds the manifest tx id's tree holds: the digest its old
 // record names first, then every other manifest whose sizes agree on a
 // sample of files, each confirmed by a fast verify with no problem.
-func (s *Store) matchTree(id uint64, old *Tx, byDigest map[string]foundManifest, digests []string) (foundManifest, bool) {
+func (s *Store) matchTree(id uint64, old *Tx, byDigest map[string]manifestio.Found, digests []string) (manifestio.Found, bool) {
 	tree := s.TreeDir(id)
-	try := func(f foundManifest) bool {
-		probs, err := blit.Verify(f.m, s.objects, tree, false, s.opts.Workers, nil)
+	try := func(f manifestio.Found) bool {
+		probs, err := blit.Verify(f.M, s.objects, tree, false, s.opts.Workers, nil)
 		return err == nil && len(probs) == 0
 	}
 	if old != nil {
@@ -541,11 +241,11 @@ func (s *Store) matchTree(id uint64, old *Tx, byDigest map[string]foundManifest,
 	}
 	for _, d := range digests {
 		f := byDigest[d]
-		if (old == nil || d != old.Digest) && sizesAgree(f.m, tree) && try(f) {
+		if (old == nil || d != old.Digest) && sizesAgree(f.M, tree) && try(f) {
 			return f, true
 		}
 	}
-	return foundManifest{}, false
+	return manifestio.Found{}, false
 }
 
 // sizesAgree is a cheap filter before a verify: up to 32 regular files of m,
@@ -594,134 +294,15 @@ func pickDefault(txs []*Tx, old uint64) uint64 {
 	return 0
 }
 
-// writeDB builds a complete database at path and fsyncs it.
-func writeDB(path string, timeout time.Duration, txs []*Tx, def, next uint64, cfg map[string][]byte, events []Event) error {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
-	if err != nil {
-		return fmt.Errorf("rebuild: create %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketTx, bucketMeta, bucketEvents} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		txb, meta, evb := tx.Bucket(bucketTx), tx.Bucket(bucketMeta), tx.Bucket(bucketEvents)
-		for _, t := range txs {
-			if err := putTx(txb, t); err != nil {
-				return err
-			}
-		}
-		if err := meta.Put(keyVersion, []byte("1")); err != nil {
-			return err
-		}
-		if err := meta.Put(keyNext, u64(next)); err != nil {
-			return err
-		}
-		if def != 0 {
-			if err := meta.Put(keyDefault, u64(def)); err != nil {
-				return err
-			}
-		}
-		for k, v := range cfg {
-			if err := meta.Put([]byte(k), v); err != nil {
-				return err
-			}
-		}
-		if len(events) > maxEvents {
-			events = events[len(events)-maxEvents:]
-		}
-		for _, ev := range events {
-			if err := appendEvent(evb, ev); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("rebuild: write %s: %w", path, err)
-	}
-	return fsyncFile(path)
-}
-
-// keepOld preserves the current store.db as store.db.corrupt-<time> before
-// it is replaced: a hard link (the name appears, nothing is copied; the
-// database stays in place until the rename over it), else a durable copy.
-// A store.db that is not a regular file (a directory, say) is renamed away.
-// Returns "" when there is no store.db.
-func keepOld(p string, now time.Time) (string, error) {
-	fi, err := os.Lstat(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("rebuild: %w", err)
-	}
-	base := p + ".corrupt-" + now.Format("20060102T150405Z")
-	saved := base
-	for i := 1; ; i++ {
-		if _, err := os.Lstat(saved); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		saved = fmt.Sprintf("%s.%d", base, i)
-	}
-	switch {
-	case !fi.Mode().IsRegular():
-		err = os.Rename(p, saved)
-	default:
-		if err = os.Link(p, saved); err != nil {
-			err = copyDurable(p, saved)
-		}
-	}
-	if err != nil {
-		return "", fmt.Errorf("rebuild: keep the old database as %s: %w", saved, err)
-	}
-	if err := fsx.SyncDir(filepath.Dir(p)); err != nil {
-		return "", err
-	}
-	return saved, nil
-}
-
-// copyDurable copies src to dst via a temp file, fsynced, then renamed.
-func copyDurable(src, dst string) error {
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
-}
-
 // matchTrees pairs each trees/<id> with the manifest that describes it
 // (aside: the names none matches), and adds salvaged records whose tree is
 // gone but whose manifest is still there.
-func (s *Store) matchTrees(sv *salvage, byDigest map[string]foundManifest, digests []string) (map[uint64]foundManifest, []string, error) {
+func (s *Store) matchTrees(sv *records.Salvaged, byDigest map[string]manifestio.Found, digests []string) (map[uint64]manifestio.Found, []string, error) {
 	names, err := s.treeNames()
 	if err != nil {
 		return nil, nil, err
 	}
-	matched := map[uint64]foundManifest{}
+	matched := map[uint64]manifestio.Found{}
 	var aside []string
 	for _, name := range names {
 		id, ok := treeID(name)
@@ -729,7 +310,7 @@ func (s *Store) matchTrees(sv *salvage, byDigest map[string]foundManifest, diges
 			ok = false
 		}
 		if ok {
-			f, found := s.matchTree(id, sv.txs[id], byDigest, digests)
+			f, found := s.matchTree(id, sv.Txs[id], byDigest, digests)
 			if found {
 				matched[id] = f
 				continue
@@ -738,7 +319,7 @@ func (s *Store) matchTrees(sv *salvage, byDigest map[string]foundManifest, diges
 		aside = append(aside, name)
 	}
 	// Salvaged records without a matching tree, whose manifest is still there.
-	for id, t := range sv.txs {
+	for id, t := range sv.Txs {
 		if _, ok := matched[id]; ok {
 			continue
 		}
@@ -754,7 +335,7 @@ func (s *Store) matchTrees(sv *salvage, byDigest map[string]foundManifest, diges
 
 // recordsFor makes a record for each matched tx, keeping what the old
 // database still tells; it returns the highest id.
-func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]foundManifest, sv *salvage, now time.Time) uint64 {
+func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]manifestio.Found, sv *records.Salvaged, now time.Time) uint64 {
 	ids := make([]uint64, 0, len(matched))
 	for id := range matched {
 		ids = append(ids, id)
@@ -763,20 +344,32 @@ func (rep *RebuildReport) recordsFor(s *Store, matched map[uint64]foundManifest,
 	var prev, maxID uint64
 	for _, id := range ids {
 		f := matched[id]
-		entries, size := f.m.Stats()
-		t := &Tx{}
-		if old := sv.txs[id]; old != nil && old.Digest == f.raw {
-			*t = *old
+		t := s.recoveredTx(id, prev, f, now)
+		if old := sv.Txs[id]; old != nil && old.Digest == f.Digest {
+			t = old
+			describe(t, f, now)
 			rep.Salvaged++
-		} else {
-			t = &Tx{ID: id, Parent: prev, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
 		}
-		t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.raw, f.key.Hash.String(), f.m.Kernels(), entries, size, now
 		rep.Txs = append(rep.Txs, t)
 		prev, maxID = id, id
 	}
-	rep.Default = pickDefault(rep.Txs, sv.def)
+	rep.Default = pickDefault(rep.Txs, sv.Default)
 	return maxID
+}
+
+// recoveredTx is a new record for tree id, which manifest f describes:
+// pending with fresh tries, parent as given, created when the tree was
+// placed.
+func (s *Store) recoveredTx(id, parent uint64, f manifestio.Found, now time.Time) *Tx {
+	t := &Tx{ID: id, Parent: parent, Created: s.treeTime(id, now), Summary: "recovered by fsck", Boot: bootstate.New(0)}
+	describe(t, f, now)
+	return t
+}
+
+// describe sets what manifest f says of a tx in its record.
+func describe(t *Tx, f manifestio.Found, now time.Time) {
+	entries, size := f.M.Stats()
+	t.Digest, t.Manifest, t.Kernels, t.Entries, t.Bytes, t.Updated = f.Digest, f.Key.Hash.String(), f.M.Kernels(), entries, size, now
 }
 
 // setAside moves the trees no manifest matches to lost+found, durably.

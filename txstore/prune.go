@@ -1,7 +1,6 @@
 package txstore
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -9,7 +8,9 @@ import (
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/internal/safefs"
+	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -66,18 +67,12 @@ func (s *Store) PruneWith(keep int, protect []uint64, before func(remove []uint6
 	}
 	res := &PruneResult{}
 	err = s.update(func(tx *bbolt.Tx) error {
-		txs, _, events, err := buckets(tx)
+		txs, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		var all []*Tx
-		if err := txs.ForEach(func(k, v []byte) error {
-			t, err := decodeTx(k, v)
-			if err == nil {
-				all = append(all, t)
-			}
-			return err
-		}); err != nil {
+		all, err := records.AllTxs(txs)
+		if err != nil {
 			return err
 		}
 		for _, id := range sortedIDs(all) {
@@ -85,10 +80,10 @@ func (s *Store) PruneWith(keep int, protect []uint64, before func(remove []uint6
 				res.Kept = append(res.Kept, id)
 				continue
 			}
-			if err := txs.Delete(u64(id)); err != nil {
+			if err := txs.Delete(records.Key(id)); err != nil {
 				return err
 			}
-			if err := appendEvent(events, Event{Kind: "prune", TxID: id}); err != nil {
+			if err := records.AppendEvent(events, Event{Kind: "prune", TxID: id}); err != nil {
 				return err
 			}
 			res.Removed = append(res.Removed, id)
@@ -98,50 +93,12 @@ func (s *Store) PruneWith(keep int, protect []uint64, before func(remove []uint6
 	if err != nil {
 		return nil, err
 	}
-	return res, s.removeTxFiles(res.Removed)
-}
-
-// removeTxFiles removes trees/<id> and boot/<id> (bootctl's initrd) of
-// removed txs through directory fds, never following a symlink.
-func (s *Store) removeTxFiles(ids []uint64) error {
-	if len(ids) == 0 {
-		return nil
+	names := make([]string, len(res.Removed))
+	for i, id := range res.Removed {
+		names[i] = strconv.FormatUint(id, 10)
 	}
-	dfd, err := openStoreDir(s.Dir)
-	if err != nil {
-		return fmt.Errorf("prune: open store %s: %w", s.Dir, err)
-	}
-	defer unix.Close(dfd)
-	var damage damageList
-	for _, sub := range []string{"trees", BootDir} {
-		fd, err := safefs.OpenDir(dfd, sub)
-		if errors.Is(err, unix.ENOENT) {
-			continue
-		}
-		if safefs.IsNotDir(err) {
-			damage = append(damage, s.damaged(dfd, "", sub))
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("prune: open %s/%s: %w", s.Dir, sub, err)
-		}
-		for _, id := range ids {
-			name := strconv.FormatUint(id, 10)
-			if err := safefs.RemoveTree(fd, name); err != nil {
-				if !errors.Is(err, safefs.ErrNotDir) {
-					unix.Close(fd)
-					return fmt.Errorf("prune %s/%s: %w", s.Dir, sub, err)
-				}
-				damage = append(damage, s.damaged(fd, sub, name))
-			}
-		}
-		err = fsx.SyncDirFd(fd, filepath.Join(s.Dir, sub))
-		unix.Close(fd)
-		if err != nil {
-			return fmt.Errorf("prune: %w", err)
-		}
-	}
-	return damage.err()
+	// trees/<id> and boot/<id> (bootctl's initrd)
+	return res, s.layout().RemoveEntries([]string{"trees", BootDir}, names)
 }
 
 // pruneKeepSet is bootstate.Keep over the records: the default and
@@ -247,14 +204,14 @@ func (s *Store) GC() (*GCStats, error) {
 		return nil, fmt.Errorf("nothing removed: %w", err)
 	}
 	st := &GCStats{Referenced: len(ref), PullRunning: pull}
-	dfd, err := openStoreDir(s.Dir)
+	dfd, err := layout.Open(s.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", s.Dir, err)
 	}
 	defer unix.Close(dfd)
 	ofd, err := safefs.OpenDir(dfd, "objects")
 	if safefs.IsNotDir(err) {
-		return nil, fmt.Errorf("nothing removed: %w", s.damaged(dfd, "", "objects"))
+		return nil, fmt.Errorf("nothing removed: %w", s.layout().Damaged(dfd, "", "objects"))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", s.objects.Dir, err)
@@ -264,7 +221,7 @@ func (s *Store) GC() (*GCStats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", s.objects.Dir, err)
 	}
-	var damage damageList
+	var damage layout.Damage
 	for _, fan := range fans {
 		if err := s.gcFan(ofd, fan, ref, st, &damage); err != nil {
 			return st, err
@@ -280,7 +237,7 @@ func (s *Store) GC() (*GCStats, error) {
 			return st, err
 		}
 	}
-	if err := damage.err(); err != nil {
+	if err := damage.Err(); err != nil {
 		return st, err
 	}
 	return st, nil
@@ -288,14 +245,14 @@ func (s *Store) GC() (*GCStats, error) {
 
 // gcFan removes the unreferenced entries of fan-out directory fan of the
 // open objects directory ofd.
-func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCStats, damage *damageList) error {
+func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCStats, damage *layout.Damage) error {
 	if safefs.TypeOf(ofd, fan) != unix.DT_DIR {
-		*damage = append(*damage, s.damaged(ofd, "objects", fan.Name))
+		*damage = append(*damage, s.layout().Damaged(ofd, "objects", fan.Name))
 		return nil
 	}
 	fd, err := safefs.OpenDir(ofd, fan.Name)
 	if safefs.IsNotDir(err) { // replaced since the listing
-		*damage = append(*damage, s.damaged(ofd, "objects", fan.Name))
+		*damage = append(*damage, s.layout().Damaged(ofd, "objects", fan.Name))
 		return nil
 	}
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/records"
 	"github.com/txboot/txboot/txstore/sign"
 )
 
@@ -73,7 +74,7 @@ func rawDB(t *testing.T, root string, fn func(txs, meta, events *bbolt.Bucket) e
 	}
 	defer db.Close()
 	if err := db.Update(func(tx *bbolt.Tx) error {
-		txs, meta, events, err := buckets(tx)
+		txs, meta, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
@@ -148,10 +149,10 @@ func TestRecordGoldenEncode(t *testing.T) {
 		if v := meta.Get([]byte("next")); !bytes.Equal(v, []byte{0, 0, 0, 0, 0, 0, 0, 1}) {
 			t.Errorf("meta next = %x, want 8-byte big-endian 1", v)
 		}
-		if err := putTx(txs, goldenTx()); err != nil {
+		if err := records.PutTx(txs, goldenTx()); err != nil {
 			return err
 		}
-		if err := appendEvent(events, goldenEvent()); err != nil {
+		if err := records.AppendEvent(events, goldenEvent()); err != nil {
 			return err
 		}
 		if got := txs.Get([]byte{0, 0, 0, 0, 0, 0, 0, 7}); !bytes.Equal(got, txRec) {

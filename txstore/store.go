@@ -1,26 +1,23 @@
 package txstore
 
 import (
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/txboot/txboot/txstore/blit"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
+	"github.com/txboot/txboot/txstore/internal/dbio"
+	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/internal/safefs"
+	"github.com/txboot/txboot/txstore/records"
 	"go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,18 +27,6 @@ const DirName = ".txboot"
 // DefaultTimeout bounds every lock and database open: a stuck lock must end
 // in an error a person can act on, never in a boot that hangs forever.
 const DefaultTimeout = 5 * time.Second
-
-// maxEvents bounds the event log.
-const maxEvents = 2000
-
-var (
-	bucketTx     = []byte("tx")
-	bucketMeta   = []byte("meta")
-	bucketEvents = []byte("events")
-	keyNext      = []byte("next")
-	keyDefault   = []byte("default")
-	keyVersion   = []byte("version")
-)
 
 // Options for Open.
 type Options struct {
@@ -117,7 +102,7 @@ func (s *Store) LockWriter() error {
 	if s.opts.ReadOnly {
 		return ErrReadOnly
 	}
-	fd, err := lockFile(filepath.Join(s.Dir, "lock"), unix.LOCK_EX, s.opts.Timeout)
+	fd, err := dbio.Lock(filepath.Join(s.Dir, "lock"), unix.LOCK_EX, s.opts.Timeout)
 	if err != nil {
 		return err
 	}
@@ -174,30 +159,8 @@ func create(dir string, timeout time.Duration) error {
 	}
 	tmp := filepath.Join(dir, "staging", "store.db.new")
 	os.Remove(tmp)
-	db, err := bbolt.Open(tmp, 0o600, &bbolt.Options{Timeout: timeout})
-	if err != nil {
-		return fmt.Errorf("create store db %s: %w", tmp, err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketTx, bucketMeta, bucketEvents} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		m := tx.Bucket(bucketMeta)
-		if err := m.Put(keyVersion, []byte("1")); err != nil {
-			return err
-		}
-		return m.Put(keyNext, u64(1))
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("create store db %s: %w", tmp, err)
-	}
-	if err := fsyncFile(tmp); err != nil {
-		return err
+	if err := records.Write(tmp, timeout, nil, 0, 1, nil, nil); err != nil {
+		return fmt.Errorf("create store db: %w", err)
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, "store.db")); err != nil {
 		return fmt.Errorf("create store db: %w", err)
@@ -208,42 +171,6 @@ func create(dir string, timeout time.Duration) error {
 		}
 	}
 	return nil
-}
-
-func fsyncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	return nil
-}
-
-// lockFile takes a flock, polling until timeout.
-func lockFile(path string, how int, timeout time.Duration) (int, error) {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return -1, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		err := unix.Flock(fd, how|unix.LOCK_NB)
-		if err == nil {
-			return fd, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			unix.Close(fd)
-			return -1, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if time.Now().After(deadline) {
-			unix.Close(fd)
-			return -1, fmt.Errorf("%w: %s held for over %s", ErrBusy, path, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // Close releases the writer lock and the CAS's open directories; the
@@ -288,195 +215,24 @@ func (s *Store) update(fn func(tx *bbolt.Tx) error) error {
 	return s.withDB(false, func(db *bbolt.DB) error { return db.Update(fn) })
 }
 
-// withDB opens store.db for one call. bbolt panics on a damaged file (bad
-// page ids, garbage pages), often only when a read reaches the damaged page,
-// so the whole call — open, fn, close — runs under recover and a panic
-// becomes ErrCorrupt naming the file: a damaged index must never crash
-// bootctl or PID 1.
-func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) (err error) {
-	p := filepath.Join(s.Dir, "store.db")
-	var file *os.File
-	var db *bbolt.DB
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true)) // a stray read of the mapping panics instead of killing the process
-	defer func() {
-		if r := recover(); r != nil {
-			abandon(db, file)
-			err = fmt.Errorf("%w: %s: %s", ErrCorrupt, p, oneLine(fmt.Sprint(r)))
-		}
-	}()
-	db, err = bbolt.Open(p, 0o600, &bbolt.Options{Timeout: s.opts.Timeout, ReadOnly: ro,
-		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
-			f, err := openDBFile(name, flag)
-			file = f
-			return f, err
-		}})
-	if err != nil {
-		return dbOpenError(p, s.Dir, err)
-	}
-	err = fn(db)
-	if errors.Is(err, ErrCorrupt) && !strings.Contains(err.Error(), p) {
-		err = fmt.Errorf("%s: %w", p, err)
-	}
-	if cerr := db.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("close %s: %w", p, cerr)
-	}
-	return err
-}
-
-// abandon releases what a bbolt call that panicked holds. Close is tried
-// first, since it also unmaps the file; but a panic can leave one of bbolt's
-// own mutexes taken, and then Close blocks forever, so it gets a moment and
-// then the flock is dropped and the fd closed by hand (the mapping keeps
-// the file's description, and with it the flock, alive until exit or exec).
-func abandon(db *bbolt.DB, f *os.File) {
-	if db != nil {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			defer func() { recover() }()
-			db.Close()
-		}()
-		select {
-		case <-done:
-			return
-		case <-time.After(time.Second):
-		}
-	}
-	if f != nil {
-		unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		f.Close()
-	}
-}
-
-// errEmptyDB: bbolt would silently turn a 0-byte file into a new, empty
-// database (and Cleanup would then take every tree for a leftover).
-var errEmptyDB = errors.New("empty file (0 bytes)")
-
-// openDBFile opens store.db for bbolt; tests inject I/O errors here.
-var openDBFile = openDB
-
-// openDB is bbolt's file opener: never create (the store makes its first
-// database itself, in staging), never follow a symlink out of the store,
-// never block on a FIFO, and refuse an empty file instead of letting bbolt
-// initialise it.
-func openDB(name string, flag int) (*os.File, error) {
-	fd, err := unix.Open(name, flag&^os.O_CREATE|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: name, Err: err}
-	}
-	var st unix.Stat_t
-	err = unix.Fstat(fd, &st)
-	switch {
-	case err != nil:
-		err = &os.PathError{Op: "stat", Path: name, Err: err}
-	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		err = &os.PathError{Op: "open", Path: name, Err: unix.EISDIR}
-	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		err = fmt.Errorf("not a regular file (mode %#o)", st.Mode)
-	case st.Size == 0:
-		err = errEmptyDB
-	default:
-		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0) // clear O_NONBLOCK
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), name), nil
-}
-
-// dbOpenError classifies a bbolt.Open failure: lock timeout, missing file,
-// and I/O errors (EACCES, EIO, ELOOP …, anything carrying an errno) stay
-// themselves; only what bbolt found wrong with the content is ErrCorrupt.
-func dbOpenError(p, dir string, err error) error {
-	var errno unix.Errno
-	switch {
-	case errors.Is(err, berrors.ErrTimeout):
-		return fmt.Errorf("%w: %s", ErrBusy, p)
-	case errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("%w at %s", ErrNoStore, dir)
-	case errors.As(err, &errno):
-		return fmt.Errorf("store database: %w", err) // err names the path
-	}
-	// bbolt ignores a failed read of its meta pages and reports the file
-	// as invalid: read the header again to tell an unreadable disk (EIO)
-	// from damaged content.
-	if rerr := readHeader(p); rerr != nil {
-		return fmt.Errorf("store database: %w", rerr)
-	}
-	return fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
-}
-
-// readHeader reads store.db's first page; only an I/O error (with its
-// errno) is returned.
-func readHeader(p string) error {
-	f, err := openDBFile(p, os.O_RDONLY)
-	if err != nil {
-		var errno unix.Errno
-		if errors.As(err, &errno) {
-			return err
-		}
-		return nil
-	}
-	defer f.Close()
-	var buf [4096]byte
-	if _, err := f.ReadAt(buf[:], 0); err != nil && !errors.Is(err, io.EOF) {
-		var errno unix.Errno
-		if errors.As(err, &errno) {
-			return err // *fs.PathError: "read <p>: …"
-		}
-	}
-	return nil
-}
-
-// oneLine keeps a panic message to one line of an error.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
-}
-
-func u64(v uint64) []byte {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint64(b, v)
-	return b
-}
-
-func buckets(tx *bbolt.Tx) (txs, meta, events *bbolt.Bucket, err error) {
-	txs, meta, events = tx.Bucket(bucketTx), tx.Bucket(bucketMeta), tx.Bucket(bucketEvents)
-	if txs == nil || meta == nil || events == nil {
-		return nil, nil, nil, fmt.Errorf("%w: store.db lacks its buckets", ErrCorrupt)
-	}
-	return txs, meta, events, nil
-}
-
-func getU64(b *bbolt.Bucket, k []byte) uint64 {
-	v := b.Get(k)
-	if len(v) != 8 {
-		return 0
-	}
-	return binary.BigEndian.Uint64(v)
-}
-
-func decodeTx(k, v []byte) (*Tx, error) {
-	t := &Tx{}
-	if err := json.Unmarshal(v, t); err != nil || len(k) != 8 || t.ID != binary.BigEndian.Uint64(k) {
-		return nil, fmt.Errorf("%w: tx record %x unreadable", ErrCorrupt, k)
-	}
-	return t, nil
+// withDB opens store.db for one call (see dbio.With).
+func (s *Store) withDB(ro bool, fn func(db *bbolt.DB) error) error {
+	return dbio.With(filepath.Join(s.Dir, "store.db"), ro, s.opts.Timeout, fn)
 }
 
 // Get returns one tx record (a copy: nothing points into bbolt's memory).
 func (s *Store) Get(id uint64) (*Tx, error) {
 	var t *Tx
 	err := s.view(func(tx *bbolt.Tx) error {
-		txs, _, _, err := buckets(tx)
+		txs, _, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		v := txs.Get(u64(id))
+		v := txs.Get(records.Key(id))
 		if v == nil {
 			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
 		}
-		t, err = decodeTx(u64(id), v)
+		t, err = records.DecodeTx(records.Key(id), v)
 		return err
 	})
 	return t, err
@@ -486,17 +242,12 @@ func (s *Store) Get(id uint64) (*Tx, error) {
 func (s *Store) List() ([]*Tx, error) {
 	var out []*Tx
 	err := s.view(func(tx *bbolt.Tx) error {
-		txs, _, _, err := buckets(tx)
+		txs, _, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		return txs.ForEach(func(k, v []byte) error {
-			t, err := decodeTx(k, v)
-			if err == nil {
-				out = append(out, t)
-			}
-			return err
-		})
+		out, err = records.AllTxs(txs)
+		return err
 	})
 	return out, err
 }
@@ -505,9 +256,9 @@ func (s *Store) List() ([]*Tx, error) {
 func (s *Store) Default() (uint64, error) {
 	var id uint64
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err == nil {
-			id = getU64(meta, keyDefault)
+			id = records.Uint(meta, records.KeyDefault)
 		}
 		return err
 	})
@@ -517,17 +268,17 @@ func (s *Store) Default() (uint64, error) {
 // SetDefault makes id the default.
 func (s *Store) SetDefault(id uint64) error {
 	return s.update(func(tx *bbolt.Tx) error {
-		txs, meta, events, err := buckets(tx)
+		txs, meta, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		if txs.Get(u64(id)) == nil {
+		if txs.Get(records.Key(id)) == nil {
 			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
 		}
-		if err := meta.Put(keyDefault, u64(id)); err != nil {
+		if err := meta.Put(records.KeyDefault, records.Key(id)); err != nil {
 			return err
 		}
-		return appendEvent(events, Event{Kind: "set-default", TxID: id})
+		return records.AppendEvent(events, Event{Kind: "set-default", TxID: id})
 	})
 }
 
@@ -536,15 +287,15 @@ func (s *Store) SetDefault(id uint64) error {
 func (s *Store) Update(id uint64, ev Event, fn func(t *Tx) error) (*Tx, error) {
 	var out *Tx
 	err := s.update(func(tx *bbolt.Tx) error {
-		txs, _, events, err := buckets(tx)
+		txs, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		v := txs.Get(u64(id))
+		v := txs.Get(records.Key(id))
 		if v == nil {
 			return fmt.Errorf("tx %d: %w", id, ErrNotFound)
 		}
-		t, err := decodeTx(u64(id), v)
+		t, err := records.DecodeTx(records.Key(id), v)
 		if err != nil {
 			return err
 		}
@@ -552,25 +303,17 @@ func (s *Store) Update(id uint64, ev Event, fn func(t *Tx) error) (*Tx, error) {
 			return err
 		}
 		t.Updated = time.Now().UTC()
-		if err := putTx(txs, t); err != nil {
+		if err := records.PutTx(txs, t); err != nil {
 			return err
 		}
 		out = t
 		if ev.Kind != "" {
 			ev.TxID = id
-			return appendEvent(events, ev)
+			return records.AppendEvent(events, ev)
 		}
 		return nil
 	})
 	return out, err
-}
-
-func putTx(b *bbolt.Bucket, t *Tx) error {
-	v, err := json.Marshal(t)
-	if err != nil {
-		return err
-	}
-	return b.Put(u64(t.ID), v)
 }
 
 // SetPinned pins or unpins a tx (pinned txs survive prune).
@@ -586,54 +329,27 @@ func (s *Store) SetPinned(id uint64, pinned bool) error {
 // Log appends an event.
 func (s *Store) Log(ev Event) error {
 	return s.update(func(tx *bbolt.Tx) error {
-		_, _, events, err := buckets(tx)
+		_, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
-		return appendEvent(events, ev)
+		return records.AppendEvent(events, ev)
 	})
-}
-
-func appendEvent(b *bbolt.Bucket, ev Event) error {
-	seq, err := b.NextSequence()
-	if err != nil {
-		return err
-	}
-	ev.Seq = seq
-	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
-	}
-	v, err := json.Marshal(ev)
-	if err != nil {
-		return err
-	}
-	if err := b.Put(u64(seq), v); err != nil {
-		return err
-	}
-	if seq > maxEvents { // drop the oldest
-		c := b.Cursor()
-		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-maxEvents; k, _ = c.Next() {
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 // Events returns the newest n events (all if n <= 0), oldest first.
 func (s *Store) Events(n int) ([]Event, error) {
 	var out []Event
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, _, events, err := buckets(tx)
+		_, _, events, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
 		c := events.Cursor()
 		for k, v := c.Last(); k != nil && (n <= 0 || len(out) < n); k, v = c.Prev() {
-			var ev Event
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return fmt.Errorf("%w: event %x unreadable", ErrCorrupt, k)
+			ev, err := records.DecodeEvent(k, v)
+			if err != nil {
+				return err
 			}
 			out = append(out, ev)
 		}
@@ -662,14 +378,14 @@ func (s *Store) Cleanup() error {
 	if err := s.writable(); err != nil {
 		return err
 	}
-	dfd, err := openStoreDir(s.Dir)
+	dfd, err := layout.Open(s.Dir)
 	if err != nil {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	defer unix.Close(dfd)
-	var damage damageList
+	var damage layout.Damage
 	for _, sub := range []string{"objects", "trees", "staging", "boot"} {
-		if err := s.checkDir(dfd, sub); err != nil {
+		if err := s.layout().Check(dfd, sub); err != nil {
 			if !errors.Is(err, ErrDamaged) {
 				return fmt.Errorf("cleanup: %w", err)
 			}
@@ -692,7 +408,7 @@ func (s *Store) Cleanup() error {
 		if err != nil {
 			err = fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
 		} else {
-			err = s.cleanStaging(sfd, live, &damage)
+			err = s.layout().CleanStaging(sfd, live, &damage)
 			unlock()
 		}
 		unix.Close(sfd)
@@ -708,6 +424,13 @@ func (s *Store) Cleanup() error {
 	for _, t := range txs {
 		known[strconv.FormatUint(t.ID, 10)] = true
 	}
+	// Whole trees whose record was lost are recorded again, not removed
+	// (not through a damaged trees/).
+	if s.layout().Check(dfd, "trees") == nil {
+		if err := s.recordLostTrees(known); err != nil {
+			return err
+		}
+	}
 	// trees/<id> and boot/<id> without a record: an interrupted commit or prune.
 	for _, sub := range []string{"trees", "boot"} {
 		fd, err := safefs.OpenDir(dfd, sub)
@@ -717,96 +440,13 @@ func (s *Store) Cleanup() error {
 		if err != nil {
 			return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
 		}
-		err = s.removeUnknown(fd, sub, known, &damage)
+		err = s.layout().RemoveUnknown(fd, sub, known, &damage)
 		unix.Close(fd)
 		if err != nil {
 			return err
 		}
 	}
-	return damage.err()
-}
-
-// cleanStaging empties the open staging directory: directories as trees,
-// other files unlinked, symlinks left alone as damage. With imports live
-// (a pull holds fetch.lock), directories named import-* stay.
-func (s *Store) cleanStaging(sfd int, imports bool, damage *damageList) error {
-	ents, err := safefs.List(sfd)
-	if err != nil {
-		return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
-	}
-	for _, e := range ents {
-		switch safefs.TypeOf(sfd, e) {
-		case unix.DT_LNK:
-			*damage = append(*damage, s.damaged(sfd, "staging", e.Name))
-		case unix.DT_DIR:
-			if imports && isImportDir(e.Name) {
-				continue
-			}
-			if err := safefs.RemoveTree(sfd, e.Name); err != nil {
-				if !errors.Is(err, safefs.ErrNotDir) {
-					return fmt.Errorf("cleanup %s/staging: %w", s.Dir, err)
-				}
-				*damage = append(*damage, s.damaged(sfd, "staging", e.Name))
-			}
-		default:
-			if err := unix.Unlinkat(sfd, e.Name, 0); err != nil && err != unix.ENOENT {
-				return fmt.Errorf("cleanup %s/staging/%s: %w", s.Dir, e.Name, err)
-			}
-		}
-	}
-	return nil
-}
-
-// removeUnknown removes the entries of the open directory fd (trees or
-// boot) not named in known; a non-directory among them is damage, left alone.
-func (s *Store) removeUnknown(fd int, sub string, known map[string]bool, damage *damageList) error {
-	ents, err := safefs.List(fd)
-	if err != nil {
-		return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
-	}
-	removed := false
-	for _, e := range ents {
-		if known[e.Name] {
-			continue
-		}
-		if err := safefs.RemoveTree(fd, e.Name); err != nil {
-			if !errors.Is(err, safefs.ErrNotDir) {
-				return fmt.Errorf("cleanup %s/%s: %w", s.Dir, sub, err)
-			}
-			*damage = append(*damage, s.damaged(fd, sub, e.Name))
-			continue
-		}
-		removed = true
-	}
-	if removed {
-		if err := fsx.SyncDirFd(fd, filepath.Join(s.Dir, sub)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// removeTree deletes the directory tree at p (whose directories may lack
-// write bits) without following any symlink in it; p itself must be a
-// directory (else ErrDamaged, nothing removed) or missing.
-func removeTree(p string) error {
-	p = filepath.Clean(p)
-	dfd, err := openStoreDir(filepath.Dir(p))
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("remove %s: %w", p, err)
-	}
-	defer unix.Close(dfd)
-	base := filepath.Base(p)
-	if err := safefs.RemoveTree(dfd, base); err != nil {
-		if errors.Is(err, safefs.ErrNotDir) {
-			return fmt.Errorf("%w: %s is %s, not a directory: left alone (not followed, not removed)", ErrDamaged, p, safefs.Describe(dfd, base))
-		}
-		return fmt.Errorf("remove %s: %w", p, err)
-	}
-	return nil
+	return damage.Err()
 }
 
 // sortedIDs returns ids sorted descending.
@@ -824,7 +464,7 @@ func sortedIDs(txs []*Tx) []uint64 {
 func (s *Store) Config(name string) ([]byte, error) {
 	var out []byte
 	err := s.view(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err == nil {
 			if v := meta.Get([]byte("cfg/" + name)); v != nil {
 				out = append([]byte(nil), v...) // copy out of bbolt's mmap
@@ -838,7 +478,7 @@ func (s *Store) Config(name string) ([]byte, error) {
 // SetConfig saves a small named setting.
 func (s *Store) SetConfig(name string, val []byte) error {
 	return s.update(func(tx *bbolt.Tx) error {
-		_, meta, _, err := buckets(tx)
+		_, meta, _, err := records.Buckets(tx)
 		if err != nil {
 			return err
 		}
