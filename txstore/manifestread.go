@@ -97,7 +97,7 @@ func streamManifest(src io.Reader, size int64, lines int, sink func(declared int
 	// The header first: the cheapest way to tell a manifest from any
 	// other zstd file, a bomb of zeros included.
 	var head [len(manifestHead)]byte
-	if k, err := io.ReadFull(d, head[:]); err != nil || string(head[:]) != manifestHead {
+	if k, err := io.ReadFull(d, head[:]); err != nil || !manifest.HasHeader(head[:]) {
 		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
 			return 0, fmt.Errorf("%w: zstd: %w", errNotManifest, err)
 		}

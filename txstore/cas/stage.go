@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"golang.org/x/sys/unix"
 )
 
@@ -301,6 +302,26 @@ func finishAttrs(fd int, k Key, chmod bool, tmpGID int) error {
 			return fmt.Errorf("chmod: %w", err)
 		}
 	}
+	return setXattrs(fd, k)
+}
+
+// setXattrs gives a new object file (not yet visible under objects/) its
+// key's xattrs, after chown and chmod: chown drops security.capability.
+// Nothing is done for a key without xattrs: the file is our own new one.
+func setXattrs(fd int, k Key) error {
+	if k.Xattrs == "" {
+		return nil
+	}
+	changed, err := xattr.FSet(fd, k.Xattrs)
+	if err != nil {
+		return fmt.Errorf("store filesystem: %w", err)
+	}
+	if changed {
+		// An access ACL sets the group bits from its mask: restore ours.
+		if err := unix.Fchmod(fd, k.Mode); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -393,6 +414,9 @@ func (s *Store) StageBytes(data []byte, k Key) (string, error) {
 	if err == nil {
 		err = SetAttrs(int(out.Fd()), k.Mode, k.UID, k.GID)
 	}
+	if err == nil {
+		err = setXattrs(int(out.Fd()), k)
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -426,7 +450,7 @@ func (s *Store) Publish(tmp string, k Key) error {
 			srcfd, srcname = f.tmpfd, base
 		}
 	}
-	var buf [96]byte
+	var buf [128]byte
 	name := string(k.AppendName(buf[:0]))
 	for {
 		err = unix.Renameat2(srcfd, srcname, fanfd, name, unix.RENAME_NOREPLACE)
@@ -529,6 +553,17 @@ func (s *Store) StageLink(src string, k Key, want *unix.Stat_t) (string, error) 
 		}
 	}
 	if st.Mode&07777 != k.Mode || k.Mode&06000 != 0 {
+		if err := unix.Fchmod(fd, k.Mode); err != nil {
+			return fail(fmt.Errorf("object %s: chmod: %w", k.RelPath(), err))
+		}
+	}
+	// src's inode becomes the object: exactly k's xattrs (src's own were
+	// scanned into k; any other, or a later change, must go).
+	changed, err := xattr.FSet(fd, k.Xattrs)
+	if err != nil {
+		return fail(fmt.Errorf("object %s: store filesystem: %w", k.RelPath(), err))
+	}
+	if changed { // an access ACL set or removed changes the group bits
 		if err := unix.Fchmod(fd, k.Mode); err != nil {
 			return fail(fmt.Errorf("object %s: chmod: %w", k.RelPath(), err))
 		}

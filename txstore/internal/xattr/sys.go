@@ -1,0 +1,191 @@
+package xattr
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ops are the xattr syscalls on one file, by descriptor or by path (a
+// symlink has no descriptor to read them through, so it goes by path with
+// the l* calls, which never follow it).
+type ops struct {
+	list   func(buf []byte) (int, error)
+	get    func(name string, buf []byte) (int, error)
+	set    func(name string, val []byte) error
+	remove func(name string) error
+}
+
+func fdOps(fd int) ops {
+	return ops{
+		list:   func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
+		get:    func(n string, b []byte) (int, error) { return unix.Fgetxattr(fd, n, b) },
+		set:    func(n string, v []byte) error { return unix.Fsetxattr(fd, n, v, 0) },
+		remove: func(n string) error { return unix.Fremovexattr(fd, n) },
+	}
+}
+
+func pathOps(path string) ops {
+	return ops{
+		list:   func(b []byte) (int, error) { return unix.Llistxattr(path, b) },
+		get:    func(n string, b []byte) (int, error) { return unix.Lgetxattr(path, n, b) },
+		set:    func(n string, v []byte) error { return unix.Lsetxattr(path, n, v, 0) },
+		remove: func(n string) error { return unix.Lremovexattr(path, n) },
+	}
+}
+
+// FRead returns the canonical encoding of open file fd's xattrs.
+func FRead(fd int) (string, error) {
+	// Most files have none: one flistxattr, no allocation, is the whole
+	// cost then (scan and verify run this over every entry of a tree).
+	var small [128]byte
+	n, err := unix.Flistxattr(fd, small[:])
+	if (err == nil && n == 0) || isNotSup(err) {
+		return "", nil
+	}
+	return read(fdOps(fd))
+}
+
+// LRead is FRead by path, not following a final symlink.
+func LRead(path string) (string, error) {
+	var small [128]byte
+	n, err := unix.Llistxattr(path, small[:])
+	if (err == nil && n == 0) || isNotSup(err) {
+		return "", nil
+	}
+	return read(pathOps(path))
+}
+
+// names returns the raw name list (NUL-separated), nil when none.
+func names(o ops) ([]byte, error) {
+	// Most files have none: one listxattr into a stack-sized buffer is
+	// the whole cost then (this runs over every entry of a tree).
+	var small [256]byte
+	buf := small[:]
+	for {
+		n, err := retry(func() (int, error) { return o.list(buf) })
+		switch {
+		case err == nil:
+			if n == 0 {
+				return nil, nil
+			}
+			return append([]byte(nil), buf[:n]...), nil
+		case isNotSup(err):
+			return nil, nil
+		case err != unix.ERANGE:
+			return nil, fmt.Errorf("listxattr: %w", err)
+		}
+		// Too small (or the list grew since we sized it): ask the size.
+		n, err = retry(func() (int, error) { return o.list(nil) })
+		if err != nil {
+			return nil, fmt.Errorf("listxattr: %w", err)
+		}
+		buf = make([]byte, n+64)
+	}
+}
+
+func value(o ops, name string, buf []byte) ([]byte, error) {
+	for {
+		n, err := retry(func() (int, error) { return o.get(name, buf) })
+		if err == nil {
+			return buf[:n], nil
+		}
+		if err != unix.ERANGE {
+			return nil, fmt.Errorf("getxattr %s: %w", name, err)
+		}
+		n, err = retry(func() (int, error) { return o.get(name, nil) })
+		if err != nil {
+			return nil, fmt.Errorf("getxattr %s: %w", name, err)
+		}
+		if n > ValueMax {
+			return nil, fmt.Errorf("%w: %s value is %d bytes (at most %d)", ErrTooBig, name, n, ValueMax)
+		}
+		buf = make([]byte, n+64)
+	}
+}
+
+func read(o ops) (string, error) {
+	raw, err := names(o)
+	if raw == nil || err != nil {
+		return "", err
+	}
+	var xs []Xattr
+	buf := make([]byte, 512)
+	for _, n := range strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00") {
+		if !Allowed(n) {
+			return "", fmt.Errorf("%w %q: unsupported namespace (txboot records security.*, trusted.*, user.* and POSIX ACLs)", ErrXattr, n)
+		}
+		v, err := value(o, n, buf)
+		if err == unix.ENODATA || errors.Is(err, unix.ENODATA) {
+			continue // removed since the listing
+		}
+		if err != nil {
+			return "", err
+		}
+		xs = append(xs, Xattr{Name: n, Value: append([]byte(nil), v...)})
+	}
+	return Encode(xs)
+}
+
+// FSet makes open file fd's xattrs exactly want (a canonical encoding):
+// it sets each wanted attribute and removes any other (one the kernel
+// added by inheritance, say a default ACL's copy or an SELinux label). It
+// reports whether it changed anything; changing an access ACL changes the
+// mode's group bits, so callers chmod afterwards when it did.
+func FSet(fd int, want string) (bool, error) { return setExact(fdOps(fd), want) }
+
+// LSet is FSet by path, not following a final symlink.
+func LSet(path string, want string) (bool, error) { return setExact(pathOps(path), want) }
+
+func setExact(o ops, want string) (bool, error) {
+	xs, err := Parse(want)
+	if err != nil {
+		return false, err
+	}
+	raw, err := names(o)
+	if err != nil {
+		return false, err
+	}
+	if raw == nil && len(xs) == 0 {
+		return false, nil
+	}
+	changed := false
+	keep := map[string]bool{}
+	for i := range xs {
+		keep[xs[i].Name] = true
+	}
+	if raw != nil {
+		for _, n := range strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00") {
+			if keep[n] {
+				continue
+			}
+			if err := o.remove(n); err != nil && err != unix.ENODATA {
+				return changed, fmt.Errorf("remove xattr %s: %w", n, err)
+			}
+			changed = true
+		}
+	}
+	for i := range xs {
+		if err := o.set(xs[i].Name, xs[i].Value); err != nil {
+			if isNotSup(err) {
+				return changed, fmt.Errorf("%w: filesystem does not support xattr %s: %w", ErrXattr, xs[i].Name, err)
+			}
+			return changed, fmt.Errorf("%w: set %s: %w", ErrXattr, xs[i].Name, err)
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+func isNotSup(err error) bool { return err == unix.ENOTSUP || err == unix.EOPNOTSUPP }
+
+func retry(f func() (int, error)) (int, error) {
+	for {
+		n, err := f()
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
