@@ -9,6 +9,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/walk"
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -78,7 +79,12 @@ func VerifyAt(m *manifest.Manifest, objs *cas.Store, dirfd int, name string, ful
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", dir, err)
 	}
-	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: walk.NewSched[job](), per: make([]verifyWorker, workers)}
+	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: walk.NewSched[job](), per: make([]verifyWorker, workers),
+		xattrs: m.Version != 1, base: name}
+	if dirfd != unix.AT_FDCWD {
+		// Symlinks, empty files and copies have their xattrs read by path.
+		v.base = fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
+	}
 	var root unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &root, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return []Problem{{Path: ".", Reason: fmt.Sprintf("tree missing: %v", err)}}, nil
@@ -91,6 +97,7 @@ func VerifyAt(m *manifest.Manifest, objs *cas.Store, dirfd int, name string, ful
 		if err != nil {
 			w0.add(".", "cannot read directory: %v", err)
 		} else {
+			w0.checkXattrsFD(v, &m.Entries[0], fd)
 			v.sched.Push(job{dir: 0, d: walk.NewDir(fd), list: true})
 			if err := v.sched.Run(workers, v.run); err != nil {
 				return nil, err
@@ -120,6 +127,41 @@ type verifier struct {
 	per     []verifyWorker
 	hashed  sync.Map // cas.Key → struct{}: objects already claimed for re-hashing
 	treeDev uint64   // the tree root's device: listed inode numbers are on it
+	xattrs  bool     // check xattrs (v2 manifests; v1 ones say nothing of them)
+	base    string   // the tree's path, for reading xattrs by path
+}
+
+func (v *verifier) path(e *manifest.Entry) string { return v.base + "/" + e.Path }
+
+// checkXattrs compares the xattrs read by got with e's. Fast verify pays
+// one listxattr for an entry without any.
+func (w *verifyWorker) checkXattrs(v *verifier, e *manifest.Entry, got string, err error, inStore bool) {
+	add := w.add
+	if inStore {
+		add = w.addStore
+	}
+	if err != nil {
+		add(e.Path, "cannot read xattrs: %v", err)
+		return
+	}
+	for _, d := range xattr.Diff(e.Xattrs, got) {
+		add(e.Path, "%s", d)
+	}
+}
+
+func (w *verifyWorker) checkXattrsFD(v *verifier, e *manifest.Entry, fd int) {
+	if v.xattrs {
+		got, err := xattr.FRead(fd)
+		w.checkXattrs(v, e, got, err, false)
+	}
+}
+
+// checkXattrsPath checks the xattrs of the file at path (not followed).
+func (w *verifyWorker) checkXattrsPath(v *verifier, e *manifest.Entry, path string, inStore bool) {
+	if v.xattrs {
+		got, err := xattr.LRead(path)
+		w.checkXattrs(v, e, got, err, inStore)
+	}
 }
 
 // dent is one name from a directory listing with its inode number.
@@ -179,6 +221,7 @@ func (v *verifier) run(wi int, j job) error {
 			}
 			return nil
 		}
+		w.checkXattrsFD(v, e, fd)
 		return w.list(v, j.dir, walk.NewDir(fd))
 	}
 	if j.list {
@@ -304,6 +347,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 			w.add(e.Path, "symlink target %q, want %q", t, e.Target)
 		}
 		w.checkOwner(e.Path, e, &st)
+		w.checkXattrsPath(v, e, v.path(e), false)
 	case manifest.File:
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			w.add(e.Path, "is not a regular file")
@@ -312,6 +356,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 		k := e.Key()
 		if e.Size == 0 {
 			w.checkAttrs(e, k, &st, false)
+			w.checkXattrsPath(v, e, v.path(e), false)
 			return
 		}
 		var ost unix.Stat_t
@@ -345,7 +390,13 @@ func (w *verifyWorker) checkAttrs(e *manifest.Entry, k cas.Key, st *unix.Stat_t,
 // checkFile checks a non-empty file (stat st) against its object (stat
 // ost); nm is its name in d, "" when st is the object's own stat.
 func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, ost *unix.Stat_t, d *walk.Dir, nm string) {
-	w.checkAttrs(e, k, st, ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino))
+	same := ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino)
+	w.checkAttrs(e, k, st, same)
+	if same { // the object's own inode: its path is the shorter walk
+		w.checkXattrsPath(v, e, v.objs.Path(k), true)
+	} else if ost.Dev != st.Dev || ost.Nlink >= maxLinks { // a legitimate copy
+		w.checkXattrsPath(v, e, v.path(e), false)
+	}
 	if ost.Size != e.Size && ost != st {
 		w.addStore(e.Path, "object %s has size %d, want %d", k.RelPath(), ost.Size, e.Size)
 	}
