@@ -133,9 +133,10 @@ type verifier struct {
 
 func (v *verifier) path(e *manifest.Entry) string { return v.base + "/" + e.Path }
 
-// checkXattrs compares the xattrs read by got with e's. Fast verify pays
-// one listxattr for an entry without any.
-func (w *verifyWorker) checkXattrs(v *verifier, e *manifest.Entry, got string, err error, inStore bool) {
+// checkXattrs compares the xattrs read (got) with want: e's, or for a file
+// its key's (an access ACL without write bits, like the mode). Fast verify
+// pays one listxattr for an entry without any.
+func (w *verifyWorker) checkXattrs(e *manifest.Entry, want, got string, err error, inStore bool) {
 	add := w.add
 	if inStore {
 		add = w.addStore
@@ -144,7 +145,7 @@ func (w *verifyWorker) checkXattrs(v *verifier, e *manifest.Entry, got string, e
 		add(e.Path, "cannot read xattrs: %v", err)
 		return
 	}
-	for _, d := range xattr.Diff(e.Xattrs, got) {
+	for _, d := range xattr.Diff(want, got) {
 		add(e.Path, "%s", d)
 	}
 }
@@ -152,15 +153,16 @@ func (w *verifyWorker) checkXattrs(v *verifier, e *manifest.Entry, got string, e
 func (w *verifyWorker) checkXattrsFD(v *verifier, e *manifest.Entry, fd int) {
 	if v.xattrs {
 		got, err := xattr.FRead(fd)
-		w.checkXattrs(v, e, got, err, false)
+		w.checkXattrs(e, e.Xattrs, got, err, false)
 	}
 }
 
-// checkXattrsPath checks the xattrs of the file at path (not followed).
-func (w *verifyWorker) checkXattrsPath(v *verifier, e *manifest.Entry, path string, inStore bool) {
+// checkXattrsPath checks the xattrs of the file at path (not followed)
+// against want.
+func (w *verifyWorker) checkXattrsPath(v *verifier, e *manifest.Entry, want, path string, inStore bool) {
 	if v.xattrs {
 		got, err := xattr.LRead(path)
-		w.checkXattrs(v, e, got, err, inStore)
+		w.checkXattrs(e, want, got, err, inStore)
 	}
 }
 
@@ -347,7 +349,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 			w.add(e.Path, "symlink target %q, want %q", t, e.Target)
 		}
 		w.checkOwner(e.Path, e, &st)
-		w.checkXattrsPath(v, e, v.path(e), false)
+		w.checkXattrsPath(v, e, e.Xattrs, v.path(e), false)
 	case manifest.File:
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			w.add(e.Path, "is not a regular file")
@@ -356,7 +358,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 		k := e.Key()
 		if e.Size == 0 {
 			w.checkAttrs(e, k, &st, false)
-			w.checkXattrsPath(v, e, v.path(e), false)
+			w.checkXattrsPath(v, e, k.Xattrs, v.path(e), false)
 			return
 		}
 		var ost unix.Stat_t
@@ -393,9 +395,9 @@ func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, 
 	same := ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino)
 	w.checkAttrs(e, k, st, same)
 	if same { // the object's own inode: its path is the shorter walk
-		w.checkXattrsPath(v, e, v.objs.Path(k), true)
+		w.checkXattrsPath(v, e, k.Xattrs, v.objs.Path(k), true)
 	} else if ost.Dev != st.Dev || ost.Nlink >= maxLinks { // a legitimate copy
-		w.checkXattrsPath(v, e, v.path(e), false)
+		w.checkXattrsPath(v, e, k.Xattrs, v.path(e), false)
 	}
 	if ost.Size != e.Size && ost != st {
 		w.addStore(e.Path, "object %s has size %d, want %d", k.RelPath(), ost.Size, e.Size)

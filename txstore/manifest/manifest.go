@@ -106,10 +106,11 @@ type Entry struct {
 }
 
 // Key is the CAS object a file entry is hardlinked to. Its xattrs are part
-// of it: they live in the inode every tree linking the object shares.
+// of it: they live in the inode every tree linking the object shares. Like
+// the mode, an access ACL loses its write bits (see xattr.ForObject).
 func (e *Entry) Key() cas.Key {
 	k := cas.NewKey(e.Hash, e.Mode, e.UID, e.GID)
-	k.Xattrs = e.Xattrs
+	k.Xattrs = xattr.ForObject(e.Xattrs)
 	return k
 }
 

@@ -45,6 +45,9 @@ func FRead(fd int) (string, error) {
 	if (err == nil && n == 0) || isNotSup(err) {
 		return "", nil
 	}
+	if err == nil { // the names fit: no need to list them again
+		return readNames(fdOps(fd), small[:n])
+	}
 	return read(fdOps(fd))
 }
 
@@ -54,6 +57,9 @@ func LRead(path string) (string, error) {
 	n, err := unix.Llistxattr(path, small[:])
 	if (err == nil && n == 0) || isNotSup(err) {
 		return "", nil
+	}
+	if err == nil {
+		return readNames(pathOps(path), small[:n])
 	}
 	return read(pathOps(path))
 }
@@ -111,6 +117,11 @@ func read(o ops) (string, error) {
 	if raw == nil || err != nil {
 		return "", err
 	}
+	return readNames(o, raw)
+}
+
+// readNames reads the values of the listed names raw and encodes them.
+func readNames(o ops, raw []byte) (string, error) {
 	var xs []Xattr
 	buf := make([]byte, 512)
 	for _, n := range strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00") {

@@ -11,6 +11,7 @@ package xattr
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -213,6 +214,60 @@ func Diff(want, got string) []string {
 			}
 			i++
 			j++
+		}
+	}
+	return out
+}
+
+// ForObject is the list an object gets for a file recorded with list enc:
+// objects have their write bits stripped (cas.NewKey), and an access ACL
+// mirrors the mode in its owner, mask (or owning group, without a mask)
+// and other entries, so their write bits go too (chmod would strip them
+// anyway). Anything else is unchanged.
+func ForObject(enc string) string {
+	if !strings.Contains(enc, ACLAccess+"=") {
+		return enc
+	}
+	xs, err := Parse(enc)
+	if err != nil {
+		return enc // not canonical: left for the caller's checks to refuse
+	}
+	for i := range xs {
+		if xs[i].Name == ACLAccess {
+			xs[i].Value = stripACLWrite(xs[i].Value)
+		}
+	}
+	out, err := Encode(xs)
+	if err != nil {
+		return enc
+	}
+	return out
+}
+
+// ACL entry tags (linux/posix_acl.h) and the raw layout: a 4-byte version,
+// then 8-byte entries (le16 tag, le16 perm, le32 id).
+const (
+	aclUserObj  = 0x01
+	aclGroupObj = 0x04
+	aclMask     = 0x10
+	aclOther    = 0x20
+	aclWrite    = 0x02
+)
+
+func stripACLWrite(v []byte) []byte {
+	if len(v) < 4 || (len(v)-4)%8 != 0 {
+		return v // not an ACL the kernel would take: setting it will fail
+	}
+	out := append([]byte(nil), v...)
+	hasMask := false
+	for i := 4; i < len(out); i += 8 {
+		hasMask = hasMask || binary.LittleEndian.Uint16(out[i:]) == aclMask
+	}
+	for i := 4; i < len(out); i += 8 {
+		switch tag := binary.LittleEndian.Uint16(out[i:]); {
+		case tag == aclUserObj, tag == aclMask, tag == aclOther, tag == aclGroupObj && !hasMask:
+			perm := binary.LittleEndian.Uint16(out[i+2:])
+			binary.LittleEndian.PutUint16(out[i+2:], perm&^aclWrite)
 		}
 	}
 	return out
