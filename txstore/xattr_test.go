@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/txboot/txboot/txstore"
+	"github.com/txboot/txboot/txstore/testkit"
 	"github.com/txboot/txboot/txstore/testtree"
 )
 
@@ -19,7 +20,7 @@ import (
 func xattrSource(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: security.capability")
+		testkit.Skip(t, "needs root: security.capability")
 	}
 	src := sampleDir(t, testtree.File{Path: "bin/cat", Data: "cat binary", Mode: 0o755},
 		testtree.File{Path: "bin/cat-plain", Data: "cat binary", Mode: 0o755})

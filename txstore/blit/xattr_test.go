@@ -14,6 +14,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/xattr"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 var capDacReadSearch = []byte{1, 0, 0, 2, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
@@ -175,7 +176,7 @@ func problems(t *testing.T, m *manifest.Manifest, objs *cas.Store, dir string, f
 // to the same digest and verifies clean; then damage to xattrs is found.
 func TestXattrRoundTrip(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: security.capability, trusted.*")
+		testkit.Skip(t, "needs root: security.capability, trusted.*")
 	}
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.Mkdir(src, 0o700); err != nil {

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/txboot/txboot/txstore/internal/xattr"
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 const capX = "security.capability=0100000204000000000000000000000000000000"
@@ -56,7 +57,7 @@ func stageKey(t *testing.T, s *Store, src string, k Key, how string) {
 // Each way of creating an object sets them before it is published.
 func TestObjectXattrs(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("security.capability needs root")
+		testkit.Skip(t, "security.capability needs root")
 	}
 	for _, how := range []string{"stage", "bytes", "writer"} {
 		t.Run(how, func(t *testing.T) {
@@ -104,7 +105,7 @@ func TestObjectXattrs(t *testing.T) {
 // damaged: not reused by Has or Check, not linked by LinkObject.
 func TestObjectXattrsDamaged(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("security.capability needs root")
+		testkit.Skip(t, "security.capability needs root")
 	}
 	s := testStore(t)
 	src := filepath.Join(filepath.Dir(s.Dir), "src")
@@ -154,7 +155,7 @@ func TestStageLinkXattrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Setxattr(src, "user.stale", []byte("x"), 0); err != nil {
-		t.Skipf("no user xattrs here: %v", err)
+		testkit.Skipf(t, "no user xattrs here: %v", err)
 	}
 	h, st, err := HashFile(src)
 	if err != nil {
@@ -164,7 +165,7 @@ func TestStageLinkXattrs(t *testing.T) {
 	k.Xattrs = "user.kept=6b"
 	tmp, err := s.StageLink(src, k, &st)
 	if errors.Is(err, ErrNoLink) {
-		t.Skip("no leases here")
+		testkit.Skip(t, "no leases here")
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 // The v2 golden files pin the format with extended attributes, and the
@@ -153,7 +154,7 @@ func readGoldenV2(t *testing.T) ([]byte, string) {
 // security.* on a symlink, prefix siblings) encodes to the golden text.
 func TestGoldenV2Scan(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: trusted.* and security.capability xattrs, owners")
+		testkit.Skip(t, "needs root: trusted.* and security.capability xattrs, owners")
 	}
 	text, digest := readGoldenV2(t)
 	dir := t.TempDir()

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/txboot/txboot/txstore/testkit"
 )
 
 func TestDiff(t *testing.T) {
@@ -60,7 +62,7 @@ func TestReadSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Setxattr(f, "user.old", []byte("o"), 0); err != nil {
-		t.Skipf("no user xattrs: %v", err)
+		testkit.Skipf(t, "no user xattrs: %v", err)
 	}
 	fd, err := unix.Open(f, unix.O_RDONLY, 0)
 	if err != nil {
@@ -143,7 +145,7 @@ func BenchmarkRead(b *testing.B) {
 		}
 		if c.x {
 			if err := unix.Setxattr(p, "user.bench", []byte("v"), 0); err != nil {
-				b.Skip(err)
+				testkit.Skip(b, err.Error())
 			}
 		}
 		fd, err := unix.Open(p, unix.O_RDONLY, 0)
