@@ -314,7 +314,7 @@ func setXattrs(fd int, k Key) error {
 	}
 	changed, err := xattr.FSet(fd, k.Xattrs)
 	if err != nil {
-		return fmt.Errorf("store filesystem: %w", err)
+		return storeXattrErr(err)
 	}
 	if changed {
 		// An access ACL sets the group bits from its mask: restore ours.
@@ -323,6 +323,16 @@ func setXattrs(fd int, k Key) error {
 		}
 	}
 	return nil
+}
+
+// storeXattrErr says where an xattr could not be set: "store filesystem
+// does not support xattr user.x: operation not supported".
+func storeXattrErr(err error) error {
+	var se *xattr.SetError
+	if errors.As(err, &se) && se.NotSupported() {
+		return fmt.Errorf("store %w", err)
+	}
+	return err
 }
 
 // copyRW copies in (from offset 0, with pread: a lent fd's position is not
@@ -561,7 +571,7 @@ func (s *Store) StageLink(src string, k Key, want *unix.Stat_t) (string, error) 
 	// scanned into k; any other, or a later change, must go).
 	changed, err := xattr.FSet(fd, k.Xattrs)
 	if err != nil {
-		return fail(fmt.Errorf("object %s: store filesystem: %w", k.RelPath(), err))
+		return fail(fmt.Errorf("object %s: %w", k.RelPath(), storeXattrErr(err)))
 	}
 	if changed { // an access ACL set or removed changes the group bits
 		if err := unix.Fchmod(fd, k.Mode); err != nil {

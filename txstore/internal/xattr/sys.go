@@ -180,15 +180,32 @@ func setExact(o ops, want string) (bool, error) {
 	}
 	for i := range xs {
 		if err := o.set(xs[i].Name, xs[i].Value); err != nil {
-			if isNotSup(err) {
-				return changed, fmt.Errorf("%w: filesystem does not support xattr %s: %w", ErrXattr, xs[i].Name, err)
-			}
-			return changed, fmt.Errorf("%w: set %s: %w", ErrXattr, xs[i].Name, err)
+			return changed, &SetError{Name: xs[i].Name, Err: err}
 		}
 		changed = true
 	}
 	return changed, nil
 }
+
+// SetError is a failure to set one attribute; it is an ErrXattr and wraps
+// the errno.
+type SetError struct {
+	Name string
+	Err  error
+}
+
+func (e *SetError) Error() string {
+	if e.NotSupported() {
+		return "filesystem does not support xattr " + e.Name + ": " + e.Err.Error()
+	}
+	return "cannot set xattr " + e.Name + ": " + e.Err.Error()
+}
+
+func (e *SetError) Unwrap() []error { return []error{ErrXattr, e.Err} }
+
+// NotSupported: the filesystem has no such attributes (ENOTSUP), say a
+// store on a filesystem mounted without user xattrs.
+func (e *SetError) NotSupported() bool { return isNotSup(e.Err) }
 
 func isNotSup(err error) bool { return err == unix.ENOTSUP || err == unix.EOPNOTSUPP }
 

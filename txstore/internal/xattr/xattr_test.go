@@ -169,3 +169,18 @@ func BenchmarkRead(b *testing.B) {
 		unix.Close(fd)
 	}
 }
+
+func TestSetErrorMessage(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{unix.EOPNOTSUPP, "filesystem does not support xattr user.x: operation not supported"},
+		{unix.EPERM, "cannot set xattr user.x: operation not permitted"},
+	} {
+		err := error(&SetError{Name: "user.x", Err: c.err})
+		if err.Error() != c.want || !errors.Is(err, ErrXattr) || !errors.Is(err, c.err) {
+			t.Errorf("%v: %q (is ErrXattr %v)", c.err, err, errors.Is(err, ErrXattr))
+		}
+	}
+}
