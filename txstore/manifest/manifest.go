@@ -67,11 +67,12 @@ const (
 
 // Limits that keep a hostile or damaged manifest from exhausting memory.
 // A 125k-entry /usr encodes to about 20 MB (some 160 bytes a line) and
-// decodes to 11 MB of Entry values (88 bytes each). MaxSize holds some
-// 840k entries of that kind, and MaxEntries 2M short ones: 6 and 16 times
-// that tree. A manifest at both limits then needs about 300 MiB (text and
-// entries) to decode, against 1.7 GiB under the former 1 GiB / 8M limits,
-// so a small device fails it cleanly instead of being killed for memory.
+// decodes to 13 MB of Entry values (104 bytes each; xattrs are substrings
+// of the text). MaxSize holds some 840k entries of that kind, and
+// MaxEntries 2M short ones: 6 and 16 times that tree. A manifest at both
+// limits then needs about 340 MiB (text and entries) to decode, against
+// 1.7 GiB under the former 1 GiB / 8M limits, so a small device fails it
+// cleanly instead of being killed for memory.
 const (
 	MaxPathLen = 4096
 	MaxEntries = 2 << 20

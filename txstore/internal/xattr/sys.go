@@ -8,32 +8,44 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ops are the xattr syscalls on one file, by descriptor or by path (a
-// symlink has no descriptor to read them through, so it goes by path with
-// the l* calls, which never follow it).
+// ops are the xattr syscalls on one file, by descriptor or, when path is
+// set, by path (a symlink has no descriptor to read them through, so it
+// goes by path with the l* calls, which never follow it). A plain struct,
+// not closures: this is built once per entry of a tree.
 type ops struct {
-	list   func(buf []byte) (int, error)
-	get    func(name string, buf []byte) (int, error)
-	set    func(name string, val []byte) error
-	remove func(name string) error
+	fd   int
+	path string
 }
 
-func fdOps(fd int) ops {
-	return ops{
-		list:   func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
-		get:    func(n string, b []byte) (int, error) { return unix.Fgetxattr(fd, n, b) },
-		set:    func(n string, v []byte) error { return unix.Fsetxattr(fd, n, v, 0) },
-		remove: func(n string) error { return unix.Fremovexattr(fd, n) },
+func fdOps(fd int) ops        { return ops{fd: fd} }
+func pathOps(path string) ops { return ops{fd: -1, path: path} }
+
+func (o ops) list(b []byte) (int, error) {
+	if o.path != "" {
+		return unix.Llistxattr(o.path, b)
 	}
+	return unix.Flistxattr(o.fd, b)
 }
 
-func pathOps(path string) ops {
-	return ops{
-		list:   func(b []byte) (int, error) { return unix.Llistxattr(path, b) },
-		get:    func(n string, b []byte) (int, error) { return unix.Lgetxattr(path, n, b) },
-		set:    func(n string, v []byte) error { return unix.Lsetxattr(path, n, v, 0) },
-		remove: func(n string) error { return unix.Lremovexattr(path, n) },
+func (o ops) get(name string, b []byte) (int, error) {
+	if o.path != "" {
+		return unix.Lgetxattr(o.path, name, b)
 	}
+	return unix.Fgetxattr(o.fd, name, b)
+}
+
+func (o ops) set(name string, v []byte) error {
+	if o.path != "" {
+		return unix.Lsetxattr(o.path, name, v, 0)
+	}
+	return unix.Fsetxattr(o.fd, name, v, 0)
+}
+
+func (o ops) remove(name string) error {
+	if o.path != "" {
+		return unix.Lremovexattr(o.path, name)
+	}
+	return unix.Fremovexattr(o.fd, name)
 }
 
 // FRead returns the canonical encoding of open file fd's xattrs.
@@ -123,7 +135,8 @@ func read(o ops) (string, error) {
 // readNames reads the values of the listed names raw and encodes them.
 func readNames(o ops, raw []byte) (string, error) {
 	var xs []Xattr
-	buf := make([]byte, 512)
+	var small [256]byte
+	buf := small[:]
 	for _, n := range strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00") {
 		if !Allowed(n) {
 			return "", fmt.Errorf("%w %q: unsupported namespace (txboot records security.*, trusted.*, user.* and POSIX ACLs)", ErrXattr, n)
