@@ -305,13 +305,12 @@ func finishAttrs(fd int, k Key, chmod bool, tmpGID int) error {
 	return setXattrs(fd, k)
 }
 
-// setXattrs gives a new object file (not yet visible under objects/) its
-// key's xattrs, after chown and chmod: chown drops security.capability.
-// Nothing is done for a key without xattrs: the file is our own new one.
+// setXattrs gives a new object file (not yet visible under objects/)
+// exactly its key's xattrs, after chown and chmod (chown drops
+// security.capability): also none that the kernel added on creation (an
+// SELinux label, a default ACL's copy), since Has and verify hold objects
+// to their key. Without any that costs one flistxattr.
 func setXattrs(fd int, k Key) error {
-	if k.Xattrs == "" {
-		return nil
-	}
 	changed, err := xattr.FSet(fd, k.Xattrs)
 	if err != nil {
 		return storeXattrErr(err)

@@ -199,3 +199,38 @@ func TestXattrNames(t *testing.T) {
 		}
 	}
 }
+
+// An object staged under a directory with a default ACL does not keep the
+// copy the kernel gives it: objects have exactly their key's xattrs (and
+// their key's mode, which an inherited ACL would have decided otherwise).
+func TestObjectNoInheritedXattrs(t *testing.T) {
+	s := testStore(t)
+	// u::rwx g::rwx m::rwx o::rwx, u:1000:rwx: every new file gets an
+	// access ACL and a mode from it, not from the umask.
+	dflt := []byte{2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 2, 0, 7, 0, 0xe8, 3, 0, 0, 4, 0, 7, 0, 0xff, 0xff, 0xff, 0xff,
+		0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 7, 0, 0xff, 0xff, 0xff, 0xff}
+	if err := unix.Setxattr(s.TmpDir, xattr.ACLDefault, dflt, 0); err != nil {
+		testkit.Skipf(t, "no POSIX ACLs here: %v", err)
+	}
+	src := filepath.Join(filepath.Dir(s.Dir), "src")
+	if err := os.WriteFile(src, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := NewKey(Hash(sha256.Sum256([]byte("data"))), 0o644, uint32(os.Geteuid()), uint32(os.Getegid()))
+	for _, how := range []string{"stage", "writer"} {
+		stageKey(t, s, src, k, how)
+		if got, err := xattr.LRead(s.Path(k)); err != nil || got != "" {
+			t.Fatalf("%s: object has xattrs %q, %v", how, got, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(s.Path(k), &st); err != nil || st.Mode&07777 != k.Mode {
+			t.Fatalf("%s: object mode %04o, want %04o", how, st.Mode&07777, k.Mode)
+		}
+		s.Close()
+		if has, err := s.Has(k); err != nil || !has {
+			t.Fatalf("%s: Has = %v, %v", how, has, err)
+		}
+		os.Remove(s.Path(k))
+		s.Close()
+	}
+}
