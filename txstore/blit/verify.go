@@ -82,7 +82,8 @@ func VerifyAt(m *manifest.Manifest, objs *cas.Store, dirfd int, name string, ful
 	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: walk.NewSched[job](), per: make([]verifyWorker, workers),
 		xattrs: m.Version != 1, base: name}
 	if dirfd != unix.AT_FDCWD {
-		// Symlinks, empty files and copies have their xattrs read by path.
+		// Before Linux 6.13 (no listxattrat), symlinks, empty files and
+		// copies have their xattrs read by path.
 		v.base = fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
 	}
 	var root unix.Stat_t
@@ -157,12 +158,23 @@ func (w *verifyWorker) checkXattrsFD(v *verifier, e *manifest.Entry, fd int) {
 	}
 }
 
-// checkXattrsPath checks the xattrs of the file at path (not followed)
-// against want.
-func (w *verifyWorker) checkXattrsPath(v *verifier, e *manifest.Entry, want, path string, inStore bool) {
+// checkXattrsAt checks the xattrs of nm in d (not followed) against want.
+func (w *verifyWorker) checkXattrsAt(v *verifier, e *manifest.Entry, want string, d *walk.Dir, nm string) {
 	if v.xattrs {
-		got, err := xattr.LRead(path)
-		w.checkXattrs(e, want, got, err, inStore)
+		got, err := xattr.ReadAt(d.FD, nm)
+		if err == xattr.ErrNoAt {
+			got, err = xattr.LRead(v.path(e))
+		}
+		w.checkXattrs(e, want, got, err, false)
+	}
+}
+
+// checkObjectXattrs checks the xattrs of the object a file is a hardlink
+// of: the object's own inode, so damage is in the store.
+func (w *verifyWorker) checkObjectXattrs(v *verifier, e *manifest.Entry, k cas.Key) {
+	if v.xattrs {
+		got, err := v.objs.Xattrs(k)
+		w.checkXattrs(e, k.Xattrs, got, err, true)
 	}
 }
 
@@ -349,7 +361,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 			w.add(e.Path, "symlink target %q, want %q", t, e.Target)
 		}
 		w.checkOwner(e.Path, e, &st)
-		w.checkXattrsPath(v, e, e.Xattrs, v.path(e), false)
+		w.checkXattrsAt(v, e, e.Xattrs, d, nm)
 	case manifest.File:
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			w.add(e.Path, "is not a regular file")
@@ -358,7 +370,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 		k := e.Key()
 		if e.Size == 0 {
 			w.checkAttrs(e, k, &st, false)
-			w.checkXattrsPath(v, e, k.Xattrs, v.path(e), false)
+			w.checkXattrsAt(v, e, k.Xattrs, d, nm)
 			return
 		}
 		var ost unix.Stat_t
@@ -394,10 +406,10 @@ func (w *verifyWorker) checkAttrs(e *manifest.Entry, k cas.Key, st *unix.Stat_t,
 func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, ost *unix.Stat_t, d *walk.Dir, nm string) {
 	same := ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino)
 	w.checkAttrs(e, k, st, same)
-	if same { // the object's own inode: its path is the shorter walk
-		w.checkXattrsPath(v, e, k.Xattrs, v.objs.Path(k), true)
+	if same {
+		w.checkObjectXattrs(v, e, k)
 	} else if ost.Dev != st.Dev || ost.Nlink >= maxLinks { // a legitimate copy
-		w.checkXattrsPath(v, e, k.Xattrs, v.path(e), false)
+		w.checkXattrsAt(v, e, k.Xattrs, d, nm)
 	}
 	if ost.Size != e.Size && ost != st {
 		w.addStore(e.Path, "object %s has size %d, want %d", k.RelPath(), ost.Size, e.Size)

@@ -178,6 +178,14 @@ func TestXattrRoundTrip(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "needs root: security.capability, trusted.*")
 	}
+	t.Run("xattrat", testXattrRoundTrip)
+	t.Run("by-path", func(t *testing.T) { // a kernel before 6.13
+		defer xattr.ForceNoAt()()
+		testXattrRoundTrip(t)
+	})
+}
+
+func testXattrRoundTrip(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.Mkdir(src, 0o700); err != nil {
 		t.Fatal(err)

@@ -256,17 +256,37 @@ func (s *Store) statObject(d *dirs, f *fan, k Key, name string) (bool, error) {
 	if err := checkObject(k, -1, &st); err != nil {
 		return false, err
 	}
-	if err := s.checkXattrs(k, filepath.Join(s.Dir, fanName(k.Hash[0]), name)); err != nil {
+	if err := s.checkXattrs(k, fd, name); err != nil {
 		return false, err
 	}
 	return true, nil
 }
 
-// checkXattrs reports ErrDamaged unless the object file at path (checked
-// a regular file already) has exactly k's xattrs: they are in the inode
-// every tree linking it shares, so an added capability is damage too.
-func (s *Store) checkXattrs(k Key, path string) error {
-	got, err := xattr.LRead(path)
+// Xattrs reads object k's xattrs (canonical encoding), relative to its
+// fan-out directory where the kernel allows (Linux 6.13), else by path.
+func (s *Store) Xattrs(k Key) (string, error) {
+	var buf [128]byte
+	fd, name, err := s.objectAt(k, buf[:])
+	if err != nil {
+		return "", err
+	}
+	return s.readXattrs(k, fd, name)
+}
+
+func (s *Store) readXattrs(k Key, fanfd int, name string) (string, error) {
+	x, err := xattr.ReadAt(fanfd, name)
+	if err == xattr.ErrNoAt {
+		x, err = xattr.LRead(filepath.Join(s.Dir, fanName(k.Hash[0]), name))
+	}
+	return x, err
+}
+
+// checkXattrs reports ErrDamaged unless object k, name in fan-out
+// directory fanfd (checked a regular file already), has exactly k's
+// xattrs: they are in the inode every tree linking it shares, so an added
+// capability is damage too.
+func (s *Store) checkXattrs(k Key, fanfd int, name string) error {
+	got, err := s.readXattrs(k, fanfd, name)
 	if err != nil {
 		return fmt.Errorf("%w: object objects/%s: %w", ErrDamaged, k.RelPath(), err)
 	}
@@ -436,7 +456,7 @@ func (s *Store) LinkObject(k Key, size int64, dirfd int, name string) error {
 		err = checkObject(k, size, &st)
 	}
 	if err == nil {
-		err = s.checkXattrs(k, filepath.Join(s.Dir, fanName(k.Hash[0]), oname))
+		err = s.checkXattrs(k, fd, oname)
 	}
 	if err != nil {
 		unix.Unlinkat(dirfd, name, 0)

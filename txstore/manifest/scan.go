@@ -254,7 +254,10 @@ func (w *worker) entries(d *walk.Dir, rel string, ents []dent) error {
 					return fmt.Errorf("readlink %s: %w", w.abs(p), err)
 				}
 				// A symlink has no descriptor to read xattrs through.
-				x, err := xattr.LRead(w.abs(p))
+				x, err := xattr.ReadAt(d.FD, de.name)
+				if err == xattr.ErrNoAt {
+					x, err = xattr.LRead(w.abs(p))
+				}
 				if err != nil {
 					return fmt.Errorf("scan %s: %w", w.abs(p), err)
 				}

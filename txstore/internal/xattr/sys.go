@@ -15,12 +15,16 @@ import (
 type ops struct {
 	fd   int
 	path string
+	at   *byte // name relative to fd (ReadAt): the *xattrat calls
 }
 
 func fdOps(fd int) ops        { return ops{fd: fd} }
 func pathOps(path string) ops { return ops{fd: -1, path: path} }
 
 func (o ops) list(b []byte) (int, error) {
+	if o.at != nil {
+		return listAt(o.fd, o.at, b)
+	}
 	if o.path != "" {
 		return unix.Llistxattr(o.path, b)
 	}
@@ -28,6 +32,9 @@ func (o ops) list(b []byte) (int, error) {
 }
 
 func (o ops) get(name string, b []byte) (int, error) {
+	if o.at != nil {
+		return getAt(o.fd, o.at, name, b)
+	}
 	if o.path != "" {
 		return unix.Lgetxattr(o.path, name, b)
 	}
@@ -35,6 +42,9 @@ func (o ops) get(name string, b []byte) (int, error) {
 }
 
 func (o ops) set(name string, v []byte) error {
+	if o.at != nil {
+		return unix.ENOSYS // ReadAt only reads
+	}
 	if o.path != "" {
 		return unix.Lsetxattr(o.path, name, v, 0)
 	}
@@ -42,6 +52,9 @@ func (o ops) set(name string, v []byte) error {
 }
 
 func (o ops) remove(name string) error {
+	if o.at != nil {
+		return unix.ENOSYS
+	}
 	if o.path != "" {
 		return unix.Lremovexattr(o.path, name)
 	}

@@ -166,6 +166,18 @@ func BenchmarkRead(b *testing.B) {
 				}
 			}
 		})
+		dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run("at-"+c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if _, err := ReadAt(dfd, c.name); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		unix.Close(dfd)
 		unix.Close(fd)
 	}
 }
@@ -182,5 +194,45 @@ func TestSetErrorMessage(t *testing.T) {
 		if err.Error() != c.want || !errors.Is(err, ErrXattr) || !errors.Is(err, c.err) {
 			t.Errorf("%v: %q (is ErrXattr %v)", c.err, err, errors.Is(err, ErrXattr))
 		}
+	}
+}
+
+// ReadAt reads what LRead reads, relative to a directory fd, without
+// following symlinks; with big values (past the first buffers) too.
+func TestReadAt(t *testing.T) {
+	dir := t.TempDir()
+	f, l := filepath.Join(dir, "f"), filepath.Join(dir, "l")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink("f", l)
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
+	if _, err := ReadAt(dfd, "f"); err == ErrNoAt {
+		testkit.Skip(t, "kernel before 6.13: no listxattrat")
+	}
+	long := "user." + strings.Repeat("n", 200)
+	for _, want := range []string{"", "user.a=01", "user.a=01," + long + "=" + strings.Repeat("ab", 3000)} {
+		if _, err := LSet(f, want); err != nil {
+			testkit.Skipf(t, "no user xattrs: %v", err)
+		}
+		got, err := ReadAt(dfd, "f")
+		if err != nil || got != want {
+			t.Fatalf("ReadAt = %.40q, %v; want %.40q", got, err, want)
+		}
+	}
+	if os.Geteuid() == 0 {
+		if _, err := LSet(l, "trusted.l=02"); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := ReadAt(dfd, "l"); err != nil || got != "trusted.l=02" {
+			t.Fatalf("ReadAt(symlink) = %q, %v", got, err)
+		}
+	}
+	if _, err := ReadAt(dfd, "missing"); err != unix.ENOENT && !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("ReadAt(missing) = %v", err)
 	}
 }
