@@ -398,3 +398,39 @@ func BenchmarkScanXattrs(b *testing.B) {
 		})
 	}
 }
+
+// A file whose xattrs exceed MaxXattrBytes is refused at scan time, with
+// its path (ext4 cannot hold that much in one inode; tmpfs can).
+func TestScanXattrTooBig(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "txboot-xattr-")
+	if err != nil {
+		testkit.Skipf(t, "no /dev/shm: %v", err)
+	}
+	defer os.RemoveAll(dir)
+	f := filepath.Join(dir, "big")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	half := make([]byte, manifest.MaxXattrBytes/2)
+	for _, n := range []string{"user.a", "user.b"} {
+		if err := unix.Setxattr(f, n, half, 0); err != nil {
+			testkit.Skipf(t, "tmpfs without big user xattrs: %v", err)
+		}
+	}
+	_, err = manifest.Scan(dir, manifest.ScanOptions{})
+	if !errors.Is(err, manifest.ErrXattrTooBig) || !errors.Is(err, manifest.ErrXattr) || !strings.Contains(err.Error(), f) ||
+		!strings.Contains(err.Error(), "user.a") {
+		t.Fatalf("scan: %v, want ErrXattrTooBig naming %s", err, f)
+	}
+	// Under the bound it is recorded.
+	if err := unix.Removexattr(f, "user.b"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Scan(dir, manifest.ScanOptions{})
+	if err != nil || !strings.Contains(m.Entries[1].Xattrs, "user.a=0000") {
+		t.Fatalf("scan: %v", err)
+	}
+	if _, err := manifest.Decode(m.Encode()); err != nil {
+		t.Fatalf("a manifest with a 16 KiB xattr does not decode: %v", err)
+	}
+}

@@ -90,7 +90,7 @@ func Encode(xs []Xattr) (string, error) {
 	}
 	s := slices.Clone(xs)
 	slices.SortFunc(s, func(a, b Xattr) int { return strings.Compare(a.Name, b.Name) })
-	total := 0
+	total, largest := 0, 0
 	for i := range s {
 		if err := check(&s[i]); err != nil {
 			return "", err
@@ -99,9 +99,13 @@ func Encode(xs []Xattr) (string, error) {
 			return "", fmt.Errorf("%w %q: listed twice", ErrXattr, s[i].Name)
 		}
 		total += len(s[i].Name) + len(s[i].Value)
+		if len(s[i].Value) > len(s[largest].Value) {
+			largest = i
+		}
 	}
 	if total > MaxBytes {
-		return "", fmt.Errorf("%w: %d bytes of names and values (at most %d)", ErrTooBig, total, MaxBytes)
+		return "", fmt.Errorf("%w: %d bytes of names and values, at most %d (the largest, %s, has %d)",
+			ErrTooBig, total, MaxBytes, s[largest].Name, len(s[largest].Value))
 	}
 	var b []byte
 	for i := range s {
