@@ -52,14 +52,18 @@ const maxLinks = 65000
 
 // Verify checks dir against m. Fast (full=false) reads no file content: it
 // checks every entry's presence, type, mode, owner, size, symlink target,
-// that each file is a hardlink of its object, and that nothing extra is
-// present. Full also re-hashes every distinct object (and any copies).
+// xattrs (exactly, for a v2 manifest; a v1 manifest says nothing about
+// them), that each file is a hardlink of its object, and that nothing
+// extra is present. Full also re-hashes every distinct object (and any
+// copies).
 // Problems come back sorted by path; err is only for verify's own failures.
 //
 // Each directory is listed once (getdents) and merged with its manifest
 // children, so a missing or extra entry costs no syscall; every present
 // entry costs one fstatat relative to the directory fd, and a file one more
-// fstatat relative to its object's fan-out directory fd.
+// fstatat relative to its object's fan-out directory fd; for a v2 manifest
+// each entry one listxattr more (relative to a directory fd where the
+// kernel has listxattrat), and a getxattr per attribute it has.
 //
 // good, when not nil, skips re-hashing objects it holds and learns the ones
 // this call finds clean.
