@@ -134,13 +134,10 @@ func ParseName(name string) (Key, error) {
 	var xid string
 	if i := strings.LastIndex(name, ".x"); i >= 0 {
 		xid = name[i+2:]
+		if _, err := hex.DecodeString(xid); err != nil || len(xid) != 16 || strings.ToLower(xid) != xid {
+			return Key{}, fmt.Errorf("%w: object xattr suffix in %q", ErrBadHash, name)
+		}
 		name = name[:i]
-		if len(xid) != 16 || strings.ToLower(xid) != xid {
-			return Key{}, fmt.Errorf("%w: object xattr suffix in %q", ErrBadHash, name)
-		}
-		if _, err := hex.DecodeString(xid); err != nil {
-			return Key{}, fmt.Errorf("%w: object xattr suffix in %q", ErrBadHash, name)
-		}
 	}
 	parts := strings.Split(name, ".")
 	if len(parts) != 2 && len(parts) != 4 {
