@@ -284,7 +284,7 @@ func (s *Store) downloadRefs(ref map[cas.Key]bool) error {
 			if m, err = manifest.DecodeOwned(raw); err == nil {
 				for i := range m.Entries {
 					if e := &m.Entries[i]; e.Type == manifest.File && e.Size > 0 {
-						ref[e.Key()] = true
+						ref[e.Key().Ident()] = true
 					}
 				}
 				continue

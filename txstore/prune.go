@@ -195,7 +195,7 @@ func (s *Store) GC() (*GCStats, error) {
 		}
 		for i := range m.Entries {
 			if e := &m.Entries[i]; e.Type == 'f' && e.Size > 0 {
-				ref[e.Key()] = true
+				ref[e.Key().Ident()] = true // names carry only the xattrs' digest
 			}
 		}
 	}
@@ -266,7 +266,7 @@ func (s *Store) gcFan(ofd int, fan safefs.Entry, ref map[cas.Key]bool, st *GCSta
 	removed := false
 	for _, e := range ents {
 		k, perr := cas.ParseName(e.Name)
-		if perr == nil && ref[k] && k.Hash.String()[:2] == fan.Name {
+		if perr == nil && ref[k.Ident()] && k.Hash.String()[:2] == fan.Name {
 			continue
 		}
 		var fst unix.Stat_t

@@ -17,6 +17,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/walk"
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,11 @@ func (s *Stats) add(o *Stats) {
 // writable to us and the umask allows it; the others (read-only, setgid,
 // sticky, foreign owner) are created writable and fixed up last, deepest
 // first, so a 0555 directory can still be filled.
+//
+// For a v2 manifest every directory, symlink and new file gets exactly its
+// recorded xattrs, set right after it is created (minus whatever the kernel
+// gave it: a copy of the parent's default ACL, a label); linked files have
+// theirs in the object. A v1 manifest records none and none are touched.
 func Blit(m *manifest.Manifest, objs *cas.Store, dst string, workers int) (Stats, error) {
 	var st Stats
 	ix, err := newIndex(m)
@@ -68,8 +74,15 @@ func Blit(m *manifest.Manifest, objs *cas.Store, dst string, workers int) (Stats
 			return st, fmt.Errorf("blit chmod %s: %w", dst, err)
 		}
 	}
+	// A v1 manifest says nothing about xattrs: none are set or removed.
+	withX := m.Version != 1
+	if withX {
+		if _, err := setXattrs(rootfd, &m.Entries[0]); err != nil {
+			return st, fmt.Errorf("blit %s: %w", dst, err)
+		}
+	}
 
-	b := &blitter{ix: ix, objs: objs, dst: dst, sched: walk.NewSched[job](), per: make([]blitWorker, workers)}
+	b := &blitter{ix: ix, objs: objs, dst: dst, xattrs: withX, sched: walk.NewSched[job](), per: make([]blitWorker, workers)}
 	b.sched.Push(job{dir: 0, d: root.Ref(), kids: ix.children(0)})
 	err = b.sched.Run(workers, b.run)
 	runtime.KeepAlive(objs)
@@ -130,11 +143,24 @@ func dirMode(e *manifest.Entry) (uint32, bool) {
 }
 
 type blitter struct {
-	ix    *index
-	objs  *cas.Store
-	dst   string
-	sched *walk.Sched[job]
-	per   []blitWorker
+	ix     *index
+	objs   *cas.Store
+	dst    string
+	xattrs bool // set exactly the recorded xattrs (v2 manifests)
+	sched  *walk.Sched[job]
+	per    []blitWorker
+}
+
+// setXattrs gives open file fd exactly e's xattrs: the recorded ones, and
+// none the kernel added on creation (a copy of the parent's default ACL, an
+// SELinux label). It reports whether anything changed, after which the
+// mode needs setting again (an ACL carries the group bits).
+func setXattrs(fd int, e *manifest.Entry) (bool, error) {
+	changed, err := xattr.FSet(fd, e.Xattrs)
+	if err != nil {
+		return changed, fmt.Errorf("xattrs: %w", err)
+	}
+	return changed, nil
 }
 
 type blitWorker struct {
@@ -160,6 +186,14 @@ func (b *blitter) run(w int, j job) error {
 		j.parent.Unref()
 		if err != nil {
 			return fmt.Errorf("blit open %s: %w", b.path(e), err)
+		}
+		if b.xattrs {
+			changed, err := setXattrs(fd, e)
+			if err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("blit %s: %w", b.path(e), err)
+			}
+			fix = fix || changed // mode again: created under an inherited ACL, or given one
 		}
 		if fix {
 			b.per[w].fix = append(b.per[w].fix, b.ix.dirs[j.dir])
@@ -199,11 +233,16 @@ func (b *blitter) place(d *walk.Dir, i int32, e *manifest.Entry, st *Stats) erro
 				return fmt.Errorf("blit chown %s: %w", b.path(e), err)
 			}
 		}
+		if b.xattrs { // a symlink has no descriptor: by path, not followed
+			if _, err := xattr.LSet(b.path(e), e.Xattrs); err != nil {
+				return fmt.Errorf("blit %s: xattrs: %w", b.path(e), err)
+			}
+		}
 		st.Symlinks++
 	case manifest.File:
 		k := e.Key()
 		if e.Size == 0 {
-			if err := createEmpty(d.FD, nm, k); err != nil {
+			if err := createEmpty(d.FD, nm, k, b.xattrs); err != nil {
 				return fmt.Errorf("blit %s: %w", b.path(e), err)
 			}
 			st.Empty++
@@ -217,7 +256,7 @@ func (b *blitter) place(d *walk.Dir, i int32, e *manifest.Entry, st *Stats) erro
 		if !errors.Is(err, unix.EMLINK) && !errors.Is(err, unix.EXDEV) {
 			return fmt.Errorf("blit link %s → object %s: %w", b.path(e), k.RelPath(), err)
 		}
-		if err := copyObject(b.objs, k, d.FD, nm); err != nil {
+		if err := copyObject(b.objs, k, d.FD, nm, b.xattrs); err != nil {
 			return fmt.Errorf("blit copy %s: %w", b.path(e), err)
 		}
 		st.Copies++
@@ -227,8 +266,9 @@ func (b *blitter) place(d *walk.Dir, i int32, e *manifest.Entry, st *Stats) erro
 	return nil
 }
 
-// createEmpty makes an empty file with k's mode and owner.
-func createEmpty(dirfd int, nm string, k cas.Key) error {
+// createEmpty makes an empty file with k's mode and owner, and when
+// withX exactly k's xattrs.
+func createEmpty(dirfd int, nm string, k cas.Key, withX bool) error {
 	mode, chmod := cas.CreateMode(k.Mode)
 	fd, err := unix.Openat(dirfd, nm, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
 	if err != nil {
@@ -237,17 +277,34 @@ func createEmpty(dirfd int, nm string, k cas.Key) error {
 	if chmod || cas.NeedChown(k.UID, k.GID) {
 		err = cas.SetAttrs(fd, k.Mode, k.UID, k.GID)
 	}
+	if err == nil && withX {
+		err = exactXattrs(fd, k)
+	}
 	if cerr := unix.Close(fd); err == nil && cerr != nil {
 		err = cerr
 	}
 	return err
 }
 
+// exactXattrs gives a new file exactly k's xattrs, after its owner (chown
+// drops security.capability), and its mode again if that changed anything
+// (an inherited or recorded access ACL carries the group bits).
+func exactXattrs(fd int, k cas.Key) error {
+	changed, err := xattr.FSet(fd, k.Xattrs)
+	if err != nil {
+		return fmt.Errorf("xattrs: %w", err)
+	}
+	if changed {
+		return unix.Fchmod(fd, k.Mode)
+	}
+	return nil
+}
+
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
 
 // copyObject copies object k to a new file nm in dirfd (when a hardlink is
 // impossible: EMLINK, EXDEV).
-func copyObject(objs *cas.Store, k cas.Key, dirfd int, nm string) error {
+func copyObject(objs *cas.Store, k cas.Key, dirfd int, nm string, withX bool) error {
 	in, err := objs.Open(k)
 	if err != nil {
 		return fmt.Errorf("open object %s: %w", k.RelPath(), err)
@@ -260,6 +317,9 @@ func copyObject(objs *cas.Store, k cas.Key, dirfd int, nm string) error {
 	err = copyFD(in, out)
 	if err == nil {
 		err = cas.SetAttrs(out, k.Mode, k.UID, k.GID)
+	}
+	if err == nil && withX {
+		err = exactXattrs(out, k)
 	}
 	if cerr := unix.Close(out); err == nil && cerr != nil {
 		err = cerr

@@ -9,6 +9,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/walk"
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"github.com/txboot/txboot/txstore/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -51,14 +52,18 @@ const maxLinks = 65000
 
 // Verify checks dir against m. Fast (full=false) reads no file content: it
 // checks every entry's presence, type, mode, owner, size, symlink target,
-// that each file is a hardlink of its object, and that nothing extra is
-// present. Full also re-hashes every distinct object (and any copies).
+// xattrs (exactly, for a v2 manifest; a v1 manifest says nothing about
+// them), that each file is a hardlink of its object, and that nothing
+// extra is present. Full also re-hashes every distinct object (and any
+// copies).
 // Problems come back sorted by path; err is only for verify's own failures.
 //
 // Each directory is listed once (getdents) and merged with its manifest
 // children, so a missing or extra entry costs no syscall; every present
 // entry costs one fstatat relative to the directory fd, and a file one more
-// fstatat relative to its object's fan-out directory fd.
+// fstatat relative to its object's fan-out directory fd; for a v2 manifest
+// each entry one listxattr more (relative to a directory fd where the
+// kernel has listxattrat), and a getxattr per attribute it has.
 //
 // good, when not nil, skips re-hashing objects it holds and learns the ones
 // this call finds clean.
@@ -78,7 +83,13 @@ func VerifyAt(m *manifest.Manifest, objs *cas.Store, dirfd int, name string, ful
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", dir, err)
 	}
-	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: walk.NewSched[job](), per: make([]verifyWorker, workers)}
+	v := &verifier{ix: ix, objs: objs, full: full, good: good, sched: walk.NewSched[job](), per: make([]verifyWorker, workers),
+		xattrs: m.Version != 1, base: name}
+	if dirfd != unix.AT_FDCWD {
+		// Before Linux 6.13 (no listxattrat), symlinks, empty files and
+		// copies have their xattrs read by path.
+		v.base = fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
+	}
 	var root unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &root, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return []Problem{{Path: ".", Reason: fmt.Sprintf("tree missing: %v", err)}}, nil
@@ -91,6 +102,7 @@ func VerifyAt(m *manifest.Manifest, objs *cas.Store, dirfd int, name string, ful
 		if err != nil {
 			w0.add(".", "cannot read directory: %v", err)
 		} else {
+			w0.checkXattrsFD(v, &m.Entries[0], fd)
 			v.sched.Push(job{dir: 0, d: walk.NewDir(fd), list: true})
 			if err := v.sched.Run(workers, v.run); err != nil {
 				return nil, err
@@ -120,6 +132,54 @@ type verifier struct {
 	per     []verifyWorker
 	hashed  sync.Map // cas.Key → struct{}: objects already claimed for re-hashing
 	treeDev uint64   // the tree root's device: listed inode numbers are on it
+	xattrs  bool     // check xattrs (v2 manifests; v1 ones say nothing of them)
+	base    string   // the tree's path, for reading xattrs by path
+}
+
+func (v *verifier) path(e *manifest.Entry) string { return v.base + "/" + e.Path }
+
+// checkXattrs compares the xattrs read (got) with want: e's, or for a file
+// its key's (an access ACL without write bits, like the mode). Fast verify
+// pays one listxattr for an entry without any.
+func (w *verifyWorker) checkXattrs(e *manifest.Entry, want, got string, err error, inStore bool) {
+	add := w.add
+	if inStore {
+		add = w.addStore
+	}
+	if err != nil {
+		add(e.Path, "cannot read xattrs: %v", err)
+		return
+	}
+	for _, d := range xattr.Diff(want, got) {
+		add(e.Path, "%s", d)
+	}
+}
+
+func (w *verifyWorker) checkXattrsFD(v *verifier, e *manifest.Entry, fd int) {
+	if v.xattrs {
+		got, err := xattr.FRead(fd)
+		w.checkXattrs(e, e.Xattrs, got, err, false)
+	}
+}
+
+// checkXattrsAt checks the xattrs of nm in d (not followed) against want.
+func (w *verifyWorker) checkXattrsAt(v *verifier, e *manifest.Entry, want string, d *walk.Dir, nm string) {
+	if v.xattrs {
+		got, err := xattr.ReadAt(d.FD, nm)
+		if err == xattr.ErrNoAt {
+			got, err = xattr.LRead(v.path(e))
+		}
+		w.checkXattrs(e, want, got, err, false)
+	}
+}
+
+// checkObjectXattrs checks the xattrs of the object a file is a hardlink
+// of: the object's own inode, so damage is in the store.
+func (w *verifyWorker) checkObjectXattrs(v *verifier, e *manifest.Entry, k cas.Key) {
+	if v.xattrs {
+		got, err := v.objs.Xattrs(k)
+		w.checkXattrs(e, k.Xattrs, got, err, true)
+	}
 }
 
 // dent is one name from a directory listing with its inode number.
@@ -179,6 +239,7 @@ func (v *verifier) run(wi int, j job) error {
 			}
 			return nil
 		}
+		w.checkXattrsFD(v, e, fd)
 		return w.list(v, j.dir, walk.NewDir(fd))
 	}
 	if j.list {
@@ -304,6 +365,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 			w.add(e.Path, "symlink target %q, want %q", t, e.Target)
 		}
 		w.checkOwner(e.Path, e, &st)
+		w.checkXattrsAt(v, e, e.Xattrs, d, nm)
 	case manifest.File:
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			w.add(e.Path, "is not a regular file")
@@ -312,6 +374,7 @@ func (w *verifyWorker) check(v *verifier, d *walk.Dir, i int32, ino uint64) {
 		k := e.Key()
 		if e.Size == 0 {
 			w.checkAttrs(e, k, &st, false)
+			w.checkXattrsAt(v, e, k.Xattrs, d, nm)
 			return
 		}
 		var ost unix.Stat_t
@@ -345,7 +408,13 @@ func (w *verifyWorker) checkAttrs(e *manifest.Entry, k cas.Key, st *unix.Stat_t,
 // checkFile checks a non-empty file (stat st) against its object (stat
 // ost); nm is its name in d, "" when st is the object's own stat.
 func (w *verifyWorker) checkFile(v *verifier, e *manifest.Entry, k cas.Key, st, ost *unix.Stat_t, d *walk.Dir, nm string) {
-	w.checkAttrs(e, k, st, ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino))
+	same := ost == st || (ost.Dev == st.Dev && ost.Ino == st.Ino)
+	w.checkAttrs(e, k, st, same)
+	if same {
+		w.checkObjectXattrs(v, e, k)
+	} else if ost.Dev != st.Dev || ost.Nlink >= maxLinks { // a legitimate copy
+		w.checkXattrsAt(v, e, k.Xattrs, d, nm)
+	}
 	if ost.Size != e.Size && ost != st {
 		w.addStore(e.Path, "object %s has size %d, want %d", k.RelPath(), ost.Size, e.Size)
 	}

@@ -4,7 +4,9 @@
 //
 // Hardlinks share one inode, so an object is keyed by content *and* the
 // inode attributes a tree needs (permission bits without write bits, uid,
-// gid): objects/<h0h1>/<hex>.<mode>[.<uid>.<gid>].
+// gid, extended attributes): objects/<h0h1>/<hex>.<mode>[.<uid>.<gid>][.x<xid>],
+// xid being the first 16 hex digits of sha256 of the canonical xattr list
+// (only when there is one, so objects without xattrs keep their names).
 package cas
 
 import (
@@ -20,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,6 +57,34 @@ type Key struct {
 	Mode uint32 // permission bits (07777) with write bits stripped
 	UID  uint32
 	GID  uint32
+	// Xattrs is the canonical encoded xattr list (see manifest.Entry.Xattrs),
+	// "" for none. A Key from ParseName of a name with an xattr suffix has
+	// only XattrID: its list is not in the name.
+	Xattrs string
+	// XattrID, set only by ParseName, is the name's xattr suffix digits
+	// ("" for none). Keys for writing objects leave it empty.
+	XattrID string
+}
+
+// xattrID is the object-name suffix digits for k's xattrs ("" for none).
+func (k *Key) xattrID() string {
+	if k.XattrID != "" {
+		return k.XattrID
+	}
+	if k.Xattrs == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(k.Xattrs))
+	return hex.EncodeToString(sum[:8])
+}
+
+// Ident is k reduced to what its object name says (Xattrs replaced by
+// XattrID): keys that name the same object file have the same Ident, so
+// GC can match listed names against manifests.
+func (k Key) Ident() Key {
+	k.XattrID = k.xattrID()
+	k.Xattrs = ""
+	return k
 }
 
 // NewKey strips write bits from mode so an object can never be written through.
@@ -77,18 +108,22 @@ func (k Key) AppendName(b []byte) []byte {
 		b = append(b, '.')
 		b = strconv.AppendUint(b, uint64(k.GID), 10)
 	}
+	if x := k.xattrID(); x != "" {
+		b = append(b, ".x"...)
+		b = append(b, x...)
+	}
 	return b
 }
 
 // Name is the object's file name inside its fan-out directory.
 func (k Key) Name() string {
-	var buf [96]byte
+	var buf [128]byte
 	return string(k.AppendName(buf[:0]))
 }
 
 // RelPath is the object's path relative to the objects directory.
 func (k Key) RelPath() string {
-	var buf [100]byte
+	var buf [136]byte
 	b := append(buf[:0], fanName(k.Hash[0])...)
 	b = append(b, '/')
 	return string(k.AppendName(b))
@@ -96,6 +131,14 @@ func (k Key) RelPath() string {
 
 // ParseName parses an object file name back into a Key (used by GC and fsck).
 func ParseName(name string) (Key, error) {
+	var xid string
+	if i := strings.LastIndex(name, ".x"); i >= 0 {
+		xid = name[i+2:]
+		if _, err := hex.DecodeString(xid); err != nil || len(xid) != 16 || strings.ToLower(xid) != xid {
+			return Key{}, fmt.Errorf("%w: object xattr suffix in %q", ErrBadHash, name)
+		}
+		name = name[:i]
+	}
 	parts := strings.Split(name, ".")
 	if len(parts) != 2 && len(parts) != 4 {
 		return Key{}, fmt.Errorf("%w: object name %q", ErrBadHash, name)
@@ -120,6 +163,7 @@ func ParseName(name string) (Key, error) {
 	if k.Name() != name { // only the canonical spelling is an object
 		return Key{}, fmt.Errorf("%w: non-canonical object name %q", ErrBadHash, name)
 	}
+	k.XattrID = xid
 	return k, nil
 }
 
@@ -162,7 +206,7 @@ func (s *Store) Has(k Key) (bool, error) {
 			return false, fmt.Errorf("list objects for %s: %w", k.RelPath(), err)
 		}
 	}
-	var buf [96]byte
+	var buf [128]byte
 	name := string(k.AppendName(buf[:0]))
 	if _, ok := f.names[name]; !ok {
 		return false, nil
@@ -185,7 +229,7 @@ func (s *Store) Check(k Key) (bool, error) {
 	f := &d.fans[k.Hash[0]]
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var buf [96]byte
+	var buf [128]byte
 	return s.statObject(d, f, k, string(k.AppendName(buf[:0])))
 }
 
@@ -209,7 +253,52 @@ func (s *Store) statObject(d *dirs, f *fan, k Key, name string) (bool, error) {
 	if err := checkObject(k, -1, &st); err != nil {
 		return false, err
 	}
+	if err := s.checkXattrs(k, fd, name); err != nil {
+		return false, err
+	}
 	return true, nil
+}
+
+// Xattrs reads object k's xattrs (canonical encoding), relative to its
+// fan-out directory where the kernel allows (Linux 6.13), else by path.
+func (s *Store) Xattrs(k Key) (string, error) {
+	var buf [128]byte
+	fd, name, err := s.objectAt(k, buf[:])
+	if err != nil {
+		return "", err
+	}
+	return s.readXattrs(k, fd, name)
+}
+
+func (s *Store) readXattrs(k Key, fanfd int, name string) (string, error) {
+	x, err := xattr.ReadAt(fanfd, name)
+	if err == xattr.ErrNoAt {
+		x, err = xattr.LRead(filepath.Join(s.Dir, fanName(k.Hash[0]), name))
+	}
+	return x, err
+}
+
+// checkXattrs reports ErrDamaged unless object k, name in fan-out
+// directory fanfd (checked a regular file already), has exactly k's
+// xattrs: they are in the inode every tree linking it shares, so an added
+// capability is damage too.
+func (s *Store) checkXattrs(k Key, fanfd int, name string) error {
+	got, err := s.readXattrs(k, fanfd, name)
+	if err != nil {
+		return fmt.Errorf("%w: object objects/%s: %w", ErrDamaged, k.RelPath(), err)
+	}
+	if k.Xattrs == "" && k.XattrID != "" { // from ParseName: only the digest is known
+		if got != "" && (&Key{Xattrs: got}).xattrID() == k.XattrID {
+			return nil
+		}
+	} else if got == k.Xattrs {
+		return nil
+	}
+	why := strings.Join(xattr.Diff(k.Xattrs, got), ", ")
+	if k.Xattrs == "" && k.XattrID != "" {
+		why = "xattrs do not match its name"
+	}
+	return fmt.Errorf("%w: object objects/%s %s: not reused (run bootctl verify; remove the object to let a commit store it again)", ErrDamaged, k.RelPath(), why)
 }
 
 // Find returns, for each content of hs the store holds, every object with
@@ -312,7 +401,7 @@ func (s *Store) objectAt(k Key, buf []byte) (int, string, error) {
 
 // Stat lstats an object relative to its fan-out directory's fd.
 func (s *Store) Stat(k Key, st *unix.Stat_t) error {
-	var buf [96]byte
+	var buf [128]byte
 	fd, name, err := s.objectAt(k, buf[:])
 	if err != nil {
 		return err
@@ -323,7 +412,7 @@ func (s *Store) Stat(k Key, st *unix.Stat_t) error {
 // Open opens an object read-only (O_NOFOLLOW, O_CLOEXEC, and O_NOATIME when
 // allowed); the caller closes the returned fd.
 func (s *Store) Open(k Key) (int, error) {
-	var buf [96]byte
+	var buf [128]byte
 	fd, name, err := s.objectAt(k, buf[:])
 	if err != nil {
 		return -1, err
@@ -345,7 +434,7 @@ func (s *Store) Link(k Key, dirfd int, name string) error {
 // symlink must not turn into a symlink in a new tree). The check is on the
 // new link itself, so an object swapped after a check cannot slip through.
 func (s *Store) LinkObject(k Key, size int64, dirfd int, name string) error {
-	var buf [96]byte
+	var buf [128]byte
 	fd, oname, err := s.objectAt(k, buf[:])
 	if err != nil {
 		return err
@@ -362,6 +451,9 @@ func (s *Store) LinkObject(k Key, size int64, dirfd int, name string) error {
 	var st unix.Stat_t
 	if err = fstatat(dirfd, name, &st); err == nil {
 		err = checkObject(k, size, &st)
+	}
+	if err == nil {
+		err = s.checkXattrs(k, fd, oname)
 	}
 	if err != nil {
 		unix.Unlinkat(dirfd, name, 0)

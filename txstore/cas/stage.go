@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"golang.org/x/sys/unix"
 )
 
@@ -301,7 +302,36 @@ func finishAttrs(fd int, k Key, chmod bool, tmpGID int) error {
 			return fmt.Errorf("chmod: %w", err)
 		}
 	}
+	return setXattrs(fd, k)
+}
+
+// setXattrs gives a new object file (not yet visible under objects/)
+// exactly its key's xattrs, after chown and chmod (chown drops
+// security.capability): also none that the kernel added on creation (an
+// SELinux label, a default ACL's copy), since Has and verify hold objects
+// to their key. Without any that costs one flistxattr.
+func setXattrs(fd int, k Key) error {
+	changed, err := xattr.FSet(fd, k.Xattrs)
+	if err != nil {
+		return storeXattrErr(err)
+	}
+	if changed {
+		// An access ACL sets the group bits from its mask: restore ours.
+		if err := unix.Fchmod(fd, k.Mode); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
 	return nil
+}
+
+// storeXattrErr says where an xattr could not be set: "store filesystem
+// does not support xattr user.x: operation not supported".
+func storeXattrErr(err error) error {
+	var se *xattr.SetError
+	if errors.As(err, &se) && se.NotSupported() {
+		return fmt.Errorf("store %w", err)
+	}
+	return err
 }
 
 // copyRW copies in (from offset 0, with pread: a lent fd's position is not
@@ -393,6 +423,9 @@ func (s *Store) StageBytes(data []byte, k Key) (string, error) {
 	if err == nil {
 		err = SetAttrs(int(out.Fd()), k.Mode, k.UID, k.GID)
 	}
+	if err == nil {
+		err = setXattrs(int(out.Fd()), k)
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -426,7 +459,7 @@ func (s *Store) Publish(tmp string, k Key) error {
 			srcfd, srcname = f.tmpfd, base
 		}
 	}
-	var buf [96]byte
+	var buf [128]byte
 	name := string(k.AppendName(buf[:0]))
 	for {
 		err = unix.Renameat2(srcfd, srcname, fanfd, name, unix.RENAME_NOREPLACE)
@@ -529,6 +562,17 @@ func (s *Store) StageLink(src string, k Key, want *unix.Stat_t) (string, error) 
 		}
 	}
 	if st.Mode&07777 != k.Mode || k.Mode&06000 != 0 {
+		if err := unix.Fchmod(fd, k.Mode); err != nil {
+			return fail(fmt.Errorf("object %s: chmod: %w", k.RelPath(), err))
+		}
+	}
+	// src's inode becomes the object: exactly k's xattrs (src's own were
+	// scanned into k; any other, or a later change, must go).
+	changed, err := xattr.FSet(fd, k.Xattrs)
+	if err != nil {
+		return fail(fmt.Errorf("object %s: %w", k.RelPath(), storeXattrErr(err)))
+	}
+	if changed { // an access ACL set or removed changes the group bits
 		if err := unix.Fchmod(fd, k.Mode); err != nil {
 			return fail(fmt.Errorf("object %s: chmod: %w", k.RelPath(), err))
 		}

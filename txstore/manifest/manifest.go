@@ -2,14 +2,23 @@
 //
 // Encoding (text, one entry a line, sorted bytewise by path, root first):
 //
-//	txboot-manifest-v1
-//	d <path> <mode> <uid> <gid>
-//	f <path> <mode> <uid> <gid> <size> <sha256>
-//	l <path> <uid> <gid> <target>
+//	txboot-manifest-v2
+//	d <path> <mode> <uid> <gid>[ <xattrs>]
+//	f <path> <mode> <uid> <gid> <size> <sha256>[ <xattrs>]
+//	l <path> <uid> <gid> <target>[ <xattrs>]
 //
 // Paths are relative to the tree root ("." is the root itself); paths and
 // targets escape bytes <= 0x20, 0x7f and '%' as %XX so fields never contain
 // spaces. Modes are 4 octal digits (permission, setuid, setgid, sticky).
+// The optional last field, present only when the entry has at least one
+// extended attribute, is "x:" and the canonical list (see Xattrs): names
+// escaped like paths plus ',' and '=', values in lowercase hex, sorted by
+// name. Recorded are security.*, trusted.*, user.* and the POSIX ACLs
+// (raw kernel bytes); any other attribute is refused at scan time.
+//
+// Version 1 (header txboot-manifest-v1) is the same without the xattrs
+// field; it still decodes, to the same bytes and digest, and says nothing
+// about xattrs (verify does not check them for it).
 // Nothing else about a file (times, inode numbers, order of creation) is
 // recorded, so the same tree always has the same encoding and digest.
 // Device nodes, FIFOs and sockets are rejected: /usr has no business holding
@@ -29,25 +38,49 @@ import (
 	"unsafe"
 
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/xattr"
 )
 
-// Header is the first line of every v1 manifest.
-const Header = "txboot-manifest-v1"
+// Headers: the first line of a manifest of each version.
+const (
+	HeaderV1 = "txboot-manifest-v1"
+	HeaderV2 = "txboot-manifest-v2"
+	// Header is the current version's, the one Encode writes by default.
+	Header = HeaderV2
+)
+
+// HasHeader reports whether text starts with a known header line (newline
+// included). Both headers have the same length.
+func HasHeader(text []byte) bool {
+	return len(text) > len(HeaderV2) && text[len(HeaderV2)] == '\n' &&
+		(string(text[:len(HeaderV2)]) == HeaderV2 || string(text[:len(HeaderV1)]) == HeaderV1)
+}
+
+// Xattr bounds, per entry (see xattr.NameMax &c.): a name at most
+// XattrNameMax bytes, a value at most XattrValueMax, and names plus values
+// at most MaxXattrBytes (ext4 keeps an inode's xattrs in one block anyway).
+const (
+	XattrNameMax  = xattr.NameMax
+	XattrValueMax = xattr.ValueMax
+	MaxXattrBytes = xattr.MaxBytes
+)
 
 // Limits that keep a hostile or damaged manifest from exhausting memory.
 // A 125k-entry /usr encodes to about 20 MB (some 160 bytes a line) and
-// decodes to 11 MB of Entry values (88 bytes each). MaxSize holds some
-// 840k entries of that kind, and MaxEntries 2M short ones: 6 and 16 times
-// that tree. A manifest at both limits then needs about 300 MiB (text and
-// entries) to decode, against 1.7 GiB under the former 1 GiB / 8M limits,
-// so a small device fails it cleanly instead of being killed for memory.
+// decodes to 13 MB of Entry values (104 bytes each; xattrs are substrings
+// of the text). MaxSize holds some 840k entries of that kind, and
+// MaxEntries 2M short ones: 6 and 16 times that tree. A manifest at both
+// limits then needs about 340 MiB (text and entries) to decode, against
+// 1.7 GiB under the former 1 GiB / 8M limits, so a small device fails it
+// cleanly instead of being killed for memory.
 const (
 	MaxPathLen = 4096
 	MaxEntries = 2 << 20
 	MaxSize    = 128 << 20
 	// MaxLineLen bounds one line, newline excluded: an escaped path and an
-	// escaped symlink target (3 bytes a byte at most), plus the fields.
-	MaxLineLen = 6*MaxPathLen + 256
+	// escaped symlink target (3 bytes a byte at most), plus the fields, plus
+	// the xattrs field at its largest.
+	MaxLineLen = 6*MaxPathLen + 256 + 3 + xattr.MaxEncoded
 )
 
 // Type of an entry.
@@ -69,14 +102,42 @@ type Entry struct {
 	Size   int64    // files only
 	Hash   cas.Hash // files only
 	Target string   // symlinks only
+	// Xattrs is the canonical encoded list (EncodeXattrs), "" for none.
+	Xattrs string
 }
 
-// Key is the CAS object a file entry is hardlinked to.
-func (e *Entry) Key() cas.Key { return cas.NewKey(e.Hash, e.Mode, e.UID, e.GID) }
+// Key is the CAS object a file entry is hardlinked to. Its xattrs are part
+// of it: they live in the inode every tree linking the object shares. Like
+// the mode, an access ACL loses its write bits (see xattr.ForObject).
+func (e *Entry) Key() cas.Key {
+	k := cas.NewKey(e.Hash, e.Mode, e.UID, e.GID)
+	k.Xattrs = xattr.ForObject(e.Xattrs)
+	return k
+}
 
 // Manifest is a whole tree, entries in canonical order.
 type Manifest struct {
+	// Version is the format: Decode sets 1 or 2, Scan 2. Encode writes v1
+	// only for 1 (such a manifest must have no xattrs), else v2.
+	Version int
 	Entries []Entry
+}
+
+// Xattr is one extended attribute.
+type Xattr = xattr.Xattr
+
+// EncodeXattrs returns the canonical list of xs for Entry.Xattrs (sorted
+// here); an unsupported name, a duplicate or an over-bound size is an error
+// wrapping ErrXattr (ErrXattrTooBig for sizes).
+func EncodeXattrs(xs []Xattr) (string, error) { return xattr.Encode(xs) }
+
+// ParseXattrs decodes Entry.Xattrs; anything not canonical is ErrBad.
+func ParseXattrs(s string) ([]Xattr, error) {
+	xs, err := xattr.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBad, err)
+	}
+	return xs, nil
 }
 
 // Errors.
@@ -84,6 +145,12 @@ var (
 	ErrBad         = errors.New("malformed manifest")
 	ErrUnsafePath  = errors.New("unsafe path")
 	ErrUnsupported = errors.New("unsupported file type")
+	// ErrXattr: an extended attribute txboot cannot record (a system.*
+	// name other than the POSIX ACLs) or restore.
+	ErrXattr = xattr.ErrXattr
+	// ErrXattrTooBig: over XattrNameMax, XattrValueMax or MaxXattrBytes;
+	// also an ErrXattr.
+	ErrXattrTooBig = xattr.ErrTooBig
 )
 
 // Less is the canonical order: the root first, then bytewise by path, which
@@ -166,7 +233,11 @@ func unescape(s string) (string, error) {
 // Encode returns the canonical encoding. Entries must be in canonical order.
 func (m *Manifest) Encode() []byte {
 	b := make([]byte, 0, len(Header)+1+len(m.Entries)*120)
-	b = append(b, Header...)
+	if m.Version == 1 {
+		b = append(b, HeaderV1...)
+	} else {
+		b = append(b, HeaderV2...)
+	}
 	b = append(b, '\n')
 	for i := range m.Entries {
 		b = appendEntry(b, &m.Entries[i])
@@ -199,6 +270,10 @@ func appendEntry(b []byte, e *Entry) []byte {
 		b = strconv.AppendUint(b, uint64(e.GID), 10)
 		b = append(b, ' ')
 		b = appendEscaped(b, e.Target)
+	}
+	if e.Xattrs != "" {
+		b = append(b, " x:"...)
+		b = append(b, e.Xattrs...)
 	}
 	return append(b, '\n')
 }
@@ -243,10 +318,15 @@ func DecodeOwned(data []byte) (*Manifest, error) {
 }
 
 func decode(text string) (*Manifest, error) {
-	if !strings.HasPrefix(text, Header+"\n") {
-		return nil, fmt.Errorf("%w: missing header %q", ErrBad, Header)
+	version := 2
+	switch {
+	case strings.HasPrefix(text, HeaderV2+"\n"):
+	case strings.HasPrefix(text, HeaderV1+"\n"):
+		version = 1
+	default:
+		return nil, fmt.Errorf("%w: missing header %q (or %q)", ErrBad, HeaderV2, HeaderV1)
 	}
-	text = text[len(Header)+1:]
+	text = text[len(HeaderV2)+1:]
 	if text != "" && text[len(text)-1] != '\n' {
 		return nil, fmt.Errorf("line %d: %w: not in canonical form (no final newline)", strings.Count(text, "\n")+2, ErrBad)
 	}
@@ -254,7 +334,7 @@ func decode(text string) (*Manifest, error) {
 	if n > MaxEntries {
 		return nil, fmt.Errorf("%w: more than %d entries", ErrBad, MaxEntries)
 	}
-	m := &Manifest{Entries: make([]Entry, n)}
+	m := &Manifest{Version: version, Entries: make([]Entry, n)}
 	// Lines decode independently, so big manifests (this is on the boot
 	// path) are decoded in parallel chunks; the checks that relate lines
 	// to each other run after, in order.
@@ -274,7 +354,7 @@ func decode(text string) (*Manifest, error) {
 		wg.Add(1)
 		go func(c int, part string, first int) {
 			defer wg.Done()
-			errs[c] = decodeLines(part, m.Entries[first:], first+2)
+			errs[c] = decodeLines(part, m.Entries[first:], first+2, version)
 		}(c, text[start:end], first)
 		start, first = end, last
 	}
@@ -321,7 +401,7 @@ func nthLineEnd(text string, k int) int {
 
 // decodeLines decodes newline-terminated lines into out, checking each one
 // re-encodes to itself; line is the first one's number for messages.
-func decodeLines(text string, out []Entry, line int) error {
+func decodeLines(text string, out []Entry, line, version int) error {
 	var scratch []byte
 	for i := 0; text != ""; i, line = i+1, line+1 {
 		nl := strings.IndexByte(text, '\n')
@@ -330,7 +410,7 @@ func decodeLines(text string, out []Entry, line int) error {
 		if len(s) > MaxLineLen {
 			return fmt.Errorf("line %d: %w: line too long", line, ErrBad)
 		}
-		e, err := decodeLine(s)
+		e, err := decodeLine(s, version)
 		if err != nil {
 			return fmt.Errorf("line %d: %w", line, err)
 		}
@@ -345,7 +425,7 @@ func decodeLines(text string, out []Entry, line int) error {
 
 // fields splits s at single spaces into at most len(f) fields without
 // allocating; n > len(f) means there were too many.
-func fields(s string, f *[7]string) (n int) {
+func fields(s string, f *[8]string) (n int) {
 	for {
 		i := strings.IndexByte(s, ' ')
 		if n == len(f) {
@@ -361,12 +441,28 @@ func fields(s string, f *[7]string) (n int) {
 	}
 }
 
-func decodeLine(s string) (Entry, error) {
+func decodeLine(s string, version int) (Entry, error) {
 	var e Entry
-	var f [7]string
+	var f [8]string
 	n := fields(s, &f)
 	if n < 2 || len(f[0]) != 1 {
 		return e, fmt.Errorf("%w: %q", ErrBad, s)
+	}
+	// The xattrs field is told apart by the field count (a symlink target
+	// may itself start with "x:"), and only v2 has it.
+	if version >= 2 && n == plainFields(Type(f[0][0]))+1 {
+		x, ok := strings.CutPrefix(f[n-1], "x:")
+		if !ok {
+			return e, fmt.Errorf("%w: wrong field count in %q", ErrBad, s)
+		}
+		if x == "" {
+			return e, fmt.Errorf("%w: empty xattr list in %q", ErrBad, s)
+		}
+		if _, err := xattr.Parse(x); err != nil {
+			return e, fmt.Errorf("%w: %w in %q", ErrBad, err, s)
+		}
+		e.Xattrs = x
+		n--
 	}
 	e.Type = Type(f[0][0])
 	p, err := unescape(f[1])
@@ -426,6 +522,14 @@ func decodeLine(s string) (Entry, error) {
 		return bad("type")
 	}
 	return e, nil
+}
+
+// plainFields is how many fields a line of type t has without xattrs.
+func plainFields(t Type) int {
+	if t == File {
+		return 7
+	}
+	return 5
 }
 
 // Kernels lists the versions V with a regular file lib/modules/V/vmlinuz,

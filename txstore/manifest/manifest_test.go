@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/testkit"
 	"github.com/txboot/txboot/txstore/testtree"
 )
 
@@ -110,6 +113,31 @@ func TestDecodeRejects(t *testing.T) {
 		{"no final newline", hdr + strings.TrimSuffix(root, "\n")},
 		{"extra field", hdr + root + "d a 0755 0 0 x\n"},
 		{"nul", hdr + root + "d a%00 0755 0 0\n"},
+		// The xattrs field (v2 only).
+		{"xattrs on v1", manifest.HeaderV1 + "\n" + root + "d a 0755 0 0 x:user.a=00\n"},
+		{"unknown header", "txboot-manifest-v3\n" + root},
+		{"empty x:", hdr + root + "d a 0755 0 0 x:\n"},
+		{"no x: prefix", hdr + root + "d a 0755 0 0 user.a=00\n"},
+		{"two xattr fields", hdr + root + "d a 0755 0 0 x:user.a=00 x:user.b=00\n"},
+		{"unsorted xattrs", hdr + root + "d a 0755 0 0 x:user.b=00,user.a=00\n"},
+		{"duplicate xattr", hdr + root + "d a 0755 0 0 x:user.a=00,user.a=00\n"},
+		{"uppercase value hex", hdr + root + "d a 0755 0 0 x:user.a=0A\n"},
+		{"odd value hex", hdr + root + "d a 0755 0 0 x:user.a=0\n"},
+		{"no =", hdr + root + "d a 0755 0 0 x:user.a\n"},
+		{"empty name", hdr + root + "d a 0755 0 0 x:=00\n"},
+		{"empty item", hdr + root + "d a 0755 0 0 x:user.a=00,\n"},
+		{"trailing comma", hdr + root + "d a 0755 0 0 x:user.a=,\n"},
+		{"unescaped comma in name", hdr + root + "d a 0755 0 0 x:user.a,b=00\n"},
+		{"needless escape", hdr + root + "d a 0755 0 0 x:user.%61=00\n"},
+		{"lowercase escape", hdr + root + "d a 0755 0 0 x:user.a%2cb=00\n"},
+		{"bad escape", hdr + root + "d a 0755 0 0 x:user.a%2=00\n"},
+		{"other system.* name", hdr + root + "d a 0755 0 0 x:system.data=00\n"},
+		{"no namespace", hdr + root + "d a 0755 0 0 x:foo=00\n"},
+		{"bare namespace", hdr + root + "d a 0755 0 0 x:user.=00\n"},
+		{"name too long", hdr + root + "d a 0755 0 0 x:user." + strings.Repeat("n", 251) + "=00\n"},
+		{"value too big", hdr + root + "d a 0755 0 0 x:user.a=" + strings.Repeat("00", manifest.XattrValueMax+1) + "\n"},
+		{"entry too big", hdr + root + "d a 0755 0 0 x:user.a=" + strings.Repeat("00", 20000) + ",user.b=" + strings.Repeat("00", 20000) + "\n"},
+		{"xattrs on a file, short", hdr + root + "f a 0644 0 0 0 x:user.a=00\n"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -121,8 +149,15 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func FuzzDecode(f *testing.F) {
-	f.Add([]byte(manifest.Header + "\nd . 0755 0 0\nd a 0755 0 0\nf a/b 0644 0 0 0 " + h64 + "\nl c 0 0 a/b\n"))
-	f.Add([]byte(manifest.Header + "\nd . 0755 0 0\n"))
+	f.Add([]byte(manifest.HeaderV1 + "\nd . 0755 0 0\nd a 0755 0 0\nf a/b 0644 0 0 0 " + h64 + "\nl c 0 0 a/b\n"))
+	f.Add([]byte(manifest.HeaderV1 + "\nd . 0755 0 0\n"))
+	// v2, with xattrs on each line shape (and a symlink target that looks
+	// like an xattrs field).
+	f.Add([]byte(manifest.HeaderV2 + "\nd . 0755 0 0 x:system.posix_acl_default=02000000\nd a 0755 0 0\nf a/b 0644 0 0 0 " + h64 +
+		" x:security.capability=0100000204000000000000000000000000000000,user.a%3Db=\nl c 0 0 x:y x:trusted.t=00\nl d 0 0 x:z\n"))
+	if text, err := os.ReadFile(goldenV2Manifest); err == nil {
+		f.Add(text)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := manifest.Decode(data)
 		// DecodeOwned (no copy) must agree with Decode on everything.
@@ -143,6 +178,17 @@ func FuzzDecode(f *testing.F) {
 		for _, e := range m.Entries {
 			if err := manifest.CheckPath(e.Path); err != nil {
 				t.Fatalf("accepted unsafe path %q", e.Path)
+			}
+			// Whatever xattrs decode parse, and re-encode to themselves.
+			xs, err := manifest.ParseXattrs(e.Xattrs)
+			if err != nil {
+				t.Fatalf("accepted bad xattrs %q: %v", e.Xattrs, err)
+			}
+			if enc, err := manifest.EncodeXattrs(xs); err != nil || enc != e.Xattrs {
+				t.Fatalf("xattrs %q re-encode to %q, %v", e.Xattrs, enc, err)
+			}
+			if m.Version == 1 && e.Xattrs != "" {
+				t.Fatalf("v1 manifest with xattrs %q", e.Xattrs)
 			}
 		}
 	})
@@ -198,5 +244,193 @@ func TestDecodeBig(t *testing.T) {
 	}
 	if _, err := manifest.Decode(enc[:len(enc)-1]); !errors.Is(err, manifest.ErrBad) {
 		t.Errorf("missing final newline: err %v", err)
+	}
+}
+
+// Less is bytewise, not by path component: a name that extends another
+// with a byte below '/' sorts between it and its children.
+func TestLess(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		less bool
+	}{
+		{".", "a", true},
+		{"a", ".", false},
+		{".", ".", false},
+		{"python3", "python3.13", true},
+		{"python3.13", "python3/x", true},
+		{"modules", "modules-load.d", true},
+		{"modules-load.d", "modules/x", true},
+		{"foo", "foo-bar", true},
+		{"foo-bar", "foo.d", true},
+		{"foo.d", "foo/x", true},
+		{"foo/x", "foo.d", false},
+		{"a/b", "a/b", false},
+	} {
+		if got := manifest.Less(c.a, c.b); got != c.less {
+			t.Errorf("Less(%q, %q) = %v, want %v", c.a, c.b, got, c.less)
+		}
+	}
+}
+
+func TestXattrsEncode(t *testing.T) {
+	big := func(n int) []byte { return make([]byte, n) }
+	x := func(name string, v []byte) manifest.Xattr { return manifest.Xattr{Name: name, Value: v} }
+	cases := []struct {
+		name string
+		in   []manifest.Xattr
+		want string
+		err  error
+	}{
+		{"none", nil, "", nil},
+		{"sorted by name", []manifest.Xattr{x("user.b", []byte{1}), x("security.capability", []byte{0xab}), x("user.a", nil)},
+			"security.capability=ab,user.a=,user.b=01", nil},
+		{"escaped name", []manifest.Xattr{x("user.a b,c=d%", []byte("v"))}, "user.a%20b%2Cc%3Dd%25=76", nil},
+		{"acls", []manifest.Xattr{x("system.posix_acl_default", []byte{2}), x("system.posix_acl_access", []byte{2})},
+			"system.posix_acl_access=02,system.posix_acl_default=02", nil},
+		{"duplicate", []manifest.Xattr{x("user.a", nil), x("user.a", []byte{1})}, "", manifest.ErrXattr},
+		{"other system.*", []manifest.Xattr{x("system.data", nil)}, "", manifest.ErrXattr},
+		{"unknown namespace", []manifest.Xattr{x("os2.x", nil)}, "", manifest.ErrXattr},
+		{"name at the limit", []manifest.Xattr{x("user."+strings.Repeat("n", manifest.XattrNameMax-5), nil)},
+			"user." + strings.Repeat("n", manifest.XattrNameMax-5) + "=", nil},
+		{"name too long", []manifest.Xattr{x("user."+strings.Repeat("n", manifest.XattrNameMax-4), nil)}, "", manifest.ErrXattrTooBig},
+		{"value too big", []manifest.Xattr{x("user.a", big(manifest.XattrValueMax+1))}, "", manifest.ErrXattrTooBig},
+		{"entry too big", []manifest.Xattr{x("user.a", big(manifest.MaxXattrBytes/2)), x("user.b", big(manifest.MaxXattrBytes/2))}, "", manifest.ErrXattrTooBig},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := manifest.EncodeXattrs(c.in)
+			if c.err != nil {
+				if !errors.Is(err, c.err) || !errors.Is(err, manifest.ErrXattr) {
+					t.Fatalf("err %v, want %v", err, c.err)
+				}
+				return
+			}
+			if err != nil || got != c.want {
+				t.Fatalf("got %q, %v; want %q", got, err, c.want)
+			}
+			xs, err := manifest.ParseXattrs(got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again, _ := manifest.EncodeXattrs(xs); again != got {
+				t.Fatalf("parse and encode again: %q", again)
+			}
+		})
+	}
+}
+
+// An entry's xattrs are in its object key, so the same content with other
+// xattrs is another object; without xattrs the object name is unchanged.
+func TestEntryKeyXattrs(t *testing.T) {
+	e := manifest.Entry{Path: "a", Type: manifest.File, Mode: 0o755}
+	plain := e.Key()
+	if strings.Contains(plain.Name(), ".x") || plain.Name() != plain.Hash.String()+".0555" {
+		t.Fatalf("name without xattrs changed: %s", plain.Name())
+	}
+	e.Xattrs = "security.capability=0100000204000000000000000000000000000000"
+	withCap := e.Key()
+	if withCap == plain || withCap.Name() == plain.Name() || !strings.HasPrefix(withCap.Name(), plain.Name()+".x") {
+		t.Fatalf("xattrs not in the key: %s vs %s", withCap.Name(), plain.Name())
+	}
+	if len(withCap.Name()) != len(plain.Name())+2+16 {
+		t.Fatalf("suffix not .x + 16 hex digits: %s", withCap.Name())
+	}
+}
+
+// A manifest without xattrs encodes as v1 exactly when marked version 1,
+// and the header is the only difference.
+func TestVersions(t *testing.T) {
+	m := &manifest.Manifest{Entries: []manifest.Entry{{Path: ".", Type: manifest.Dir, Mode: 0o755}}}
+	v2 := string(m.Encode())
+	m.Version = 1
+	v1 := string(m.Encode())
+	if !strings.HasPrefix(v2, manifest.HeaderV2+"\n") || !strings.HasPrefix(v1, manifest.HeaderV1+"\n") || v1[len(manifest.HeaderV1):] != v2[len(manifest.HeaderV2):] {
+		t.Fatalf("v1 %q, v2 %q", v1, v2)
+	}
+	for _, c := range []struct {
+		text string
+		v    int
+	}{{v1, 1}, {v2, 2}} {
+		d, err := manifest.Decode([]byte(c.text))
+		if err != nil || d.Version != c.v || string(d.Encode()) != c.text {
+			t.Fatalf("%q: version %v, %v", c.text, d, err)
+		}
+	}
+	if !manifest.HasHeader([]byte(v1)) || !manifest.HasHeader([]byte(v2)) || manifest.HasHeader([]byte("txboot-manifest-v3\n")) {
+		t.Fatal("HasHeader")
+	}
+}
+
+// BenchmarkScanXattrs scans a 10k-entry tree with no xattrs and with one
+// on a third of the files: ns/entry says what reading them costs.
+func BenchmarkScanXattrs(b *testing.B) {
+	for _, withX := range []bool{false, true} {
+		b.Run(fmt.Sprintf("xattrs=%v", withX), func(b *testing.B) {
+			dir := b.TempDir()
+			n := 1
+			for d := 0; d < 100; d++ {
+				dd := filepath.Join(dir, fmt.Sprintf("d%03d", d))
+				if err := os.Mkdir(dd, 0o755); err != nil {
+					b.Fatal(err)
+				}
+				n++
+				for f := 0; f < 99; f++ {
+					p := filepath.Join(dd, fmt.Sprintf("f%03d", f))
+					if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+						b.Fatal(err)
+					}
+					n++
+					if withX && f%3 == 0 {
+						if err := unix.Setxattr(p, "user.bench", []byte("v"), 0); err != nil {
+							testkit.Skip(b, err.Error())
+						}
+					}
+				}
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := manifest.Scan(dir, manifest.ScanOptions{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/entry")
+		})
+	}
+}
+
+// A file whose xattrs exceed MaxXattrBytes is refused at scan time, with
+// its path (ext4 cannot hold that much in one inode; tmpfs can).
+func TestScanXattrTooBig(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "txboot-xattr-")
+	if err != nil {
+		testkit.Skipf(t, "no /dev/shm: %v", err)
+	}
+	defer os.RemoveAll(dir)
+	f := filepath.Join(dir, "big")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	half := make([]byte, manifest.MaxXattrBytes/2)
+	for _, n := range []string{"user.a", "user.b"} {
+		if err := unix.Setxattr(f, n, half, 0); err != nil {
+			testkit.Skipf(t, "tmpfs without big user xattrs: %v", err)
+		}
+	}
+	_, err = manifest.Scan(dir, manifest.ScanOptions{})
+	if !errors.Is(err, manifest.ErrXattrTooBig) || !errors.Is(err, manifest.ErrXattr) || !strings.Contains(err.Error(), f) ||
+		!strings.Contains(err.Error(), "user.a") {
+		t.Fatalf("scan: %v, want ErrXattrTooBig naming %s", err, f)
+	}
+	// Under the bound it is recorded.
+	if err := unix.Removexattr(f, "user.b"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Scan(dir, manifest.ScanOptions{})
+	if err != nil || !strings.Contains(m.Entries[1].Xattrs, "user.a=0000") {
+		t.Fatalf("scan: %v", err)
+	}
+	if _, err := manifest.Decode(m.Encode()); err != nil {
+		t.Fatalf("a manifest with a 16 KiB xattr does not decode: %v", err)
 	}
 }

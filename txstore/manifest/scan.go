@@ -9,6 +9,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/walk"
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,6 +55,11 @@ func Scan(dir string, opts ScanOptions) (*Manifest, error) {
 		unix.Close(rootfd)
 		return nil, fmt.Errorf("scan %s: %w", dir, err)
 	}
+	rootX, err := readXattrs(rootfd, dir)
+	if err != nil {
+		unix.Close(rootfd)
+		return nil, err
+	}
 	sc := &scanner{base: dir, opts: opts, sched: walk.NewSched[job]()}
 	sc.sched.Push(job{kind: jobList, d: walk.NewDir(rootfd), rel: "."})
 	ws := make([]worker, workers)
@@ -68,12 +74,22 @@ func Scan(dir string, opts ScanOptions) (*Manifest, error) {
 		n += len(w.out)
 	}
 	entries := make([]Entry, 1, n)
-	entries[0] = Entry{Path: ".", Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid}
+	entries[0] = Entry{Path: ".", Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: rootX}
 	for _, w := range ws {
 		entries = append(entries, w.out...)
 	}
 	sortEntries(entries[1:])
-	return &Manifest{Entries: entries}, nil
+	return &Manifest{Version: 2, Entries: entries}, nil
+}
+
+// readXattrs reads the xattrs of open file fd (path, for messages). A
+// file without any costs one flistxattr.
+func readXattrs(fd int, path string) (string, error) {
+	x, err := xattr.FRead(fd)
+	if err != nil {
+		return "", fmt.Errorf("scan %s: %w", path, err)
+	}
+	return x, nil
 }
 
 // sortEntries sorts bytewise by path (the root is kept apart, first). It
@@ -168,7 +184,12 @@ func (w *worker) run(j job) error {
 			d.Unref()
 			return err
 		}
-		w.out = append(w.out, Entry{Path: j.rel, Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid})
+		x, err := readXattrs(fd, w.abs(j.rel))
+		if err != nil {
+			d.Unref()
+			return err
+		}
+		w.out = append(w.out, Entry{Path: j.rel, Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: x})
 		return w.list(d, j.rel)
 	case jobList:
 		return w.list(j.d, j.rel)
@@ -232,7 +253,15 @@ func (w *worker) entries(d *walk.Dir, rel string, ents []dent) error {
 				if err != nil {
 					return fmt.Errorf("readlink %s: %w", w.abs(p), err)
 				}
-				w.out = append(w.out, Entry{Path: p, Type: Symlink, UID: st.Uid, GID: st.Gid, Target: t})
+				// A symlink has no descriptor to read xattrs through.
+				x, err := xattr.ReadAt(d.FD, de.name)
+				if err == xattr.ErrNoAt {
+					x, err = xattr.LRead(w.abs(p))
+				}
+				if err != nil {
+					return fmt.Errorf("scan %s: %w", w.abs(p), err)
+				}
+				w.out = append(w.out, Entry{Path: p, Type: Symlink, UID: st.Uid, GID: st.Gid, Target: t, Xattrs: x})
 			default:
 				return unsupported(w.abs(p), st.Mode)
 			}
@@ -267,7 +296,11 @@ func (w *worker) file(dirfd int, name, p string) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", w.abs(p), err)
 	}
-	e := Entry{Path: p, Type: File, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Size: st.Size, Hash: h}
+	x, err := readXattrs(fd, w.abs(p))
+	if err != nil {
+		return err
+	}
+	e := Entry{Path: p, Type: File, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Size: st.Size, Hash: h, Xattrs: x}
 	if w.sc.opts.OnFile != nil {
 		abs := w.abs(p)
 		release := cas.LendFD(st, abs, fd)

@@ -877,7 +877,7 @@ func (p *puller) plan(im *txstore.Import, needs []*need, st *PullStats) ([]*need
 
 func slicesContains(ks []cas.Key, k cas.Key) bool {
 	for _, x := range ks {
-		if x == k {
+		if x.Ident() == k.Ident() { // Find's keys know xattrs only by digest
 			return true
 		}
 	}

@@ -105,7 +105,7 @@ func stream(src io.Reader, size int64, lines int, sink func(declared int64) io.W
 	// The header first: the cheapest way to tell a manifest from any
 	// other zstd file, a bomb of zeros included.
 	var head [len(manifestHead)]byte
-	if k, err := io.ReadFull(d, head[:]); err != nil || string(head[:]) != manifestHead {
+	if k, err := io.ReadFull(d, head[:]); err != nil || !manifest.HasHeader(head[:]) {
 		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
 			return 0, fmt.Errorf("%w: zstd: %w", ErrNotManifest, err)
 		}
