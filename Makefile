@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 0
-export TXBOOT_KERNEL_DIR ?= $(CURDIR)/.cache/kernels
+export TXBOOT_KERNEL_DIR ?= $(CURDIR)/.cache/kernels-trixie
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w -buildid='
 BINS := bin/bootctl bin/initagent bin/mkinitramfs
 
@@ -18,13 +18,16 @@ build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/mkinitramfs ./mkinitramfs
 
 # System packages (apt-get, only when missing), Debian's kernels
-# (apt-get download + dpkg -x into .cache/kernels, never installed) and a
-# Debian 12 root for the Debian scenarios (debootstrap once per machine,
-# cached under /var/cache/txboot keyed by its inputs).
+# of Debian 13 (apt-get download + dpkg -x into .cache/kernels-trixie, never installed) and a
+# Debian 13 (trixie) and a Debian 12 (bookworm) root for the Debian
+# scenarios (debootstrap once per machine each, cached under
+# /var/cache/txboot keyed by its inputs; trixie's packages come through a
+# private apt configuration, scripts/debian-apt.sh, not the host's sources).
 deps:
 	bash scripts/install-deps.sh
 	bash scripts/fetch-kernels.sh $(TXBOOT_KERNEL_DIR)
-	bash scripts/debian-root.sh >/dev/null
+	bash scripts/debian-root.sh trixie >/dev/null
+	bash scripts/debian-root.sh bookworm >/dev/null
 
 lint:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt needed"; exit 1; }
@@ -49,7 +52,7 @@ torture: deps build
 demo: deps build
 	bash scripts/demo.sh
 
-# A real Debian 12 with systemd: installed, booted, a broken update healed
+# A real Debian 13 with systemd: installed, booted, a broken update healed
 # with no input (about 4 minutes under TCG).
 demo-debian: deps build
 	$(GO) run ./qemu-tests/cmd/demo-debian
@@ -59,6 +62,7 @@ demo-debian: deps build
 bench: deps build
 	bash scripts/bench.sh
 	bash scripts/bench-repo.sh
+	bash scripts/bench-xattr.sh
 	bash scripts/bench-initramfs.sh
 	$(GO) test -run '^$$' -bench Boot -benchtime 3x ./qemu-tests/ | grep -v '^ *\['
 

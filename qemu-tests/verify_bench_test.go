@@ -38,7 +38,7 @@ func verifyBenchImage(b *testing.B) string {
 			vbImgErr = err
 			return
 		}
-		out, err := exec.Command("bash", filepath.Join(repo, "scripts", "debian-root.sh")).Output()
+		out, err := exec.Command("bash", filepath.Join(repo, "scripts", "debian-root.sh"), "bookworm").Output()
 		if err != nil {
 			vbImgErr = err
 			return

@@ -6,7 +6,7 @@
 # from the unpacked kernel packages for the run and removes only what it added.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KDIR=${TXBOOT_KERNEL_DIR:-$PWD/.cache/kernels}
+KDIR=${TXBOOT_KERNEL_DIR:-$PWD/.cache/kernels-trixie}
 OUT=${OUT:-$PWD/.cache/bench/initramfs}
 mkdir -p "$OUT"
 [ -x /usr/sbin/mkinitramfs ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq initramfs-tools-core >/dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # fetch-kernels.sh DEST: download Debian's cloud and generic amd64 kernels
+# of FETCH_KERNELS_SUITE (default trixie, Debian 13; bookworm for Debian 12)
 # for the QEMU tests and unpack them WITHOUT installing them:
 #   DEST/debs/*.deb                          the downloaded packages
 #   DEST/linux-image-<kver>/boot/vmlinuz-*   the kernel
@@ -7,7 +8,12 @@
 #   DEST/kernels.stamp                       "meta package kver vmlinuz" lines
 # Idempotent: with a valid DEST/kernels.stamp it touches neither apt nor the
 # network. FETCH_KERNELS_REFRESH=1 re-resolves the metapackages (newer ABI).
+# apt runs with a private configuration for the suite (scripts/debian-apt.sh):
+# the host's apt sources are never used or changed. Use one DEST per suite.
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+suite=${FETCH_KERNELS_SUITE:-trixie}
+dapt() { bash "$here/debian-apt.sh" "$suite" "$@"; }
 
 die() {
 	echo "fetch-kernels: $*" >&2
@@ -24,6 +30,15 @@ exec 9>"$dest/.lock"
 flock 9 || die "cannot lock $dest/.lock"
 
 METAS=(linux-image-cloud-amd64 linux-image-amd64)
+
+# One suite per DEST (the tests take the first cloud and generic kernel
+# they find there). A DEST from before this file existed holds bookworm's.
+have=bookworm
+[[ -f $dest/suite ]] && have=$(cat "$dest/suite")
+if compgen -G "$dest/linux-image-*" >/dev/null && [[ $have != "$suite" ]]; then
+	die "$dest holds $have kernels, not $suite; use another DEST"
+fi
+echo "$suite" >"$dest/suite"
 
 # Fast path: everything the stamp names is still there.
 if [[ -f $stamp && ${FETCH_KERNELS_REFRESH:-0} != 1 ]]; then
@@ -43,16 +58,11 @@ if [[ -f $stamp && ${FETCH_KERNELS_REFRESH:-0} != 1 ]]; then
 	fi
 fi
 
-# As root, apt's _apt sandbox user cannot write into DEST; say so up front
-# instead of letting apt warn about it.
 apt_opts=(-qq)
-if ((EUID == 0)); then
-	apt_opts+=(-o APT::Sandbox::User=root)
-fi
 
 # resolve META: print the versioned package the metapackage depends on.
 resolve() {
-	apt-cache depends "$1" 2>/dev/null |
+	dapt apt-cache depends "$1" 2>/dev/null |
 		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
 }
 
@@ -61,8 +71,9 @@ updated=0
 refresh() {
 	if ((updated == 0)); then
 		updated=1
-		echo "fetch-kernels: apt-get update"
-		apt-get update -qq || die "apt-get update failed (are Debian's package lists reachable?)"
+		echo "fetch-kernels: apt-get update ($suite)"
+		DEBIAN_APT_REFRESH=1 dapt apt-get -qq check >/dev/null ||
+			die "apt-get update failed (are Debian's package lists reachable?)"
 	fi
 }
 
@@ -81,9 +92,9 @@ for meta in "${METAS[@]}"; do
 		if ! compgen -G "$dest/debs/${pkg}_*.deb" >/dev/null; then
 			echo "fetch-kernels: downloading $pkg"
 			# Stale package lists name versions the mirror no longer has.
-			if ! (cd "$dest/debs" && apt-get download "${apt_opts[@]}" "$pkg"); then
+			if ! (cd "$dest/debs" && dapt apt-get download "${apt_opts[@]}" "$pkg"); then
 				refresh
-				(cd "$dest/debs" && apt-get download "${apt_opts[@]}" "$pkg") ||
+				(cd "$dest/debs" && dapt apt-get download "${apt_opts[@]}" "$pkg") ||
 					die "apt-get download $pkg failed"
 			fi
 		fi
@@ -94,6 +105,11 @@ for meta in "${METAS[@]}"; do
 		dpkg -x "$deb" "$root" || die "dpkg -x $deb failed"
 		compgen -G "$root/boot/vmlinuz-*" >/dev/null || die "$deb has no boot/vmlinuz-*"
 		echo "${deb##*/}" >"$unpacked"
+	fi
+	# Debian 13's packages ship their modules in usr/lib/modules (merged
+	# /usr); the tests look in lib/modules.
+	if [[ ! -e $root/lib && -d $root/usr/lib/modules ]]; then
+		ln -s usr/lib "$root/lib"
 	fi
 
 	vmlinuz=$(printf '%s\n' "$root"/boot/vmlinuz-* | sed -n 1p)

@@ -46,7 +46,8 @@ func RepoRoot() (string, error) {
 }
 
 // KernelDir is where the kernels live: $TXBOOT_KERNEL_DIR, else
-// <repo>/.cache/kernels (what `make test` passes to fetch-kernels.sh).
+// <repo>/.cache/kernels-trixie (what `make test` passes to fetch-kernels.sh:
+// Debian 13's kernels).
 func KernelDir() string {
 	if d := os.Getenv("TXBOOT_KERNEL_DIR"); d != "" {
 		return d
@@ -54,9 +55,9 @@ func KernelDir() string {
 	root, err := RepoRoot()
 	if err != nil {
 		// Relative fallback keeps the error message of Kernels meaningful.
-		return filepath.Join(".cache", "kernels")
+		return filepath.Join(".cache", "kernels-trixie")
 	}
-	return filepath.Join(root, ".cache", "kernels")
+	return filepath.Join(root, ".cache", "kernels-trixie")
 }
 
 // Kernels lists the unpacked kernels under dir (DEST of fetch-kernels.sh),

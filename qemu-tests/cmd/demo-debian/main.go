@@ -1,4 +1,4 @@
-// Command demo-debian shows txboot on a real Debian 12 with systemd: the
+// Command demo-debian shows txboot on a real Debian 13 (trixie) with systemd: the
 // Debian root is installed by `bootctl install`, boots under OVMF +
 // systemd-boot in QEMU and proves itself healthy; a broken update (glibc
 // removed) is committed, fails its tries, and the machine comes back on the
@@ -95,8 +95,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	step("A Debian 12 root from debootstrap (minbase + systemd, udev, the cloud kernel), cached by scripts/debian-root.sh")
-	droot, _, err := fixture.DebianRoot(ctx, repo)
+	step("A Debian 13 (trixie) root from debootstrap (minbase + systemd 257, udev, the cloud kernel 6.12), cached by scripts/debian-root.sh")
+	droot, _, err := fixture.DebianRoot(ctx, repo, fixture.Trixie)
 	if err != nil {
 		return err
 	}
