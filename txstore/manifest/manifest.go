@@ -38,6 +38,7 @@ import (
 	"unsafe"
 
 	"github.com/txboot/txboot/txstore/cas"
+	"github.com/txboot/txboot/txstore/internal/escape"
 	"github.com/txboot/txboot/txstore/internal/xattr"
 )
 
@@ -193,41 +194,14 @@ func CheckPath(p string) error {
 	}
 }
 
-const hexUpper = "0123456789ABCDEF"
-
-func appendEscaped(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= 0x20 || c == 0x7f || c == '%' {
-			b = append(b, '%', hexUpper[c>>4], hexUpper[c&15])
-		} else {
-			b = append(b, c)
-		}
-	}
-	return b
-}
+func appendEscaped(b []byte, s string) []byte { return escape.Append(b, s, false) }
 
 func unescape(s string) (string, error) {
-	if strings.IndexByte(s, '%') < 0 {
-		return s, nil
+	u, ok := escape.Unescape(s)
+	if !ok {
+		return "", fmt.Errorf("%w: bad escape in %q", ErrBad, s)
 	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", fmt.Errorf("%w: bad escape in %q", ErrBad, s)
-		}
-		v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-		if err != nil || strings.ToUpper(s[i+1:i+3]) != s[i+1:i+3] {
-			return "", fmt.Errorf("%w: bad escape in %q", ErrBad, s)
-		}
-		b.WriteByte(byte(v))
-		i += 2
-	}
-	return b.String(), nil
+	return u, nil
 }
 
 // Encode returns the canonical encoding. Entries must be in canonical order.

@@ -16,8 +16,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
+
+	"github.com/txboot/txboot/txstore/internal/escape"
 )
 
 // Bounds. ext4 keeps an inode's xattrs in one block (4 KiB usually), so
@@ -119,41 +120,14 @@ func Encode(xs []Xattr) (string, error) {
 	return string(b), nil
 }
 
-const hexUpper = "0123456789ABCDEF"
-
-func appendName(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= 0x20 || c == 0x7f || c == '%' || c == ',' || c == '=' {
-			b = append(b, '%', hexUpper[c>>4], hexUpper[c&15])
-		} else {
-			b = append(b, c)
-		}
-	}
-	return b
-}
+func appendName(b []byte, s string) []byte { return escape.Append(b, s, true) }
 
 func unescapeName(s string) (string, error) {
-	if strings.IndexByte(s, '%') < 0 {
-		return s, nil
+	u, ok := escape.Unescape(s)
+	if !ok {
+		return "", fmt.Errorf("%w: bad escape in %q", ErrSyntax, s)
 	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", fmt.Errorf("%w: bad escape in %q", ErrSyntax, s)
-		}
-		v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-		if err != nil {
-			return "", fmt.Errorf("%w: bad escape in %q", ErrSyntax, s)
-		}
-		b.WriteByte(byte(v))
-		i += 2
-	}
-	return b.String(), nil
+	return u, nil
 }
 
 // Parse decodes a canonical list ("" is none). Anything Encode would not
