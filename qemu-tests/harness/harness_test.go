@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/txboot/txboot/mkinitramfs/initramfs"
 )
 
 // helloInitramfs builds testdata/helloinit as /init of a fresh initramfs,
@@ -26,8 +28,16 @@ func helloInitramfs(t *testing.T, modules ...string) string {
 	if err := BuildStaticGo(t.Context(), "./qemu-tests/harness/testdata/helloinit", filepath.Join(root, "init")); err != nil {
 		t.Fatal(err)
 	}
+	// A module is packed as NAME.ko, decompressed: Debian 13 ships
+	// NAME.ko.xz, Debian 12 NAME.ko.
 	for _, m := range modules {
-		b, err := os.ReadFile(m)
+		src := m
+		if _, err := os.Stat(src); err != nil {
+			if c, _ := filepath.Glob(m + ".*"); len(c) == 1 {
+				src = c[0]
+			}
+		}
+		b, err := initramfs.ReadModule(src)
 		if err != nil {
 			t.Fatal(err)
 		}
