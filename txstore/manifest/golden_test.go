@@ -2,14 +2,10 @@ package manifest_test
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/txboot/txboot/txstore/manifest"
 )
@@ -56,57 +52,11 @@ var goldenTree = []goldenEntry{
 	{path: "share/ro", dir: true, mode: 0o555},
 }
 
-func buildGoldenTree(t *testing.T, dir string) {
-	t.Helper()
-	for _, e := range goldenTree {
-		p := filepath.Join(dir, e.path)
-		var err error
-		switch {
-		case e.dir && e.path != ".":
-			err = os.Mkdir(p, 0o700)
-		case e.link != "":
-			err = os.Symlink(e.link, p)
-		case !e.dir:
-			err = os.WriteFile(p, []byte(e.data), 0o600)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Modes last, deepest first, so read-only directories do not stop the
-	// writes; raw unix.Chmod keeps setuid/setgid bits os.Chmod would drop.
-	for i := len(goldenTree) - 1; i >= 0; i-- {
-		e := goldenTree[i]
-		p := filepath.Join(dir, e.path)
-		if os.Geteuid() == 0 {
-			if err := os.Lchown(p, int(e.uid), int(e.gid)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if e.link == "" {
-			if err := unix.Chmod(p, e.mode); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-}
+func buildGoldenTree(t *testing.T, dir string) { buildTree(t, dir, asV2(goldenTree)) }
 
 func goldenEntries(t *testing.T) []manifest.Entry {
 	t.Helper()
-	var es []manifest.Entry
-	for _, g := range goldenTree {
-		e := manifest.Entry{Path: g.path, UID: g.uid, GID: g.gid}
-		switch {
-		case g.dir:
-			e.Type, e.Mode = manifest.Dir, g.mode
-		case g.link != "":
-			e.Type, e.Target = manifest.Symlink, g.link
-		default:
-			e.Type, e.Mode, e.Size, e.Hash = manifest.File, g.mode, int64(len(g.data)), sha256.Sum256([]byte(g.data))
-		}
-		es = append(es, e)
-	}
-	m := &manifest.Manifest{Entries: es}
+	m := &manifest.Manifest{Entries: entriesOf(t, asV2(goldenTree))}
 	m.Sort()
 	return m.Entries
 }

@@ -76,12 +76,31 @@ var goldenV2Tree = []goldenV2Entry{
 		xattrs: []manifest.Xattr{{Name: "trusted.txboot", Value: []byte("y")}}},
 }
 
-// buildGoldenV2Tree makes the tree; xattrs are set after every entry
-// exists (a default ACL set first would be inherited by the later ones),
-// after chown (which drops security.capability) and before chmod.
-func buildGoldenV2Tree(t *testing.T, dir string) {
+func buildGoldenV2Tree(t *testing.T, dir string) { buildTree(t, dir, goldenV2Tree) }
+
+func goldenV2Entries(t *testing.T) []manifest.Entry {
 	t.Helper()
-	for _, e := range goldenV2Tree {
+	return entriesOf(t, goldenV2Tree) // the table is in canonical order: TestGoldenV2Decode checks it
+}
+
+// asV2 gives v1 golden entries the v2 table's type, without xattrs.
+func asV2(es []goldenEntry) []goldenV2Entry {
+	out := make([]goldenV2Entry, len(es))
+	for i, e := range es {
+		out[i].goldenEntry = e
+	}
+	return out
+}
+
+// buildTree makes a golden tree in dir. Modes last, deepest first, so
+// read-only directories do not stop the writes; raw unix.Chmod keeps
+// setuid/setgid bits os.Chmod would drop. Owners only as root. Xattrs are
+// set after every entry exists (a default ACL set first would be inherited
+// by the later ones), after chown (which drops security.capability) and
+// before chmod.
+func buildTree(t *testing.T, dir string, tree []goldenV2Entry) {
+	t.Helper()
+	for _, e := range tree {
 		p := filepath.Join(dir, e.path)
 		var err error
 		switch {
@@ -96,11 +115,13 @@ func buildGoldenV2Tree(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 	}
-	for i := len(goldenV2Tree) - 1; i >= 0; i-- {
-		e := goldenV2Tree[i]
+	for i := len(tree) - 1; i >= 0; i-- {
+		e := tree[i]
 		p := filepath.Join(dir, e.path)
-		if err := os.Lchown(p, int(e.uid), int(e.gid)); err != nil {
-			t.Fatal(err)
+		if os.Geteuid() == 0 {
+			if err := os.Lchown(p, int(e.uid), int(e.gid)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		for _, x := range e.xattrs {
 			if err := unix.Lsetxattr(p, x.Name, x.Value, 0); err != nil {
@@ -115,10 +136,11 @@ func buildGoldenV2Tree(t *testing.T, dir string) {
 	}
 }
 
-func goldenV2Entries(t *testing.T) []manifest.Entry {
+// entriesOf is the manifest entries a golden table describes, in its order.
+func entriesOf(t *testing.T, tree []goldenV2Entry) []manifest.Entry {
 	t.Helper()
 	var es []manifest.Entry
-	for _, g := range goldenV2Tree {
+	for _, g := range tree {
 		x, err := manifest.EncodeXattrs(g.xattrs)
 		if err != nil {
 			t.Fatal(err)
@@ -134,7 +156,7 @@ func goldenV2Entries(t *testing.T) []manifest.Entry {
 		}
 		es = append(es, e)
 	}
-	return es // the table is in canonical order: TestGoldenV2Decode checks it
+	return es
 }
 
 func readGoldenV2(t *testing.T) ([]byte, string) {
