@@ -44,6 +44,9 @@ var DefaultDrivers = []string{
 	// systemd-boot's counter (LoaderBootCountPath) lives in EFI variables;
 	// Debian builds efivarfs as a module
 	"efivarfs",
+	// overlayfs, for bootctl run's working copy: loaded at boot, since a
+	// tx need not carry its kernel's modules in /usr
+	"overlay",
 }
 
 // TrustDir is where Options.Trust keys go in the image, as <key id>.pem;
