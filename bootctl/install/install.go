@@ -102,6 +102,7 @@ type plan struct {
 	usrMode      uint32
 	usrUID       int
 	usrGID       int
+	pkg          pkgdbPlan
 }
 
 const (
@@ -216,6 +217,9 @@ func (p *plan) check() error {
 		return err
 	}
 	if err := p.checkUnit(); err != nil {
+		return err
+	}
+	if err := p.checkPkgDB(); err != nil {
 		return err
 	}
 	if err := p.findRootArg(); err != nil {
@@ -503,13 +507,16 @@ func (p *plan) findRootArg() error {
 }
 
 // undoStep reverses one change to ROOT: a created file, link or directory
-// is removed; a replaced file gets its old content back.
+// is removed; a replaced file gets its old content back; a renamed one
+// goes back; an empty directory a rename replaced is made again.
 type undoStep struct {
 	rel     string
 	dir     bool
 	old     []byte
 	oldMode fs.FileMode
 	restore bool
+	from    string // rel was renamed from here
+	mkdir   bool   // rel was an empty directory (oldMode)
 }
 
 type undoLog []undoStep
@@ -527,9 +534,14 @@ func (u undoLog) run(t *tree) []string {
 	for i := len(u) - 1; i >= 0; i-- {
 		s := u[i]
 		var err error
-		if s.restore {
+		switch {
+		case s.from != "":
+			err = t.rename(s.rel, s.from, true)
+		case s.mkdir:
+			err = t.mkdir(s.rel, s.oldMode)
+		case s.restore:
 			err = t.writeFile(s.rel, bytes.NewReader(s.old), s.oldMode)
-		} else {
+		default:
 			err = t.remove(s.rel, s.dir)
 		}
 		if err != nil {
@@ -552,7 +564,7 @@ func (p *plan) install() (res *Result, err error) {
 			}
 		}
 	}()
-	for _, step := range []func(*undoLog) error{p.copyKernels, p.copyTools, p.installUnit} {
+	for _, step := range []func(*undoLog) error{p.copyKernels, p.copyTools, p.installUnit, p.installPkgDB} {
 		if err := step(&undo); err != nil {
 			return nil, err
 		}
