@@ -18,6 +18,7 @@ import (
 	"github.com/txboot/txboot/initagent/kmod"
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/bootinfo"
+	"github.com/txboot/txboot/txstore/etcstate"
 	"github.com/txboot/txboot/txstore/testtree"
 	"golang.org/x/sys/unix"
 )
@@ -32,8 +33,9 @@ type fakeSys struct {
 	cmdline   string           // /proc/cmdline
 	mountErr  map[string]error // by target
 	rootErr   error            // WaitRoot's
-	panicIn   string           // "waitroot": WaitRoot panics
+	panicIn   string           // "waitroot": WaitRoot panics; "etc": SwitchEtc does
 	switchErr error
+	etcErr    error // SwitchEtc's (else the real etcstate.Switch runs on root)
 
 	calls    []string // every call, in order
 	rescues  []string
@@ -88,6 +90,17 @@ func (f *fakeSys) Assembler(root string) Assembler { return &fakeAssembler{sys: 
 func (f *fakeSys) ArmWatchdog(seconds int) (int, error) {
 	f.call("watchdog %d", seconds)
 	return seconds, nil
+}
+
+func (f *fakeSys) SwitchEtc(root string, id uint64) (*etcstate.SwitchResult, error) {
+	f.call("etc %d", id)
+	if f.panicIn == "etc" {
+		panic("etc boom")
+	}
+	if f.etcErr != nil {
+		return nil, f.etcErr
+	}
+	return etcstate.Switch(root, id)
 }
 
 func (f *fakeSys) SwitchRoot(newRoot, init string, args []string) error {
@@ -184,7 +197,7 @@ func testPlan(t *testing.T) (Plan, *fakeSys) {
 	p.InfoPath = filepath.Join(dir, "run/txboot/boot.json")
 	p.TrustDir = filepath.Join(dir, "trusted.d") // missing: no keys
 	p.EFIVars = filepath.Join(dir, "efivars")    // missing: not UEFI
-	os.MkdirAll(p.Sysroot, 0o755)
+	os.MkdirAll(filepath.Join(p.Sysroot, "etc"), 0o755)
 	return p, &fakeSys{root: p.Sysroot, infoPath: p.InfoPath, mountErr: map[string]error{}}
 }
 
@@ -234,7 +247,7 @@ func TestRunBoots(t *testing.T) {
 			if len(tc.noInit) > 0 { // tx 3 is bound, has no init, is unbound
 				want = append(want, fmt.Sprintf("bind /.txboot/trees/3/usr on %s/usr", root), "unbind")
 			}
-			want = append(want, fmt.Sprintf("bind /.txboot/trees/%d/usr on %s/usr", tc.booted, root))
+			want = append(want, fmt.Sprintf("bind /.txboot/trees/%d/usr on %s/usr", tc.booted, root), fmt.Sprintf("etc %d", tc.booted))
 			if tc.watchdog > 0 {
 				want = append(want, fmt.Sprintf("watchdog %d", tc.watchdog))
 			}
@@ -261,7 +274,7 @@ func TestRunBoots(t *testing.T) {
 			if len(tc.noInit) > 0 && (len(info.Failures) != 1 || info.Failures[0].Tx != 3) {
 				t.Errorf("boot.json failures %+v, want tx 3's", info.Failures)
 			}
-			for _, ph := range []string{"early", "modules", "rootdev", "mount", "store", "verify", "assemble"} {
+			for _, ph := range []string{"early", "modules", "rootdev", "mount", "store", "verify", "assemble", "etc"} {
 				if _, ok := info.PhasesMS[ph]; !ok {
 					t.Errorf("boot.json has no phase %s: %v", ph, info.PhasesMS)
 				}

@@ -74,6 +74,7 @@ var flow = []step{
 	{"mount", true, (*run).mountRoot},    // on Sysroot, read-write (the try is recorded)
 	{"store", true, (*run).openStore},    // the txboot store
 	{"choose", false, (*run).choose},     // verify + assemble, with fallback; closes the store
+	{"etc", true, (*run).switchEtc},      // the chosen tx's /etc (etcstate); never fails the boot
 	{"handover", false, (*run).handOver}, // watchdog, boot.json, remount, summary line
 	{"switch-root", false, (*run).switchRoot},
 }
@@ -89,6 +90,7 @@ type run struct {
 	fstype string // its probed filesystem type, or ""
 	store  *txstore.Store
 	res    *Result
+	etc    string // what the etc step did, for boot.json
 }
 
 // Run boots: each step in order, timed; a step's error or panic ends in
@@ -310,7 +312,7 @@ func (r *run) handOver() error {
 		log.console("\ntxboot: WARNING: the store's database is damaged: %s\ntxboot: booting tx %d %s; %s\n\n", res.NoDatabase, res.Tx.ID, res.Tx.Digest, noCounting)
 	}
 	info := &bootinfo.Info{Booted: res.Tx.ID, Requested: res.Requested, OnTrial: res.OnTrial, Watchdog: wd,
-		PhasesMS: r.ph.ms, NoDatabase: res.NoDatabase, SignedBy: res.SignedBy}
+		PhasesMS: r.ph.ms, NoDatabase: res.NoDatabase, SignedBy: res.SignedBy, Etc: r.etc}
 	for _, f := range res.Failures {
 		info.Failures = append(info.Failures, bootinfo.Failure{Tx: f.Tx, Reason: f.Reason, Kind: string(f.Kind)})
 	}

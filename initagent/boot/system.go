@@ -14,6 +14,7 @@ import (
 	"github.com/txboot/txboot/initagent/cmdline"
 	"github.com/txboot/txboot/initagent/kmod"
 	"github.com/txboot/txboot/initagent/rootdev"
+	"github.com/txboot/txboot/txstore/etcstate"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,6 +45,9 @@ type System interface {
 	// ArmWatchdog starts the hardware watchdog; it returns the seconds it
 	// runs for (0: not armed) and what went wrong, if anything.
 	ArmWatchdog(seconds int) (int, error)
+	// SwitchEtc gives tx id its /etc under root (etcstate.Switch): the
+	// root is mounted read-write and nothing else runs yet.
+	SwitchEtc(root string, id uint64) (*etcstate.SwitchResult, error)
 	// SwitchRoot makes newRoot "/" and execs init; it returns only if
 	// every exec failed.
 	SwitchRoot(newRoot, init string, args []string) error
@@ -258,3 +262,7 @@ func (linuxSystem) Rescue(wantShell bool, why string) {
 }
 
 func (linuxSystem) Sleep(d time.Duration) { time.Sleep(d) }
+
+func (linuxSystem) SwitchEtc(root string, id uint64) (*etcstate.SwitchResult, error) {
+	return etcstate.Switch(root, id)
+}

@@ -47,6 +47,10 @@ type Info struct {
 	// SignedBy: the trusted key that signed the booted tx's digest ("":
 	// the initramfs carries no keys).
 	SignedBy string `json:"signed_by,omitempty"`
+	// Etc: what the boot did to /etc (package etcstate: adopted, kept,
+	// restored, merged with conflicts, copied; or why it was kept as it
+	// was), one line.
+	Etc string `json:"etc,omitempty"`
 }
 
 // Marshal is the file's exact encoding (indented JSON, one final newline);
