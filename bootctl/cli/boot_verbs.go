@@ -504,6 +504,8 @@ type statusOut struct {
 	// Repositories: the newest index accepted from each, and whether it
 	// is still fresh (a frozen mirror shows as stale).
 	Repositories []statusRemote `json:"repositories"`
+	// Etc: whose /etc is live, its conflicts, files kept beside (status_etc.go).
+	Etc *statusEtc `json:"etc,omitempty"`
 
 	// ESPRepairs: kernels and initrds on the ESP that did not match the
 	// SHA-256 in their path (or were missing), rewritten from the store or
@@ -560,6 +562,7 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 		}
 	}
 	out.Events, _ = s.Events(5)
+	out.Etc = etcStatus(e.root, out.Info)
 	out.Downloads = pendingDownloads(e, s)
 	now := time.Now()
 	out.Repositories = remotes(e, s, now)
@@ -594,6 +597,7 @@ func printStatus(w io.Writer, out *statusOut, def uint64, now time.Time) {
 		fmt.Fprintln(w, "Booted:   (not booted by txboot)")
 	}
 	fmt.Fprintf(w, "Default:  tx %d\n", def)
+	printEtcStatus(w, out.Etc)
 	if out.LoaderEntry != "" {
 		fmt.Fprintf(w, "Loader:   %s", printable(out.LoaderEntry))
 		if out.LoaderCounter != "" {
