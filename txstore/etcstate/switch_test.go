@@ -11,6 +11,7 @@ import (
 
 	"github.com/txboot/txboot/txstore/failpoint"
 	"github.com/txboot/txboot/txstore/internal/layout"
+	"github.com/txboot/txboot/txstore/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -234,7 +235,7 @@ func TestSwitchCrossDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Mount("tmpfs", store, "tmpfs", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
+		testkit.Skipf(t, "cannot mount a tmpfs for the store: %v", err)
 	}
 	defer unix.Unmount(store, unix.MNT_DETACH)
 	if err := os.MkdirAll(filepath.Join(store, layout.TreesDir, "2", "usr"), 0o755); err != nil {
