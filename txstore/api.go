@@ -7,6 +7,8 @@
 //	lock                flock(2) target: one writer at a time
 //	objects/ab/<hash>…  CAS objects (raw contents, write bits stripped)
 //	trees/<id>/usr/     a tx's /usr, hardlinks into objects/
+//	trees/<id>/etc/     the /etc state a run left with the tx (EtcDir):
+//	                    removed with the tree, in no digest
 //	staging/            work in progress; emptied when a writer opens
 package txstore
 
@@ -37,6 +39,10 @@ type Tx = records.Tx
 
 // Event is one line of the store's event log (see package records).
 type Event = records.Event
+
+// PkgChange is one package a tx changed against its parent (see package
+// records).
+type PkgChange = records.PkgChange
 
 // VerifyMode selects how deep Verify looks.
 type VerifyMode int

@@ -59,9 +59,23 @@ type CommitOptions struct {
 	// what it returns is added to Signatures (commit --sign: the digest
 	// does not exist before the scan).
 	Sign func(digest string) []sign.Signature
+	// Parent is the new tx's parent in its record; 0 = the default tx
+	// when the commit allocates its id. CommitLayer sets it to from.
+	Parent uint64
+	// Etc, if set, is a directory on the store's filesystem (not a
+	// symlink) that the commit moves to trees/<id>/etc beside the tree's
+	// usr/ (bootctl run's /etc state, package etcstate): durable with the
+	// tree, removed with it, never part of the digest. It is moved while
+	// the tree is built: after a failed commit it may be gone (removed
+	// with the commit's work), so the caller removes it either way.
+	Etc string
+	// PkgChanges go into the record as given (see Tx).
+	PkgChanges []PkgChange
 }
 
-// CommitStats describe one commit.
+// CommitStats describe one commit. For CommitLayer, Files, NewObjects,
+// Deduplicated and NewBytes count the upper directory's regular files;
+// Entries and Bytes are the whole new tree's.
 type CommitStats struct {
 	Entries      int
 	Files        int

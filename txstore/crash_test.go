@@ -25,8 +25,11 @@ func TestMain(m *testing.M) {
 }
 
 func crashChild(root, src string) int {
-	if os.Getenv("TXBOOT_CRASH_MODE") == "manifest" {
+	switch os.Getenv("TXBOOT_CRASH_MODE") {
+	case "manifest":
 		return commitManifestChild(root)
+	case "layer", "layers":
+		return layerChild(root, src, os.Getenv("TXBOOT_CRASH_MODE") == "layers")
 	}
 	s, err := txstore.Open(root, txstore.Options{Create: true})
 	if err != nil {

@@ -32,7 +32,8 @@ import (
 //	stage    new objects and the manifest object staged in work
 //	publish  one syncfs, then renamed under objects/
 //	build    the tree at work/tree/usr: blitted, or the consumed src
-//	         adopted; one syncfs for the renames and the whole tree
+//	         adopted; CommitOptions.Etc moved to work/tree/etc; one
+//	         syncfs for the renames and the whole tree
 //	place    renamed to trees/<id>, the directory fsynced
 //	record   the tx record, last: from here the tx exists
 //	finish   a consumed src removed (or its journal dropped)
@@ -45,7 +46,8 @@ type commitJob struct {
 	o     CommitOptions
 	fp    commitPoints
 	name  string       // src, or the manifest's digest: for errors
-	src   string       // "" for a manifest
+	src   string       // "" for a manifest; the upper for a layer
+	from  uint64       // CommitLayer: the tx layered on
 	c     *consume.Job // Consume only
 	work  string       // staging/commit-*
 	objs  *cas.Store   // the CAS, staging into work
@@ -88,6 +90,9 @@ func inject(p *failpoint.Point) error {
 
 // newCommitJob starts a job in a fresh directory under staging/.
 func (s *Store) newCommitJob(name string, o CommitOptions, fp commitPoints) (*commitJob, error) {
+	if err := s.checkEtc(o.Etc); err != nil {
+		return nil, err
+	}
 	work, err := os.MkdirTemp(filepath.Join(s.Dir, "staging"), "commit-")
 	if err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
@@ -134,6 +139,11 @@ func (j *commitJob) close() {
 // useManifest makes m (canonical encoding raw) the tx's manifest and
 // stages its object unless the CAS has it; the stage step ends here.
 func (j *commitJob) useManifest(m *manifest.Manifest, raw []byte) error {
+	// A tx whose manifest the store could not load again is refused.
+	if len(m.Entries) > manifest.MaxEntries || len(raw) > manifest.MaxSize {
+		return fmt.Errorf("commit %s: %w: %d entries, %d bytes (at most %d, %d)",
+			j.name, ErrManifestTooLarge, len(m.Entries), len(raw), manifest.MaxEntries, manifest.MaxSize)
+	}
 	j.m, j.digest = m, manifest.Digest(raw)
 	j.st.Entries, j.st.Bytes = m.Stats()
 	z, k := ManifestObject(raw)
@@ -178,13 +188,16 @@ func (j *commitJob) publishObjects() error {
 }
 
 // buildTree makes the tree at work/tree/usr under a new id: the consumed
-// src adopted, else blitted from the CAS.
+// src adopted, else blitted from the CAS; and work/tree/etc (o.Etc).
 func (j *commitJob) buildTree() error {
 	var err error
 	// Under the writer lock (held since Open) the id stays free; the
 	// consume journal names it before src moves.
 	if j.id, j.parent, err = j.s.nextID(); err != nil {
 		return err
+	}
+	if j.o.Parent != 0 {
+		j.parent = j.o.Parent
 	}
 	bt := time.Now()
 	root := filepath.Join(j.work, "tree")
@@ -207,6 +220,9 @@ func (j *commitJob) buildTree() error {
 		}
 	}
 	j.st.BlitTime = time.Since(bt)
+	if err := j.placeEtc(root); err != nil {
+		return err
+	}
 	if err := inject(j.fp.built); err != nil {
 		return err
 	}
@@ -237,7 +253,7 @@ func (j *commitJob) record() error {
 	t := &Tx{ID: j.id, Digest: j.digest, Parent: j.parent, Created: now, Updated: now,
 		Summary: o.Summary, Kernels: j.m.Kernels(), Entries: j.st.Entries, Bytes: j.st.Bytes,
 		Manifest: j.mkey.Hash.String(), Boot: bootstate.New(o.Tries),
-		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin}
+		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin, PkgChanges: o.PkgChanges}
 	if o.Sign != nil {
 		t.Signatures = append(slices.Clip(t.Signatures), o.Sign(j.digest)...)
 	}
@@ -253,6 +269,8 @@ func (j *commitJob) record() error {
 func (j *commitJob) eventDetail() string {
 	what := fmt.Sprintf("%d new objects", j.st.NewObjects)
 	switch {
+	case j.from != 0:
+		what = fmt.Sprintf("layered on tx %d, %d new objects", j.from, j.st.NewObjects)
 	case j.src == "" && j.o.Origin != "":
 		what = "pulled from " + j.o.Origin
 	case j.src == "":

@@ -1,6 +1,7 @@
 package txstore
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,9 +11,11 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/fsx"
 	"github.com/txboot/txboot/txstore/internal/layout"
+	"golang.org/x/sys/unix"
 )
 
-// Reblit rebuilds tx id's tree from the CAS: blit into staging, sync, swap.
+// Reblit rebuilds tx id's tree from the CAS: blit into staging, sync, swap
+// its usr/ in (what lies beside it, the tx's etc/, stays).
 func (s *Store) Reblit(id uint64) (blit.Stats, error) {
 	var bs blit.Stats
 	if err := s.writable(); err != nil {
@@ -45,18 +48,54 @@ func (s *Store) Reblit(id uint64) (blit.Stats, error) {
 	if err := cas.Syncfs(s.Dir); err != nil {
 		return bs, err
 	}
+	if err := s.swapTree(id, fresh, work); err != nil {
+		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+	}
+	return bs, s.Log(Event{Kind: "reblit", TxID: id})
+}
+
+// swapTree puts the synced tree fresh (its usr/) in place of tx id's. When
+// trees/<id> is a directory only its usr/ is replaced, atomically
+// (RENAME_EXCHANGE), so what lies beside it (the tx's etc/, see EtcDir)
+// stays; the old usr/ ends in fresh, under work. Otherwise trees/<id> (a
+// symlink, say: never followed) goes to work and fresh takes its place.
+func (s *Store) swapTree(id uint64, fresh, work string) error {
 	trees := filepath.Join(s.Dir, "trees")
 	final := filepath.Join(trees, strconv.FormatUint(id, 10))
-	if _, err := os.Lstat(final); err == nil {
+	fi, err := os.Lstat(final)
+	if err == nil && fi.IsDir() {
+		if err := exchange(filepath.Join(fresh, "usr"), filepath.Join(final, "usr"), filepath.Join(work, "old-usr")); err != nil {
+			return err
+		}
+		return fsx.SyncDir(final)
+	}
+	if err == nil {
 		if err := os.Rename(final, filepath.Join(work, "old")); err != nil {
-			return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+			return err
 		}
 	}
 	if err := os.Rename(fresh, final); err != nil {
-		return bs, fmt.Errorf("reblit tx %d: %w", id, err)
+		return err
 	}
-	if err := fsx.SyncDir(trees); err != nil {
-		return bs, err
+	return fsx.SyncDir(trees)
+}
+
+// exchange swaps directory src with dst, or renames it there when dst is
+// missing. Without RENAME_EXCHANGE (a filesystem lacking it) dst first
+// moves aside to old: a crash in between leaves dst missing, which the
+// next verify finds and a reblit repairs.
+func exchange(src, dst, old string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE)
+	switch err {
+	case nil:
+		return nil
+	case unix.ENOENT: // dst missing (src exists: blitted just now)
+		return os.Rename(src, dst)
+	case unix.EINVAL, unix.ENOSYS, unix.EOPNOTSUPP:
+		if err := os.Rename(dst, old); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return os.Rename(src, dst)
 	}
-	return bs, s.Log(Event{Kind: "reblit", TxID: id})
+	return &os.LinkError{Op: "exchange", Old: src, New: dst, Err: err}
 }

@@ -47,7 +47,12 @@ func goldenTx() *Tx {
 		}},
 		Version: "2026.03-1",
 		Origin:  "https://updates.example.com/txboot",
-		Boot:    bootstate.Boot{State: bootstate.Trying, TriesLeft: 1, Tries: 2, LastFailure: "health check failed"},
+		PkgChanges: []PkgChange{
+			{Name: "hello", Arch: "amd64", Old: "2.10-2", New: "2.10-3"},
+			{Name: "libfoo1", Arch: "i386", New: "1.0-1"},
+			{Name: "oldpkg", Arch: "all", Old: "0.9"},
+		},
+		Boot: bootstate.Boot{State: bootstate.Trying, TriesLeft: 1, Tries: 2, LastFailure: "health check failed"},
 	}
 }
 

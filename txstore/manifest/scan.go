@@ -24,6 +24,16 @@ type FileFunc func(e *Entry, path string, st *unix.Stat_t) error
 type ScanOptions struct {
 	Workers int      // default 2×GOMAXPROCS: hashing overlaps with I/O
 	OnFile  FileFunc // optional
+	// OnEntry, if set, sees every entry as it is built (the root too),
+	// from worker goroutines, before OnFile: it may change the entry's
+	// xattrs (an overlayfs upper directory's reader drops overlayfs' own)
+	// or refuse it with an error, which ends the scan.
+	OnEntry func(e *Entry) error
+	// OnOther, if set, is called for an entry that is not a directory,
+	// regular file or symlink (p its manifest path, st its lstat) instead
+	// of refusing it; the entry is left out of the manifest. Its error
+	// ends the scan. (An overlayfs whiteout is a character device.)
+	OnOther func(p string, st *unix.Stat_t) error
 }
 
 // chunkSize is how many entries of one directory a job handles: a huge
@@ -61,6 +71,11 @@ func Scan(dir string, opts ScanOptions) (*Manifest, error) {
 		return nil, err
 	}
 	sc := &scanner{base: dir, opts: opts, sched: walk.NewSched[job]()}
+	root := Entry{Path: ".", Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: rootX}
+	if err := sc.onEntry(&root); err != nil {
+		unix.Close(rootfd)
+		return nil, err
+	}
 	sc.sched.Push(job{kind: jobList, d: walk.NewDir(rootfd), rel: "."})
 	ws := make([]worker, workers)
 	for w := range ws {
@@ -74,7 +89,7 @@ func Scan(dir string, opts ScanOptions) (*Manifest, error) {
 		n += len(w.out)
 	}
 	entries := make([]Entry, 1, n)
-	entries[0] = Entry{Path: ".", Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: rootX}
+	entries[0] = root
 	for _, w := range ws {
 		entries = append(entries, w.out...)
 	}
@@ -135,6 +150,13 @@ type scanner struct {
 	sched *walk.Sched[job]
 }
 
+func (sc *scanner) onEntry(e *Entry) error {
+	if sc.opts.OnEntry == nil {
+		return nil
+	}
+	return sc.opts.OnEntry(e)
+}
+
 // Release drops the directory references an unrun job holds.
 func (j job) Release() {
 	switch j.kind {
@@ -189,7 +211,12 @@ func (w *worker) run(j job) error {
 			d.Unref()
 			return err
 		}
-		w.out = append(w.out, Entry{Path: j.rel, Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: x})
+		e := Entry{Path: j.rel, Type: Dir, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: x}
+		if err := w.sc.onEntry(&e); err != nil {
+			d.Unref()
+			return err
+		}
+		w.out = append(w.out, e)
 		return w.list(d, j.rel)
 	case jobList:
 		return w.list(j.d, j.rel)
@@ -237,36 +264,55 @@ func (w *worker) entries(d *walk.Dir, rel string, ents []dent) error {
 				return err
 			}
 		default: // symlinks, and anything else or unknown: lstat first
-			var st unix.Stat_t
-			if err := unix.Fstatat(d.FD, de.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return fmt.Errorf("lstat %s: %w", w.abs(p), err)
-			}
-			switch st.Mode & unix.S_IFMT {
-			case unix.S_IFDIR:
-				w.sc.sched.Push(job{kind: jobOpen, parent: d.Ref(), name: de.name, rel: p})
-			case unix.S_IFREG:
-				if err := w.file(d.FD, de.name, p); err != nil {
-					return err
-				}
-			case unix.S_IFLNK:
-				t, err := w.readlink(d.FD, de.name)
-				if err != nil {
-					return fmt.Errorf("readlink %s: %w", w.abs(p), err)
-				}
-				// A symlink has no descriptor to read xattrs through.
-				x, err := xattr.ReadAt(d.FD, de.name)
-				if err == xattr.ErrNoAt {
-					x, err = xattr.LRead(w.abs(p))
-				}
-				if err != nil {
-					return fmt.Errorf("scan %s: %w", w.abs(p), err)
-				}
-				w.out = append(w.out, Entry{Path: p, Type: Symlink, UID: st.Uid, GID: st.Gid, Target: t, Xattrs: x})
-			default:
-				return unsupported(w.abs(p), st.Mode)
+			if err := w.other(d, de.name, p); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
+
+// other handles an entry of directory d whose type getdents did not say
+// is a directory or regular file: it lstats it first.
+func (w *worker) other(d *walk.Dir, name, p string) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(d.FD, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("lstat %s: %w", w.abs(p), err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		w.sc.sched.Push(job{kind: jobOpen, parent: d.Ref(), name: name, rel: p})
+		return nil
+	case unix.S_IFREG:
+		return w.file(d.FD, name, p)
+	case unix.S_IFLNK:
+		return w.symlink(d.FD, name, p, &st)
+	}
+	if w.sc.opts.OnOther != nil {
+		return w.sc.opts.OnOther(p, &st)
+	}
+	return unsupported(w.abs(p), st.Mode)
+}
+
+// symlink records the symlink name of directory dirfd (never followed).
+func (w *worker) symlink(dirfd int, name, p string, st *unix.Stat_t) error {
+	t, err := w.readlink(dirfd, name)
+	if err != nil {
+		return fmt.Errorf("readlink %s: %w", w.abs(p), err)
+	}
+	// A symlink has no descriptor to read xattrs through.
+	x, err := xattr.ReadAt(dirfd, name)
+	if err == xattr.ErrNoAt {
+		x, err = xattr.LRead(w.abs(p))
+	}
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", w.abs(p), err)
+	}
+	e := Entry{Path: p, Type: Symlink, UID: st.Uid, GID: st.Gid, Target: t, Xattrs: x}
+	if err := w.sc.onEntry(&e); err != nil {
+		return err
+	}
+	w.out = append(w.out, e)
 	return nil
 }
 
@@ -301,6 +347,9 @@ func (w *worker) file(dirfd int, name, p string) error {
 		return err
 	}
 	e := Entry{Path: p, Type: File, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Size: st.Size, Hash: h, Xattrs: x}
+	if err := w.sc.onEntry(&e); err != nil {
+		return err
+	}
 	if w.sc.opts.OnFile != nil {
 		abs := w.abs(p)
 		release := cas.LendFD(st, abs, fd)

@@ -44,7 +44,19 @@ type Tx struct {
 	// pulled tx ("" for a local commit).
 	Version string `json:"version,omitempty"`
 	Origin  string `json:"origin,omitempty"`
+	// PkgChanges: the packages the tx changed against its parent (a
+	// bootctl run), in the order the caller gave them.
+	PkgChanges []PkgChange `json:"pkg_changes,omitempty"`
 	bootstate.Boot
+}
+
+// PkgChange is one package a tx changed against its parent: Old == ""
+// installed, New == "" removed, else upgraded or downgraded.
+type PkgChange struct {
+	Name string `json:"name"`
+	Arch string `json:"arch"`
+	Old  string `json:"old,omitempty"` // version before
+	New  string `json:"new,omitempty"` // version after
 }
 
 // Event is one line of the store's event log (boot attempts, fallbacks, marks).
