@@ -54,7 +54,7 @@ var tortureSteps = []struct {
 	weight int
 }{
 	{"commit", 20}, {"consume", 14}, {"prune", 7}, {"prune-gc", 6}, {"sync", 9},
-	{"mark-good", 7}, {"mark-bad", 8}, {"set-default", 8}, {"pull", 12}, {"boot", 9},
+	{"mark-good", 7}, {"mark-bad", 8}, {"set-default", 8}, {"pull", 12}, {"boot", 9}, {"run", 12},
 }
 
 type tortureTx struct {
@@ -171,6 +171,8 @@ func newTorture(t *testing.T, seed int64) *torture {
 		switch {
 		case strings.HasPrefix(n, "commit-manifest/"):
 			tt.fpNames["pull"] = append(tt.fpNames["pull"], n)
+		case strings.HasPrefix(n, "layer/"):
+			tt.fpNames["run"] = append(tt.fpNames["run"], n)
 		case strings.HasPrefix(n, "commit/"):
 			tt.fpNames["consume"] = append(tt.fpNames["consume"], n)
 			if !slices.Contains([]string{"commit/consume-journaled", "commit/adopted", "commit/relink-half", "commit/relinked", "commit/source-removed"}, n) {
@@ -198,13 +200,14 @@ func TestPowerCutAtReturn(t *testing.T) {
 		{"set-default", "1"},  // loader.conf and sort-keys
 		{"mark-good", "1"},    // tx 1 blessed again
 		{"consume", ""},       // tx 3
+		{"run", ""},           // tx 4, made by bootctl run
 		{"prune", "--keep 1"}, // entries dropped with the txs
 		{"none", ""},
 	}
 	for _, s := range steps {
 		p := newPlan(tt.seed, s.step)
 		p["ARGS"] = s.args
-		if s.step == "commit" || s.step == "consume" {
+		if s.step == "commit" || s.step == "consume" || s.step == "run" {
 			p["NFILES"], p["FILESIZE"] = "2", "5000"
 		}
 		tt.run(p, true)
@@ -265,7 +268,7 @@ func (tt *torture) plan() map[string]string {
 		return ids[tt.rng.Intn(len(ids))]
 	}
 	switch step {
-	case "commit", "consume":
+	case "commit", "consume", "run":
 		p["NFILES"] = strconv.Itoa(1 + tt.rng.Intn(8))
 		p["FILESIZE"] = strconv.Itoa(1024 + tt.rng.Intn(256<<10))
 		if tt.rng.Intn(5) == 0 {
@@ -414,7 +417,7 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 	} else {
 		window := est
 		rec, isCommit := tt.est[step+"/record"]
-		if step == "commit" || step == "consume" || step == "pull" {
+		if isCommitStep(step) {
 			// The store's part (up to the record) is short next to the
 			// initrd and the entries: aim half of the cuts at it.
 			if !isCommit {
@@ -428,7 +431,7 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 		deadline := started.Add(d)
 		// Learn how long the step and its record take from the runs that
 		// get there; still cut at the instant drawn.
-		if step == "commit" || step == "consume" || step == "pull" {
+		if isCommitStep(step) {
 			if m, err := vm.Expect(tortureRecordOrEndRe, d); err == nil && !strings.HasPrefix(m[0], "TXTEST") {
 				tt.est[step+"/record"] = (rec*2 + time.Since(started)) / 3
 			}
@@ -473,13 +476,18 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 		checked.Round(100*time.Millisecond), step, plan["ARGS"], fp, toStart.Round(100*time.Millisecond), time.Since(started).Round(time.Millisecond), how)
 }
 
+// isCommitStep: the step ends in a record, then the initrd and entries.
+func isCommitStep(step string) bool {
+	return step == "commit" || step == "consume" || step == "pull" || step == "run"
+}
+
 // howFar says where in the step the cut landed.
 func (tt *torture) howFar(step, fp, out string, ended []string) string {
 	if ended != nil {
 		return "after it returned (rc " + ended[2] + ")"
 	}
 	switch step {
-	case "commit", "consume", "pull":
+	case "commit", "consume", "pull", "run":
 		if tortureCommittedRe.MatchString(out[strings.LastIndex(out, "TXTEST step-start"):]) {
 			return "after the record, before it returned (initrd, entries)"
 		}

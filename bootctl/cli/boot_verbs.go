@@ -513,6 +513,8 @@ type statusOut struct {
 	// the default's (no room for its own copy).
 	ESPRepairs []bls.Repair `json:"esp_repairs,omitempty"`
 	ESPShared  []string     `json:"esp_shared_with_fallback,omitempty"`
+	// Packages: the booted (or default) tx's package changes (status_pkgs.go).
+	Packages *statusPkgs `json:"packages,omitempty"`
 }
 
 // status is the status verb, on a store opened read-only.
@@ -563,6 +565,7 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 	}
 	out.Events, _ = s.Events(5)
 	out.Etc = etcStatus(e.root, out.Info)
+	out.Packages = statusPackages(s, out.Booted, def)
 	out.Downloads = pendingDownloads(e, s)
 	now := time.Now()
 	out.Repositories = remotes(e, s, now)
@@ -608,6 +611,7 @@ func printStatus(w io.Writer, out *statusOut, def uint64, now time.Time) {
 	if out.MenuDefault != "" {
 		fmt.Fprintf(w, "Menu default: %s (set in the boot menu; it overrides loader.conf until `bootctl set-default` or `rollback` clears it)\n", printable(out.MenuDefault))
 	}
+	printStatusPackages(w, out.Packages)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\n  ID\tSTATE\tTRIES LEFT\tSIGNED\tVERSION\tDIGEST\tFLAGS\tSUMMARY / LAST FAILURE")
 	for i := len(out.Transactions) - 1; i >= 0; i-- {

@@ -167,9 +167,19 @@ func applyArg(ds []*txstore.Download, i int) string {
 
 func showVerb() *verb {
 	var id uint64
-	return &verb{name: "show", args: "ID", help: "show one transaction", pos: oneIDArg, store: storeRead,
+	var packages bool
+	return &verb{name: "show", args: "ID [--packages]", help: "show one transaction; --packages: only its exact package set, as apt takes it",
+		pos: oneIDArg, store: storeRead,
+		flags: func(fs *flag.FlagSet) {
+			fs.BoolVar(&packages, "packages", false, "print only the tx's installed packages, one name=version a line (apt-get install takes them)")
+		},
 		check: func(e *env, args []string) (err error) { id, err = parseID(args[0]); return err },
-		exec:  func(e *env, s *txstore.Store, args []string) error { return show(e, s, id) }}
+		exec: func(e *env, s *txstore.Store, args []string) error {
+			if packages {
+				return showPackageSet(e, s, id)
+			}
+			return show(e, s, id)
+		}}
 }
 
 func show(e *env, s *txstore.Store, id uint64) error {
@@ -177,8 +187,9 @@ func show(e *env, s *txstore.Store, id uint64) error {
 	if err != nil {
 		return err
 	}
+	pkgs := showPackagesOf(s, t)
 	if e.json {
-		return e.printJSON(t)
+		return e.printJSON(showOut{Tx: t, Packages: pkgs})
 	}
 	fmt.Fprintf(e.stdout, "tx %d\n  digest:   %s\n  parent:   %d\n  created:  %s\n  summary:  %s\n  entries:  %d (%s)\n  kernels:  %s\n  state:    %s (tries left %d, spent %d)\n  pinned:   %v\n  tree:     %s\n",
 		t.ID, t.Digest, t.Parent, t.Created.Local().Format(time.RFC3339), printable(t.Summary), t.Entries, human(t.Bytes),
@@ -189,6 +200,7 @@ func show(e *env, s *txstore.Store, id uint64) error {
 	if t.LastFailure != "" {
 		fmt.Fprintf(e.stdout, "  failure:  %s\n", printable(t.LastFailure))
 	}
+	printShowPackages(e.stdout, pkgs)
 	return nil
 }
 
