@@ -14,5 +14,7 @@ func allVerbs() []*verb {
 		entriesVerb(), fsckVerb(), installVerb(),
 		// repo_verbs.go, repo_pull_verb.go, repo_certify_verb.go
 		publishVerb(), keygenVerb(), pullVerb(), certifyVerb(),
+		// run_verb.go
+		runVerb(), shellVerb(),
 	}
 }

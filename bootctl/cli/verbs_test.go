@@ -141,6 +141,8 @@ func TestVerbStoreMode(t *testing.T) {
 		{[]string{"pull", "--discard"}, true, 0},
 		{[]string{"pull", pullURL, "--insecure"}, false, ExitFail},
 		{[]string{"pull", pullURL, "--insecure", "--download-only"}, false, ExitFail},
+		{[]string{"run", "--", "true"}, true, 0},
+		{[]string{"shell"}, true, 0},
 	}
 	byName := map[string]*verb{}
 	for _, v := range allVerbs() {
