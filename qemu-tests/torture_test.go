@@ -461,6 +461,9 @@ func (tt *torture) run(plan map[string]string, atReturn bool) {
 		tt.allowPrune(keep)
 	}
 	how = tt.howFar(step, fp, out, ended)
+	if atReturn && fp == "" && (ended == nil || ended[2] != "0") {
+		tt.fail(vm, "step %s %s failed: %v", step, plan["ARGS"], ended)
+	}
 	if selfExit {
 		tt.dist[step+": powered off first (no cut)"]++
 		t.Logf("cycle %d: step %s %s finished and the guest powered off before the cut", tt.cycles, step, plan["ARGS"])
