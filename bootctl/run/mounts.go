@@ -180,6 +180,9 @@ func binds(m string, placeholder *bool) error {
 		fi, err := os.Lstat(t)
 		switch {
 		case errors.Is(err, os.ErrNotExist) && s.name == "policy-rc.d":
+			if _, err := os.Stat(filepath.Dir(t)); err != nil {
+				continue // no /usr/sbin: no invoke-rc.d to ask it either
+			}
 			if err := os.WriteFile(t, nil, 0o755); err != nil {
 				return err
 			}
