@@ -69,6 +69,11 @@ type CommitOptions struct {
 	// the tree is built: after a failed commit it may be gone (removed
 	// with the commit's work), so the caller removes it either way.
 	Etc string
+	// EtcInherited: Etc is only what tx from already boots with (a run
+	// from a tx whose /etc is not the live one, which changed no /etc):
+	// by itself it is no change, so CommitLayer still says ErrUnchanged
+	// when /usr is unchanged too.
+	EtcInherited bool
 	// PkgChanges go into the record as given (see Tx).
 	PkgChanges []PkgChange
 }

@@ -65,8 +65,9 @@ const overlayXattr = "trusted.overlay."
 // the next is visible, failpoints layer/…. The record's parent is from
 // (o.Parent must be 0 or from); o.Consume is refused.
 //
-// ErrUnchanged when the result has tx from's digest and o.Etc is "";
-// with o.Etc (a run that changed only /etc) the tx is recorded.
+// ErrUnchanged when the result has tx from's digest and o.Etc is "" (or
+// o.EtcInherited); with o.Etc (a run that changed only /etc) the tx is
+// recorded.
 func (s *Store) CommitLayer(from uint64, upper string, o CommitOptions) (*Tx, *CommitStats, error) {
 	if err := s.writable(); err != nil {
 		return nil, nil, err
@@ -142,7 +143,7 @@ func (j *commitJob) layer(base *Tx, pm *manifest.Manifest) error {
 	m := u.apply(pm)
 	raw := m.Encode()
 	j.st.Scan = time.Since(j.start)
-	if j.o.Etc == "" && sameDigest(base, pm, m, raw) {
+	if (j.o.Etc == "" || j.o.EtcInherited) && sameDigest(base, pm, m, raw) {
 		return fmt.Errorf("commit layer %s on tx %d: %w: the result is tx %d's %s", j.name, base.ID, ErrUnchanged, base.ID, base.Digest)
 	}
 	return j.useManifest(m, raw)

@@ -24,9 +24,10 @@ const (
 	runScriptDir = "run/txboot-run"
 )
 
-// mountView builds the command's root at sp.Mnt: the system root bound
-// recursively, the working copies on usr and etc, the store hidden, and
-// private proc, sys, dev, run, tmp and boot. Everything happens in the
+// mountView builds the command's root at sp.Mnt: the system root under a
+// scratch overlay with the live directories bound in (rootView), the
+// working copies on usr and etc, the store hidden, and private proc, sys,
+// dev, run, tmp and boot. Everything happens in the
 // child's own mount namespace, made private first, so nothing propagates
 // back to the host and everything disappears with the child.
 func mountView(sp *Spec) (policyPlaceholder bool, err error) {
@@ -38,7 +39,7 @@ func mountView(sp *Spec) (policyPlaceholder bool, err error) {
 		what string
 		fn   func() error
 	}{
-		{"bind " + sp.Root, func() error { return unix.Mount(sp.Root, m, "", unix.MS_BIND|unix.MS_REC, "") }},
+		{"root " + sp.Root, func() error { return rootView(sp) }},
 		{"overlay on usr", func() error { return overlay(sp.UsrLower, sp.UsrUpper, sp.UsrWork, filepath.Join(m, "usr")) }},
 		{"overlay on etc", func() error { return overlay(sp.EtcLower, sp.EtcUpper, sp.EtcWork, filepath.Join(m, "etc")) }},
 		{"hide the store", func() error { return hideStore(sp) }},
@@ -62,6 +63,42 @@ func mountView(sp *Spec) (policyPlaceholder bool, err error) {
 		}
 	}
 	return policyPlaceholder, nil
+}
+
+// LiveDirs are the system root's directories a run changes for real, as
+// the administrator's own commands would: state shared by every tx.
+var LiveDirs = []string{"var", "root", "home", "srv", "opt", "mnt", "media"}
+
+// rootView mounts the system root on sp.Mnt as an overlay whose upper is
+// a tmpfs, so what the command writes at the top (a kernel package's
+// /vmlinuz and /initrd.img links, say) is thrown away with the namespace;
+// LiveDirs are bound in (recursively: a separate /var comes along).
+func rootView(sp *Spec) error {
+	scratch := sp.Mnt + ".scratch"
+	if err := tmpfs(scratch, "mode=0700"); err != nil {
+		return err
+	}
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(scratch, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := sameOwnerMode(filepath.Join(scratch, "upper"), sp.Root); err != nil {
+		return err
+	}
+	if err := overlay(sp.Root, filepath.Join(scratch, "upper"), filepath.Join(scratch, "work"), sp.Mnt); err != nil {
+		return err
+	}
+	for _, d := range LiveDirs {
+		src := filepath.Join(sp.Root, d)
+		if fi, err := os.Lstat(src); err != nil || !fi.IsDir() {
+			continue
+		}
+		if err := unix.Mount(src, filepath.Join(sp.Mnt, d), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", src, err)
+		}
+	}
+	return nil
 }
 
 // detachAPI removes what the recursive bind of a live root brought

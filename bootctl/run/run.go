@@ -150,7 +150,7 @@ func prepare(s *txstore.Store, root string, from *txstore.Tx) (*work, error) {
 }
 
 func (w *work) setup(s *txstore.Store) error {
-	for _, d := range []string{"usr-upper", "usr-work", "etc-upper", "etc-work", "mnt", "etcstate"} {
+	for _, d := range []string{"usr-upper", "usr-work", "etc-upper", "etc-work", "mnt", "mnt.scratch", "etcstate"} {
 		if err := os.Mkdir(filepath.Join(w.dir, d), 0o700); err != nil {
 			return err
 		}
@@ -274,8 +274,16 @@ func commandEnv(o *Options, from uint64) []string {
 
 // commit records what the command changed as a layer over the source tx.
 func (w *work) commit(s *txstore.Store, o *Options, res *Result) error {
-	base, next := filepath.Join(w.etcState, "base"), filepath.Join(w.etcState, "new")
-	same, err := etcstate.Equal(base, next)
+	// The tx carries an /etc state when what it boots with differs from
+	// the live /etc; the command changed /etc when the result differs
+	// from what it started from (the same unless from's /etc is not the
+	// live one: a pending run's, or a saved one).
+	next := filepath.Join(w.etcState, "new")
+	sameAsLive, err := etcstate.Equal(filepath.Join(w.etcState, "base"), next)
+	if err != nil {
+		return fmt.Errorf("run: compare /etc: %w", err)
+	}
+	sameAsFrom, err := etcstate.Equal(w.sp.EtcLower, next)
 	if err != nil {
 		return fmt.Errorf("run: compare /etc: %w", err)
 	}
@@ -284,8 +292,9 @@ func (w *work) commit(s *txstore.Store, o *Options, res *Result) error {
 	if co.Summary == "" {
 		co.Summary = summaryOf(o.Argv)
 	}
-	if res.EtcChanged = !same; res.EtcChanged {
-		co.Etc = w.etcState
+	res.EtcChanged = !sameAsFrom
+	if !sameAsLive {
+		co.Etc, co.EtcInherited = w.etcState, sameAsFrom
 	}
 	res.Changes = w.pkgChanges()
 	co.PkgChanges = res.Changes

@@ -105,6 +105,8 @@ echo new > /usr/share/doc/new.txt
 rm /usr/share/doc/old.txt
 echo conf > /etc/app.conf
 echo scratch > /tmp/scratch
+echo top > /top-level
+echo live > /var/lib/live
 test -x /usr/sbin/policy-rc.d; /usr/sbin/policy-rc.d x start && exit 9 || test $? = 101
 test ! -e /.txboot/store.db
 test "$DPKG_FORCE" = confdef,confold,downgrade,security-mac
@@ -129,7 +131,10 @@ echo kernel > /boot/vmlinuz-6.1.0-test`)
 		t.Errorf("kernels %q, want the one the command put in /boot", got)
 	}
 	// The live system is untouched until the tx boots.
-	for _, p := range []string{"etc/app.conf", "tmp/scratch", "boot/vmlinuz-6.1.0-test"} {
+	if b, err := os.ReadFile(filepath.Join(root, "var/lib/live")); err != nil || string(b) != "live\n" {
+		t.Errorf("/var is not the live one in a run: %q %v", b, err)
+	}
+	for _, p := range []string{"etc/app.conf", "tmp/scratch", "boot/vmlinuz-6.1.0-test", "top-level"} {
 		if exists(filepath.Join(root, p)) {
 			t.Errorf("%s appeared on the live system", p)
 		}
