@@ -74,6 +74,8 @@ type CommitOptions struct {
 	// by itself it is no change, so CommitLayer still says ErrUnchanged
 	// when /usr is unchanged too.
 	EtcInherited bool
+	// Made goes into the record as given (see Tx): "install", "run".
+	Made string
 	// PkgChanges go into the record as given (see Tx).
 	PkgChanges []PkgChange
 }

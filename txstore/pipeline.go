@@ -253,7 +253,7 @@ func (j *commitJob) record() error {
 	t := &Tx{ID: j.id, Digest: j.digest, Parent: j.parent, Created: now, Updated: now,
 		Summary: o.Summary, Kernels: j.m.Kernels(), Entries: j.st.Entries, Bytes: j.st.Bytes,
 		Manifest: j.mkey.Hash.String(), Boot: bootstate.New(o.Tries),
-		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin, PkgChanges: o.PkgChanges}
+		Signatures: o.Signatures, Version: o.Version, Origin: o.Origin, PkgChanges: o.PkgChanges, Made: o.Made}
 	if o.Sign != nil {
 		t.Signatures = append(slices.Clip(t.Signatures), o.Sign(j.digest)...)
 	}

@@ -677,7 +677,7 @@ func (p *plan) installUnit(undo *undoLog) error {
 func (p *plan) commitUsr(s *txstore.Store, storeExisted bool, undo *undoLog) (*txstore.Tx, *txstore.CommitStats, error) {
 	t := p.t
 	usr := t.path("usr")
-	tx, st, err := s.Commit(usr, txstore.CommitOptions{Summary: "bootctl install", Consume: true})
+	tx, st, err := s.Commit(usr, txstore.CommitOptions{Summary: "bootctl install", Consume: true, Made: "install"})
 	if err == nil {
 		if st.ConsumeErr != nil {
 			p.log("warning: %v", st.ConsumeErr)

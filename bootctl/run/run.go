@@ -109,7 +109,45 @@ func source(s *txstore.Store, id uint64) (*txstore.Tx, error) {
 	if _, err := os.Stat(s.TreeDir(id)); err != nil {
 		return nil, fmt.Errorf("run: tx %d has no tree: %w", id, err)
 	}
+	if err := mayExecute(s, t); err != nil {
+		return nil, err
+	}
 	return t, nil
+}
+
+// ErrNotBooted: the source tx has never booted and was not made on this
+// machine by install or run, so its programs (the command's sh, apt,
+// dpkg, maintainer scripts) would run before the tx ever proved itself.
+var ErrNotBooted = errors.New("run: the source tx has never booted")
+
+// mayExecute allows a source tx whose programs may run: one that has
+// booted, or one this machine made from such a tx (install from its own
+// tree, run: stacked runs before one reboot), all the way up the chain.
+// A pulled or committed tx is data until it has booted.
+func mayExecute(s *txstore.Store, t *txstore.Tx) error {
+	first := t
+	for range 10000 {
+		if t.State == txstore.StateGood || t.State == txstore.StateTrying || t.Tries > 0 || t.Made == "install" {
+			return nil
+		}
+		if t.Made != "run" || t.Parent == 0 {
+			break
+		}
+		p, err := s.Get(t.Parent)
+		if err != nil {
+			break
+		}
+		t = p
+	}
+	return fmt.Errorf("%w: tx %d (%s) would run programs of tx %d, which came from a commit or a pull and has not booted yet; "+
+		"boot it first, or give --from a tx that has booted", ErrNotBooted, first.ID, printableSummary(first.Summary), t.ID)
+}
+
+func printableSummary(s string) string {
+	if s == "" {
+		return "no summary"
+	}
+	return summaryOf([]string{s})
 }
 
 // checkPkgDB refuses a Debian system whose dpkg database is a directory
@@ -288,7 +326,7 @@ func (w *work) commit(s *txstore.Store, o *Options, res *Result) error {
 		return fmt.Errorf("run: compare /etc: %w", err)
 	}
 	co := o.Commit
-	co.Parent = w.from.ID
+	co.Parent, co.Made = w.from.ID, "run"
 	if co.Summary == "" {
 		co.Summary = summaryOf(o.Argv)
 	}

@@ -63,7 +63,7 @@ func tinyRoot(t *testing.T) (string, *txstore.Store) {
 	s, err := txstore.Open(root, txstore.Options{Create: true})
 	must(t, err)
 	t.Cleanup(func() { s.Close() })
-	if _, _, err := s.Commit(usr, txstore.CommitOptions{Summary: "tiny", Consume: true}); err != nil {
+	if _, _, err := s.Commit(usr, txstore.CommitOptions{Summary: "tiny", Consume: true, Made: "install"}); err != nil {
 		t.Fatal(err)
 	}
 	return root, s
@@ -200,6 +200,32 @@ func TestRunRefusesVarLibDpkg(t *testing.T) {
 	_, err := run.Run(s, run.Options{Root: root, Argv: []string{"true"}, Stdout: io.Discard, Stderr: io.Discard})
 	if !errors.Is(err, run.ErrNoPkgDB) {
 		t.Fatalf("err %v, want ErrNoPkgDB", err)
+	}
+}
+
+// TestRunNeverExecutesUnbootedTx: a committed (or pulled) tx that has
+// not booted is data: a run from it is refused before anything runs, the
+// stacked run from a run's tx is not, and once the tx booted it may.
+func TestRunNeverExecutesUnbootedTx(t *testing.T) {
+	root, s := tinyRoot(t)
+	src := t.TempDir()
+	copyHost(t, "/usr/bin/dash", filepath.Join(src, "bin/sh"))
+	must(t, os.WriteFile(filepath.Join(src, "bin/evil"), []byte("#!/bin/sh\ntouch /var/lib/pwned\n"), 0o755))
+	tx, _, err := s.Commit(src, txstore.CommitOptions{Summary: "pulled"})
+	must(t, err)
+	_, err = run.Run(s, run.Options{Root: root, Argv: []string{"/bin/evil"}, Stdout: io.Discard, Stderr: io.Discard})
+	if !errors.Is(err, run.ErrNotBooted) || exists(filepath.Join(root, "var/lib/pwned")) {
+		t.Fatalf("run from unbooted committed tx %d: %v (pwned: %v)", tx.ID, err, exists(filepath.Join(root, "var/lib/pwned")))
+	}
+	if _, err := s.Update(tx.ID, txstore.Event{Kind: "mark-good", TxID: tx.ID}, func(x *txstore.Tx) error {
+		x.State = txstore.StateGood
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// (its /bin/sh lacks a libc: the start fails, past the check)
+	if _, err := run.Run(s, run.Options{Root: root, From: tx.ID, Argv: []string{"true"}, Stdout: io.Discard, Stderr: io.Discard}); errors.Is(err, run.ErrNotBooted) {
+		t.Errorf("run from tx %d once good: %v", tx.ID, err)
 	}
 }
 

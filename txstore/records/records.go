@@ -47,6 +47,11 @@ type Tx struct {
 	// PkgChanges: the packages the tx changed against its parent (a
 	// bootctl run), in the order the caller gave them.
 	PkgChanges []PkgChange `json:"pkg_changes,omitempty"`
+	// Made says which local tool made the tx from this machine's own
+	// trees ("install", "run"); "" for commit and pull. bootctl run
+	// executes a source tx's programs only when it has booted or was made
+	// so (a tx is data until it has booted).
+	Made string `json:"made,omitempty"`
 	bootstate.Boot
 }
 
