@@ -455,7 +455,7 @@ func TestRunOffline(t *testing.T) {
 	b := offlineSystem(t, droot)
 	t.Run("same-digest", func(t *testing.T) { runSameDigest(t, a, b, hello, tx2) })
 	t.Run("kernel", func(t *testing.T) { runKernel(t, b) })
-	t.Run("bench", func(t *testing.T) { benchApt(t, b, droot, hello) })
+	t.Run("bench", func(t *testing.T) { benchApt(t, b, droot, hello, tx2) })
 	t.Run("touch", func(t *testing.T) { runTouch(t, a) })
 }
 
@@ -1008,13 +1008,17 @@ func wantKernelEntry(t *testing.T, sys *fixture.DebianSystem, id uint64, kver st
 // benchApt compares `run -- apt-get install -y hello` with the same
 // apt-get in a plain chroot of a copy of the Debian root (its own /proc
 // and /dev, nothing recorded), alternating, 3 times each (the host is
-// shared: medians).
-func benchApt(t *testing.T, sys *fixture.DebianSystem, droot, hello string) {
+// shared: medians). Each run's tx must have digest, the first run's.
+func benchApt(t *testing.T, sys *fixture.DebianSystem, droot, hello, digest string) {
 	var plain, run, toCommit []time.Duration
 	for i := range 3 {
 		plain = append(plain, plainChrootApt(t, droot, hello, i))
-		_, r := runTx(t, sys, "--from", "1", "--no-default", "--", "apt-get", "install", "-y", "hello")
+		id, r := runTx(t, sys, "--from", "1", "--no-default", "--", "apt-get", "install", "-y", "hello")
 		run, toCommit = append(run, r.Wall), append(toCommit, r.At("committed tx "))
+		// The same run again, later: the same tx.
+		if got := getTx(t, sys, id).Digest; got != digest {
+			t.Errorf("apt-get install -y hello from tx 1, again: tx %d has digest %s, want %s", id, got, digest)
+		}
 	}
 	for _, d := range [][]time.Duration{plain, run, toCommit} {
 		slices.Sort(d)
