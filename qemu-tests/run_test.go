@@ -23,6 +23,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/txboot/txboot/txstore/testkit"
 	"time"
 
 	"github.com/txboot/txboot/bootctl/pkgdb"
@@ -927,7 +929,7 @@ func runKernel(t *testing.T, sys *fixture.DebianSystem) {
 	ks, _ := filepath.Glob(filepath.Join(debsDir, "linux-image-*-amd64_*.deb"))
 	ks = slices.DeleteFunc(ks, func(p string) bool { return strings.Contains(filepath.Base(p), "-cloud-") })
 	if len(ks) == 0 {
-		t.Skipf("no generic linux-image .deb in %s (scripts/fetch-kernels.sh downloads it)", debsDir)
+		testkit.Skipf(t, "no generic linux-image .deb in %s (scripts/fetch-kernels.sh downloads it)", debsDir)
 	}
 	deb := copyInto(t, ks[0], filepath.Join(sys.RootDir, "var/tmp"))
 	pkg := strings.SplitN(filepath.Base(deb), "_", 2)[0]

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/txboot/txboot/txstore/testkit"
+
 	"github.com/txboot/txboot/txstore/records"
 )
 
@@ -67,7 +69,7 @@ func TestGolden(t *testing.T) {
 // lists are the Set's (where dpkg is installed).
 func TestDpkgQuery(t *testing.T) {
 	if _, err := exec.LookPath("dpkg-query"); err != nil {
-		t.Skip("no dpkg-query here")
+		testkit.Skip(t, "no dpkg-query here (package dpkg)")
 	}
 	for _, name := range []string{"trixie", "edge"} {
 		admin := t.TempDir()
