@@ -623,7 +623,7 @@ func logRunStats(t *testing.T, what string, r *bootctlResult) {
 func runStack(t *testing.T, sys *fixture.DebianSystem, tool, helloV string) {
 	copyInto(t, tool, filepath.Join(sys.RootDir, "var/tmp"))
 	id, r := runTx(t, sys, "--", "dpkg", "-i", "/var/tmp/"+filepath.Base(tool))
-	if id != 3 || !strings.Contains(r.Out, "starting from tx 2, which has not booted yet") {
+	if id != 3 || !strings.Contains(r.Out, "starting from tx 2, an earlier run's that has not booted yet") {
 		t.Errorf("stacked run: tx %d, want 3, and a word that it starts from the pending tx 2:\n%s", id, r.Out)
 	}
 	tx := getTx(t, sys, id)

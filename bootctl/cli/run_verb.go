@@ -102,8 +102,8 @@ func announce(e *env, s *txstore.Store, from uint64) error {
 	if err != nil {
 		return err
 	}
-	if t.State == txstore.StatePending {
-		fmt.Fprintf(e.stderr, "bootctl run: starting from tx %d, which has not booted yet: the new tx includes its changes too\n", from)
+	if t.State == txstore.StatePending && t.Made == "run" {
+		fmt.Fprintf(e.stderr, "bootctl run: starting from tx %d, an earlier run's that has not booted yet: the new tx carries both runs' changes\n", from)
 	}
 	return nil
 }
