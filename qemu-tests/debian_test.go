@@ -8,7 +8,7 @@ package qemutests
 // failing health check, a damaged /usr, and /etc and /var kept throughout.
 // One disk, eight QEMU runs in a row (each reboot is a new run on the same
 // image and EFI variable store); between runs the host only writes
-// /etc/txtest/next (the command the guest runs before powering off) or
+// /var/lib/txtest-next (the command the guest runs before powering off) or
 // damages an object, through debugfs. Debian 12: blessed, and a broken
 // update healed, in four runs.
 
@@ -158,7 +158,7 @@ func (r *debianRun) status(t *testing.T) statusJSON {
 
 func setNext(t *testing.T, sys *fixture.DebianSystem, cmd string) {
 	t.Helper()
-	if err := sys.Disk.RootFS().WriteFile("/etc/txtest/next", []byte(cmd+"\n"), 0o644); err != nil {
+	if err := sys.Disk.RootFS().WriteFile("/var/lib/txtest-next", []byte(cmd+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -237,7 +237,7 @@ func debianSetup(t *testing.T, suite string, prepare func(root string) error) (s
 
 // commitTree commits an update on the host, as a build server would: a
 // copy of tx 1's /usr changed by change. --no-default: each boot chooses
-// through `bootctl set-default` in the running system (/etc/txtest/next).
+// through `bootctl set-default` in the running system (/var/lib/txtest-next).
 func commitTree(t *testing.T, sys *fixture.DebianSystem, dir, name string, change func(tree string), args ...string) {
 	t.Helper()
 	ctx := t.Context()

@@ -1056,7 +1056,7 @@ exec chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=nonin
 }
 
 // guestFacts is the top of every script the guest runs through
-// /etc/txtest/next: straight to the console (not through the report's
+// /var/lib/txtest-next: straight to the console (not through the report's
 // prefix), with helpers that print TXTEST facts and prefixed lines.
 const guestFacts = `exec >/dev/ttyS0 2>&1
 bootctl=/usr/lib/txboot/bootctl

@@ -185,7 +185,7 @@ func run() error {
 	return boot(sys, 6, "rolled back to tx 1: no hello, and dpkg agrees (its database is tx 1's)")
 }
 
-// Scripts the running system runs before it powers off (/etc/txtest/next).
+// Scripts the running system runs before it powers off (/var/lib/txtest-next).
 const (
 	// installHello: plain dpkg refuses on the live system; as a
 	// transaction it works, and nothing changes until the reboot.
@@ -204,5 +204,5 @@ if command -v hello >/dev/null; then /usr/lib/txboot/bootctl rollback; fi
 // next leaves a script for the running system to run at the end of its
 // next boot.
 func next(sys *fixture.DebianSystem, script string) error {
-	return sys.Disk.RootFS().WriteFile("/etc/txtest/next", []byte(script), 0o644)
+	return sys.Disk.RootFS().WriteFile("/var/lib/txtest-next", []byte(script), 0o644)
 }
