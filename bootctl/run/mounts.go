@@ -43,7 +43,6 @@ func mountView(sp *Spec) (policyPlaceholder bool, err error) {
 		{"overlay on usr", func() error { return overlay(sp.UsrLower, sp.UsrUpper, sp.UsrWork, filepath.Join(m, "usr")) }},
 		{"overlay on etc", func() error { return overlay(sp.EtcLower, sp.EtcUpper, sp.EtcWork, filepath.Join(m, "etc")) }},
 		{"hide the store", func() error { return hideStore(sp) }},
-		{"detach the host's API filesystems", func() error { return detachAPI(m) }},
 		{"proc", func() error {
 			return unix.Mount("proc", filepath.Join(m, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
 		}},
@@ -96,25 +95,6 @@ func rootView(sp *Spec) error {
 		}
 		if err := unix.Mount(src, filepath.Join(sp.Mnt, d), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("bind %s: %w", src, err)
-		}
-	}
-	return nil
-}
-
-// detachAPI removes what the recursive bind of a live root brought
-// along on proc, sys, dev, run and tmp: the view gets its own, and a new
-// sysfs cannot be mounted where the same one already is (EBUSY).
-func detachAPI(m string) error {
-	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
-		p := filepath.Join(m, d)
-		for {
-			err := unix.Unmount(p, unix.MNT_DETACH)
-			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-				break // not (or no longer) a mount point
-			}
-			if err != nil {
-				return fmt.Errorf("unmount %s: %w", p, err)
-			}
 		}
 	}
 	return nil

@@ -321,9 +321,11 @@ func (w *work) commit(s *txstore.Store, o *Options, res *Result) error {
 	if err != nil {
 		return fmt.Errorf("run: compare /etc: %w", err)
 	}
-	sameAsFrom, err := etcstate.Equal(w.sp.EtcLower, next)
-	if err != nil {
-		return fmt.Errorf("run: compare /etc: %w", err)
+	sameAsFrom := sameAsLive // the command started from the live /etc's copy
+	if w.sp.EtcLower != filepath.Join(w.etcState, "base") {
+		if sameAsFrom, err = etcstate.Equal(w.sp.EtcLower, next); err != nil {
+			return fmt.Errorf("run: compare /etc: %w", err)
+		}
 	}
 	co := o.Commit
 	co.Parent, co.Made = w.from.ID, "run"
