@@ -52,6 +52,17 @@ type Tx struct {
 	// executes a source tx's programs only when it has booted or was made
 	// so (a tx is data until it has booted).
 	Made string `json:"made,omitempty"`
+	// Image is the fs-verity digest ("sha256:<hex>") of the tx's sealed
+	// metadata image, trees/<id>/image.erofs (sealimg); "" when it has none.
+	Image string `json:"image,omitempty"`
+	// ImageSignatures sign the pair (Digest, Image) (sign.SignImage); a
+	// signed tx boots sealed only with one by a trusted key.
+	ImageSignatures []sign.Signature `json:"image_signatures,omitempty"`
+	// Sealed: every object the tx names and its image have fs-verity, so
+	// the tx can boot sealed (txstore.BootMode).
+	Sealed bool `json:"sealed,omitempty"`
+	// SealNote says why the tx is not sealed ("" when sealed or not tried).
+	SealNote string `json:"seal_note,omitempty"`
 	bootstate.Boot
 }
 

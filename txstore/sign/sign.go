@@ -37,6 +37,7 @@ const (
 	txDomain    = "txboot tx v1\n"
 	indexDomain = "txboot index v1\n"
 	keysDomain  = "txboot keys v1\n"
+	imageDomain = "txboot image v1\n"
 )
 
 // maxKeyFile bounds what is read as a key file (a PEM key is < 200 bytes).
@@ -222,6 +223,23 @@ func signWith(priv ed25519.PrivateKey, msg []byte) Signature {
 // SignTx signs a transaction digest ("sha256:<64 hex>").
 func SignTx(priv ed25519.PrivateKey, digest string) Signature {
 	return signWith(priv, txMessage(digest))
+}
+
+// imageMessage binds a tx's sealed image to the tx: the image's
+// fs-verity digest is a function of the manifest, but only a rebuild could
+// show that, and PID 1 does not rebuild.
+func imageMessage(digest, image string) []byte {
+	return []byte(imageDomain + digest + "\n" + image)
+}
+
+// SignImage signs the pair (tx digest, its image's fs-verity digest).
+func SignImage(priv ed25519.PrivateKey, digest, image string) Signature {
+	return signWith(priv, imageMessage(digest, image))
+}
+
+// VerifyImage is VerifyTx for the pair SignImage signs.
+func VerifyImage(keys []PublicKey, digest, image string, sigs []Signature) (PublicKey, error) {
+	return verify(keys, imageMessage(digest, image), sigs, "image "+image+" of tx "+digest)
 }
 
 // SignIndex signs a repository index's exact bytes.
