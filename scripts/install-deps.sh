@@ -8,7 +8,7 @@ PKGS=(
 	qemu-system-x86 ovmf systemd-boot-efi mtools dosfstools fdisk
 	busybox-static zstd cpio e2fsprogs kmod ostree debootstrap
 	initramfs-tools-core systemd-boot openssl nginx-light time
-	debian-archive-keyring
+	debian-archive-keyring fsverity erofs-utils
 )
 
 missing=()
