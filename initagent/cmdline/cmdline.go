@@ -166,6 +166,13 @@ type Config struct {
 	// a garbled pin must not degrade into "no pin": the boot logic must
 	// reject the requested tx (and fall back) when this is set.
 	DigestInvalid bool
+	// Image is txboot.image=, the fs-verity digest of the tx's sealed
+	// image, normalised like Digest; "" when absent or invalid.
+	Image string
+	// ImageInvalid is true when the last txboot.image= was present but
+	// malformed: as with DigestInvalid, a garbled pin is not "no pin", and
+	// the requested tx is refused.
+	ImageInvalid bool
 	// Verify is txboot.verify=, always one of the three modes (default fast).
 	Verify VerifyMode
 	// Force is txboot.force: boot the requested tx even if marked bad.
@@ -252,11 +259,9 @@ func Parse(s string) (Config, []Warning) {
 				c.Tx = n
 			}
 		case "txboot.digest":
-			d, ok := parseDigest(p.Value)
-			c.Digest, c.DigestInvalid = d, !ok
-			if !ok {
-				warn(p, "want sha256:<64 hex digits>; the requested tx will be rejected")
-			}
+			c.Digest, c.DigestInvalid = parsePin(p, "", warn)
+		case "txboot.image":
+			c.Image, c.ImageInvalid = parsePin(p, " (the image's fs-verity digest)", warn)
 		case "txboot.verify":
 			c.Verify = VerifyFast
 			switch v := VerifyMode(strings.ToLower(p.Value)); v {
@@ -330,6 +335,16 @@ func parseBool(p Param, warn func(Param, string, ...any)) bool {
 	}
 	warn(p, "want 1/0, true/false, yes/no; using false")
 	return false
+}
+
+// parsePin parses a content pin (txboot.digest=, txboot.image=): the
+// normalised digest, or "" and invalid (warned about) when malformed.
+func parsePin(p Param, what string, warn func(Param, string, ...any)) (pin string, invalid bool) {
+	d, ok := parseDigest(p.Value)
+	if !ok {
+		warn(p, "want sha256:<64 hex digits>%s; the requested tx will be rejected", what)
+	}
+	return d, !ok
 }
 
 // parseDigest normalises "sha256:<hex>" to lowercase and validates it.

@@ -180,6 +180,17 @@ func TestParse(t *testing.T) {
 		{"digest bare", "txboot.digest", mod(func(c *Config) { c.DigestInvalid = true }), []string{"txboot.digest"}},
 		{"digest bad then good", "txboot.digest=x txboot.digest=sha256:" + hex64, mod(func(c *Config) { c.Digest = "sha256:" + hex64 }), []string{"txboot.digest"}},
 		{"digest good then bad", "txboot.digest=sha256:" + hex64 + " txboot.digest=x", mod(func(c *Config) { c.DigestInvalid = true }), []string{"txboot.digest"}},
+		// txboot.image: the same rules as txboot.digest, and independent of it
+		{"image", "txboot.image=sha256:" + hex64, mod(func(c *Config) { c.Image = "sha256:" + hex64 }), nil},
+		{"image upper", "txboot.image=SHA256:" + strings.ToUpper(hex64), mod(func(c *Config) { c.Image = "sha256:" + hex64 }), nil},
+		{"image short", "txboot.image=sha256:" + hex64[1:], mod(func(c *Config) { c.ImageInvalid = true }), []string{"txboot.image"}},
+		{"image no algo", "txboot.image=" + hex64, mod(func(c *Config) { c.ImageInvalid = true }), []string{"txboot.image"}},
+		{"image other algo", "txboot.image=sha512:" + hex64, mod(func(c *Config) { c.ImageInvalid = true }), []string{"txboot.image"}},
+		{"image empty", "txboot.image=", mod(func(c *Config) { c.ImageInvalid = true }), []string{"txboot.image"}},
+		{"image bare", "txboot.image", mod(func(c *Config) { c.ImageInvalid = true }), []string{"txboot.image"}},
+		{"image bad then good", "txboot.image=x txboot.image=sha256:" + hex64, mod(func(c *Config) { c.Image = "sha256:" + hex64 }), []string{"txboot.image"}},
+		{"image good then bad", "txboot.image=sha256:" + hex64 + " txboot.image=x", mod(func(c *Config) { c.ImageInvalid = true }), []string{"txboot.image"}},
+		{"image bad, digest good", "txboot.digest=sha256:" + hex64 + " txboot.image=x", mod(func(c *Config) { c.Digest = "sha256:" + hex64; c.ImageInvalid = true }), []string{"txboot.image"}},
 
 		// txboot.verify
 		{"verify full", "txboot.verify=full", mod(func(c *Config) { c.Verify = VerifyFull }), nil},
@@ -304,7 +315,7 @@ func TestParseFixtures(t *testing.T) {
 			}
 		}},
 		{"txboot.cmdline", func(t *testing.T, c Config, ws []Warning) {
-			if c.Tx != 42 || c.Digest == "" || c.Verify != VerifyFull || !c.Shell ||
+			if c.Tx != 42 || c.Digest == "" || c.Image != "sha256:"+strings.Repeat("fedcba9876543210", 4) || c.Verify != VerifyFull || !c.Shell ||
 				c.RootSpec.Kind != RootPartLabel || c.RootTimeout != 60*time.Second || c.Watchdog != 30*time.Second ||
 				len(c.Unknown) != 1 || len(ws) != 0 { // panic=-1
 				t.Errorf("got %+v %v", c, ws)
@@ -359,22 +370,8 @@ func checkInvariants(t *testing.T, in string, c Config, ws []Warning) {
 	if c.Init != "" && !strings.HasPrefix(c.Init, "/") {
 		t.Errorf("Init = %q", c.Init)
 	}
-	if c.Digest != "" {
-		if c.DigestInvalid {
-			t.Errorf("Digest %q with DigestInvalid", c.Digest)
-		}
-		if d, ok := parseDigest(c.Digest); !ok || d != c.Digest {
-			t.Errorf("Digest = %q not normalised", c.Digest)
-		}
-	}
-	if strings.Contains(in, "txboot.digest") && c.Digest == "" && !c.DigestInvalid {
-		// A digest key that was consumed must leave either a pin or the flag.
-		for _, p := range c.Unknown {
-			if p.Key == "txboot.digest" {
-				t.Errorf("txboot.digest passed through")
-			}
-		}
-	}
+	checkPin(t, "txboot.digest", c.Digest, c.DigestInvalid, c.Unknown)
+	checkPin(t, "txboot.image", c.Image, c.ImageInvalid, c.Unknown)
 	if (c.RootSpec.Kind == RootNone) != (c.RootSpec.Value == "") {
 		t.Errorf("RootSpec = %+v", c.RootSpec)
 	}
@@ -392,10 +389,31 @@ func checkInvariants(t *testing.T, in string, c Config, ws []Warning) {
 	}
 }
 
+// checkPin: a pin is normalised and never comes with its invalid flag, and
+// a pin key is always consumed (so a garbled one leaves the flag, never
+// nothing).
+func checkPin(t *testing.T, key, pin string, invalid bool, unknown []Param) {
+	t.Helper()
+	if pin != "" {
+		if invalid {
+			t.Errorf("%s %q with the invalid flag", key, pin)
+		}
+		if d, ok := parseDigest(pin); !ok || d != pin {
+			t.Errorf("%s = %q not normalised", key, pin)
+		}
+	}
+	for _, p := range unknown {
+		if p.Key == key {
+			t.Errorf("%s passed through", key)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		"", "root=/dev/vda1 ro quiet", `root="LABEL=a b" -- x y`,
 		"txboot.tx=1 txboot.digest=sha256:" + hex64 + " txboot.verify=full txboot.force",
+		"txboot.tx=1 txboot.digest=sha256:" + hex64 + " txboot.image=sha256:" + hex64 + " txboot.image=SHA256:x",
 		"txboot.timeout=0 rootdelay=9999 loglevel=9 init=sh", `"a="b c"" =x= "`,
 		"root=UUID=" + uuid + " rd.txboot.shell=1 rd.txboot.debug", "\x00\xff\"--\" --",
 		"rootdelay=9300000000 txboot.timeout=18446744074 txboot.watchdog=9300000000",
