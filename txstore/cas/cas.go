@@ -183,6 +183,7 @@ type Store struct {
 	TmpDir string
 
 	d atomic.Pointer[dirs]
+	v verityState // fs-verity as objects enter (verity.go)
 }
 
 // Path is the absolute path of an object.

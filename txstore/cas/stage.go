@@ -436,13 +436,15 @@ func (s *Store) StageBytes(data []byte, k Key) (string, error) {
 	return tmp, nil
 }
 
-// Publish renames a staged temp file to its object name. The fan-out
+// Publish renames a staged temp file to its object name, first turning
+// fs-verity on for it where the filesystem can (see enableVerity). The fan-out
 // directory is created if needed; callers fsync the touched fan-out
 // directories (or syncfs) afterwards. An object that already exists wins:
 // its content is the same by construction, and replacing it would break
 // the hardlink identity of every tree linked to it, so the temp file is
 // removed instead (renameat2 RENAME_NOREPLACE).
 func (s *Store) Publish(tmp string, k Key) error {
+	s.enableVerity(tmp, k) // before the fan-out lock: it reads the whole file
 	d, f, fanfd, err := s.fanOf(&k, true)
 	if err != nil {
 		return fmt.Errorf("create fan-out dir for %s: %w", k.RelPath(), err)
