@@ -51,6 +51,11 @@ type Info struct {
 	// restored, merged with conflicts, copied; or why it was kept as it
 	// was), one line.
 	Etc string `json:"etc,omitempty"`
+	// Sealed: the booted tx's /usr is its sealed image (erofs + overlayfs,
+	// verity=require: the kernel checks every read); else UnsealedWhy says
+	// why its tree was verified and bind-mounted instead.
+	Sealed      bool   `json:"sealed"`
+	UnsealedWhy string `json:"unsealed_why,omitempty"`
 }
 
 // Marshal is the file's exact encoding (indented JSON, one final newline);

@@ -30,9 +30,10 @@ func TestGolden(t *testing.T) {
 			{Tx: 4, Reason: "no trusted key signed sha256:5799", Kind: "unsigned"},
 		},
 		OnTrial: true, Watchdog: 30,
-		PhasesMS:   map[string]int64{"early": 3, "modules": 420, "rootdev": 68, "mount": 62, "store": 17, "verify": 66, "assemble": 4},
-		NoDatabase: "store damaged: /sysroot/.txboot/store.db: invalid page",
-		SignedBy:   "0d3f64dd",
+		PhasesMS:    map[string]int64{"early": 3, "modules": 420, "rootdev": 68, "mount": 62, "store": 17, "verify": 66, "assemble": 4},
+		NoDatabase:  "store damaged: /sysroot/.txboot/store.db: invalid page",
+		SignedBy:    "0d3f64dd",
+		UnsealedWhy: "not sealed yet: fs-verity is not supported on this filesystem or kernel",
 	}
 	if !reflect.DeepEqual(info, want) {
 		t.Fatalf("decoded\n%+v\nwant\n%+v", info, want)
@@ -49,7 +50,7 @@ func TestGolden(t *testing.T) {
 func TestWriteRead(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "run/txboot/boot.json") // Write creates the directories
-	in := &Info{Booted: 1, Requested: 1, OnTrial: true, PhasesMS: map[string]int64{"store": 1}}
+	in := &Info{Booted: 1, Requested: 1, OnTrial: true, PhasesMS: map[string]int64{"store": 1}, Sealed: true}
 	if err := Write(p, in); err != nil {
 		t.Fatal(err)
 	}
