@@ -76,9 +76,9 @@ func rootOnly(t testing.TB, dir string, must func(error)) {
 // vfsCap is a VFS_CAP_REVISION_2 value granting cap_net_raw.
 func vfsCap() []byte {
 	b := make([]byte, 20)
-	b[3] = 2          // revision 2 (0x02000000, little endian)
-	b[0] = 1          // effective
-	b[4+1] = 1 << 5   // permitted: CAP_NET_RAW (13) is bit 5 of byte 1
+	b[3] = 2        // revision 2 (0x02000000, little endian)
+	b[0] = 1        // effective
+	b[4+1] = 1 << 5 // permitted: CAP_NET_RAW (13) is bit 5 of byte 1
 	return b
 }
 
@@ -142,5 +142,7 @@ func fsck(t testing.TB, path string, args ...string) {
 	if err != nil {
 		t.Fatalf("fsck.erofs %s: %v\n%s", path, err, out)
 	}
-	t.Logf("fsck.erofs: %s", bytes.TrimSpace(out))
+	if len(bytes.TrimSpace(out)) > 0 {
+		t.Logf("fsck.erofs: %s", bytes.TrimSpace(out))
+	}
 }

@@ -2,10 +2,14 @@ package sealimg
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/txboot/txboot/txstore/internal/xattr"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/testkit"
 	"golang.org/x/sys/unix"
@@ -74,6 +78,66 @@ func TestMountOverlay(t *testing.T) {
 	t.Logf("overlay options: %s", opts)
 	got := scan(t, usr)
 	compareManifests(t, m, got)
+}
+
+// TestMountErofs mounts the image alone (no objects: every file reads as
+// zeros) with the entries only a manifest can hold (5 GiB, ids above
+// 65535, a 20000-byte xattr, a 4095-byte symlink beside xattrs, 300
+// subdirectories) and checks each entry's stat, target and xattrs.
+func TestMountErofs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "mounting erofs needs root")
+	}
+	src, mnt := t.TempDir(), t.TempDir()
+	makeTree(t, src, treeSpec{root: true})
+	m := extras(t, scan(t, src))
+	mountImage(t, writeImage(t, build(t, m, fakeObjects)), mnt)
+	for i := range m.Entries {
+		checkEntry(t, mnt, &m.Entries[i])
+	}
+}
+
+// checkEntry compares e with what the kernel shows at mnt/e.Path, leaving
+// out the overlay's own xattrs.
+func checkEntry(t *testing.T, mnt string, e *manifest.Entry) {
+	p := filepath.Join(mnt, e.Path)
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	g := manifest.Entry{Path: e.Path, Type: e.Type, Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid, Hash: e.Hash}
+	switch e.Type {
+	case manifest.File:
+		g.Size = st.Size
+	case manifest.Symlink:
+		g.Mode = 0
+		target, err := os.Readlink(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Target = target
+	}
+	x, err := xattr.LRead(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Xattrs = dropOverlay(t, x)
+	if g != *e {
+		t.Errorf("%s:\n want %.300v\n  got %.300v", e.Path, fmt.Sprint(*e), fmt.Sprint(g))
+	}
+}
+
+func dropOverlay(t *testing.T, enc string) string {
+	xs, err := manifest.ParseXattrs(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs = slices.DeleteFunc(xs, func(x manifest.Xattr) bool { return strings.HasPrefix(x.Name, overlayPrefix) })
+	s, err := manifest.EncodeXattrs(xs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func compareManifests(t *testing.T, want, got *manifest.Manifest) {
