@@ -102,6 +102,9 @@ func publish(e *env, s *txstore.Store, o *publishOpts) error {
 		if t.Signed {
 			what += ", signature added"
 		}
+		if t.ImageSigned {
+			what += ", image signature added"
+		}
 		fmt.Fprintf(e.stdout, "tx %d %s %q: %s\n", t.ID, t.Digest, printable(t.Version), what)
 	}
 	fmt.Fprintf(e.stdout, "  %d new objects, %s written; %d objects already there (%s skipped)\n",

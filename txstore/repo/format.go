@@ -92,6 +92,14 @@ type IndexTx struct {
 	Entries    int              `json:"entries"` // manifest entries
 	Stored     int64            `json:"stored"`  // bytes of its objects as stored in the repo
 	Signatures []sign.Signature `json:"signatures,omitempty"`
+	// Image is the fs-verity digest ("sha256:<hex>") of the tx's sealed
+	// image as the publishing store built it, and ImageSignatures sign
+	// the pair (Digest, Image) (sign.SignImage). Both optional: a puller
+	// builds the image itself and refuses the tx when it differs, so the
+	// signed tx names exactly one image; without them it records its own
+	// image unsigned.
+	Image           string           `json:"image,omitempty"`
+	ImageSignatures []sign.Signature `json:"image_signatures,omitempty"`
 	// The metadata files a pull reads for this tx, pinned (format 2):
 	// reads stop at Length, the bytes must hash to SHA256, and
 	// decompression stops at Size.
@@ -282,7 +290,31 @@ func checkTx(t *IndexTx, format int) error {
 	if err := checkSigs(t.Signatures); err != nil {
 		return err
 	}
+	if err := checkImage(t, format); err != nil {
+		return err
+	}
 	return checkRefs(t, format)
+}
+
+// checkImage: an image digest is "sha256:<64 hex>" (format 2 only), and
+// image signatures come only with an image.
+func checkImage(t *IndexTx, format int) error {
+	if t.Image == "" {
+		if len(t.ImageSignatures) > 0 {
+			return errors.New("image signatures without an image")
+		}
+		return nil
+	}
+	if format == FormatV1 {
+		return errors.New("format 1 has no image")
+	}
+	if _, err := DigestHex(t.Image); err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	if err := checkSigs(t.ImageSignatures); err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	return nil
 }
 
 // checkRefs: format 2 pins the manifest and the table of every tx, and a

@@ -78,6 +78,7 @@ func TestParseIndexInvalid(t *testing.T) {
 		{"short sig", `"sig": "`, `"sig": "AAAA", "x": "`},
 		{"bad key id", `"key_id": "`, `"key_id": "ZZ`},
 		{"trailing data", "}\n", "}\n{}"},
+		{"image in format 1", `"stored": 4000`, `"stored": 4000, "image": "sha256:` + strings.Repeat("3", 64) + `"`},
 		{"trailing bracket", "}\n", "}]"},
 		{"not json", "{", "<"},
 	}
@@ -321,7 +322,8 @@ func TestParseIndexV2(t *testing.T) {
 	}
 	if ix.Format != 2 || ix.Sequence != 42 || ix.Repository != "00112233445566778899aabbccddeeff" ||
 		!ix.Expires.Equal(ix.Updated.Add(7*24*time.Hour)) || ix.Txs[0].Delta != nil || ix.Txs[1].Delta.Size != 200 ||
-		ix.Txs[0].Manifest.Length != 11 || !ix.Txs[0].Manifest.Matches([]byte("manifestone")) || ix.Txs[0].Manifest.Matches([]byte("manifestonf")) {
+		ix.Txs[0].Manifest.Length != 11 || !ix.Txs[0].Manifest.Matches([]byte("manifestone")) || ix.Txs[0].Manifest.Matches([]byte("manifestonf")) ||
+		ix.Txs[0].Image != "" || ix.Txs[1].Image != "sha256:"+strings.Repeat("3", 64) || len(ix.Txs[1].ImageSignatures) != 1 || len(ix.Txs[1].ImageSignatures[0].Sig) != 64 {
 		t.Fatalf("parsed %+v", ix)
 	}
 	out, err := EncodeIndex(ix)
@@ -348,6 +350,12 @@ func TestParseIndexV2(t *testing.T) {
 		{"pin size huge", `"size": 1000`, `"size": 1099511627776`},
 		{"delta without parent", `"parent": "sha256:1111111111111111111111111111111111111111111111111111111111111111",`, ``},
 		{"format 1 with a sequence", `"format": 2`, `"format": 1`},
+		{"image not a digest", `"image": "sha256:3333`, `"image": "sha256:../3333`},
+		{"image uppercase", `"image": "sha256:3333`, `"image": "SHA256:3333`},
+		{"image empty with signatures", `"image": "sha256:3333333333333333333333333333333333333333333333333333333333333333"`, `"image": ""`},
+		{"image signatures without image", `"image": "sha256:3333333333333333333333333333333333333333333333333333333333333333",`, ``},
+		{"image signature short", `"sig": "SUlJ`, `"sig": "SUlJSUlJ", "x": "`},
+		{"image not a string", `"image": "sha256:3333333333333333333333333333333333333333333333333333333333333333"`, `"image": 3`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

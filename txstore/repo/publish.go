@@ -40,6 +40,9 @@ var (
 	// (a symlink where a directory belongs, an object of the wrong size).
 	// It is left alone, never followed or removed.
 	ErrDamaged = errors.New("repository damaged")
+	// ErrImageConflict: the index already pins another image digest for
+	// a tx than the publishing store's record.
+	ErrImageConflict = errors.New("image digest differs from the index's")
 )
 
 // LockName is the flock(2) file a publish holds in the repository
@@ -72,9 +75,9 @@ var (
 
 // PublishOptions tune Publish.
 type PublishOptions struct {
-	// Key signs the index and every published tx's digest; the tx
-	// signature is also added to the local record (the store must then be
-	// open for writing).
+	// Key signs the index, every published tx's digest and its image
+	// (when the tx has one); the tx and image signatures are also added
+	// to the local record (the store must then be open for writing).
 	Key ed25519.PrivateKey
 	// Version overrides the index version of every tx published (default:
 	// the tx's summary, else "tx-<id>").
@@ -94,11 +97,15 @@ type PublishedTx struct {
 	ID      uint64 `json:"id"`
 	Digest  string `json:"digest"`
 	Version string `json:"version"`
-	New     bool   `json:"new"`     // false: the index already had it
-	Signed  bool   `json:"signed"`  // a signature was added to its entry
-	Objects int    `json:"objects"` // distinct objects it uses (new txs only)
-	Stored  int64  `json:"stored"`  // its index "stored"
-	Delta   bool   `json:"delta"`   // a manifest delta against its parent was written
+	New     bool   `json:"new"`    // false: the index already had it
+	Signed  bool   `json:"signed"` // a signature was added to its entry
+	// Image: the image digest its entry pins ("": none); ImageSigned: an
+	// image signature was added to the entry.
+	Image       string `json:"image,omitempty"`
+	ImageSigned bool   `json:"image_signed"`
+	Objects     int    `json:"objects"` // distinct objects it uses (new txs only)
+	Stored      int64  `json:"stored"`  // its index "stored"
+	Delta       bool   `json:"delta"`   // a manifest delta against its parent was written
 }
 
 // PublishStats say what Publish did.
@@ -761,10 +768,38 @@ func planTxs(s *txstore.Store, ix *Index, ids []uint64, o PublishOptions) ([]*ne
 		if err := checkSigs(n.entry.Signatures); err != nil {
 			return nil, fmt.Errorf("tx %d: %w", id, err)
 		}
+		if err := entryImage(n, o.Key); err != nil {
+			return nil, err
+		}
 		n.pub.Version = n.entry.Version
 		txs = append(txs, n)
 	}
 	return txs, nil
+}
+
+// entryImage gives n's entry the record's image digest and image
+// signatures (with key's, when given), as the entry's tx signatures are
+// given above. An entry that pins another image is refused: the image is
+// a function of the manifest, so two digests for one tx mean two builders
+// disagree, and devices would refuse one of them.
+func entryImage(n *newTx, key ed25519.PrivateKey) error {
+	t, e := n.t, n.entry
+	if t.Image == "" {
+		return nil
+	}
+	if e.Image != "" && e.Image != t.Image {
+		return fmt.Errorf("tx %d %s: %w: the index pins image %s, the record %s", t.ID, t.Digest, ErrImageConflict, e.Image, t.Image)
+	}
+	e.Image, n.pub.Image = t.Image, t.Image
+	var sigs []sign.Signature
+	if key != nil {
+		sigs = append(sigs, sign.SignImage(key, t.Digest, t.Image))
+	}
+	n.pub.ImageSigned = mergeSigs(&e.ImageSignatures, append(sigs, t.ImageSignatures...))
+	if err := checkSigs(e.ImageSignatures); err != nil {
+		return fmt.Errorf("tx %d: image: %w", t.ID, err)
+	}
+	return nil
 }
 
 // newEntry is the index entry of record t (not in the index yet) and its
@@ -921,13 +956,12 @@ func recordSignatures(s *txstore.Store, txs []*newTx, key ed25519.PrivateKey, di
 	if key != nil {
 		keyID := sign.KeyID(key.Public().(ed25519.PublicKey))
 		for _, n := range txs {
-			if slices.ContainsFunc(n.t.Signatures, func(g sign.Signature) bool { return g.KeyID == keyID }) {
+			if hasKey(n.t.Signatures, keyID) && (n.t.Image == "" || hasKey(n.t.ImageSignatures, keyID)) {
 				continue
 			}
-			sig := sign.SignTx(key, n.t.Digest)
 			_, err := s.Update(n.t.ID, txstore.Event{Kind: "sign", Detail: "signed by key " + keyID + " (publish " + dir + ")"},
 				func(t *txstore.Tx) error {
-					mergeSigs(&t.Signatures, []sign.Signature{sig})
+					signRecord(t, key)
 					return nil
 				})
 			if err != nil {
@@ -936,6 +970,20 @@ func recordSignatures(s *txstore.Store, txs []*newTx, key ed25519.PrivateKey, di
 		}
 	}
 	return fpRecorded.Inject()
+}
+
+func hasKey(sigs []sign.Signature, keyID string) bool {
+	return slices.ContainsFunc(sigs, func(g sign.Signature) bool { return g.KeyID == keyID })
+}
+
+// signRecord adds key's signatures to record t: over its digest, and over
+// its image when it has one (the image it has now, which is what the
+// index entry pins unless a seal rebuilt it meanwhile).
+func signRecord(t *txstore.Tx, key ed25519.PrivateKey) {
+	mergeSigs(&t.Signatures, []sign.Signature{sign.SignTx(key, t.Digest)})
+	if t.Image != "" {
+		mergeSigs(&t.ImageSignatures, []sign.Signature{sign.SignImage(key, t.Digest, t.Image)})
+	}
 }
 
 // writeIndex writes the next index: index.sig first (signing the new and
