@@ -61,8 +61,11 @@ type Options struct {
 	Bootctl, Initagent, Mkinitramfs string
 	HostSystemdBoot                 string // default DefaultHostSystemdBoot
 	Mountinfo                       string // default /proc/self/mountinfo
-	Timeout                         time.Duration
-	Log                             io.Writer // one line per step
+	// Run runs tune2fs (the ext4 verity feature, verity.go); default
+	// ExecRunner.
+	Run     Runner
+	Timeout time.Duration
+	Log     io.Writer // one line per step
 	// Entries builds tx's initrd and syncs the ESP's entries (tx is nil
 	// on a re-run: re-sync only). rootArg is what to save; "" when it
 	// comes from kernel/cmdline (read again on every sync).
@@ -91,11 +94,8 @@ type plan struct {
 	sdbootFrom   string
 	tools        []toolCopy
 	keptTools    []string
-	links        []link
-	linkKept     map[string]bool
-	unitState    int // unitNew, unitSame, unitReplace
-	unitOld      []byte
-	unitOldMode  fs.FileMode
+	units        []unitPlan
+	linkKept     map[string]bool // link paths (below ROOT) already right
 	rootArg      string
 	rootArgFrom  string
 	rootArgSaved string
@@ -111,7 +111,17 @@ const (
 	unitReplace
 )
 
-func unitTarget() string { return "/" + path.Join(UnitDir, systemd.HealthUnitName) }
+// unitPlan is one of systemd.Units(): whether its file is new, the same
+// or replaced (and what it was), and the links that enable it.
+type unitPlan struct {
+	systemd.Unit
+	links   []link
+	state   int // unitNew, unitSame, unitReplace
+	old     []byte
+	oldMode fs.FileMode
+}
+
+func unitTarget(name string) string { return "/" + path.Join(UnitDir, name) }
 
 // Run installs txboot into o.Root and onto o.ESP. Everything it changes
 // in ROOT before the commit is undone when a step fails; after the commit
@@ -125,6 +135,9 @@ func Run(o Options) (*Result, error) {
 	}
 	if o.Log == nil {
 		o.Log = io.Discard
+	}
+	if o.Run == nil {
+		o.Run = ExecRunner
 	}
 	if o.Entries == nil {
 		return nil, errors.New("install: no entries writer")
@@ -216,7 +229,7 @@ func (p *plan) check() error {
 	if err := p.findTools(); err != nil {
 		return err
 	}
-	if err := p.checkUnit(); err != nil {
+	if err := p.checkUnits(); err != nil {
 		return err
 	}
 	if err := p.checkPkgDB(); err != nil {
@@ -417,53 +430,72 @@ func (p *plan) findTools() error {
 	return nil
 }
 
-// checkUnit: the health unit and the links its [Install] section asks
+// checkUnits: txboot's units and the links their [Install] sections ask
 // for; a foreign file where a link goes is refused, not replaced.
-func (p *plan) checkUnit() error {
-	links, err := enableLinks(systemd.HealthUnit, systemd.HealthUnitName)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrRefused, err)
+func (p *plan) checkUnits() error {
+	for _, u := range systemd.Units() {
+		up, err := p.checkUnit(u)
+		if err != nil {
+			return err
+		}
+		p.units = append(p.units, up)
 	}
-	p.links = links
-	rel := path.Join(UnitDir, systemd.HealthUnitName)
+	return nil
+}
+
+func (p *plan) checkUnit(u systemd.Unit) (unitPlan, error) {
+	up := unitPlan{Unit: u}
+	links, err := enableLinks(u.Data, u.Name)
+	if err != nil {
+		return up, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	up.links = links
+	rel := path.Join(UnitDir, u.Name)
 	st, err := p.t.lstat(rel)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		p.unitState = unitNew
+		up.state = unitNew
 	case err != nil:
-		return fmt.Errorf("%w: %w", ErrRefused, err)
+		return up, fmt.Errorf("%w: %w", ErrRefused, err)
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return fmt.Errorf("%w: %s is a %s", ErrRefused, p.t.path(rel), kindOf(st.Mode))
+		return up, fmt.Errorf("%w: %s is a %s", ErrRefused, p.t.path(rel), kindOf(st.Mode))
 	default:
 		old, err := p.t.readFile(rel, 1<<20)
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
+			return up, fmt.Errorf("%w: %w", ErrRefused, err)
 		}
-		p.unitState, p.unitOld, p.unitOldMode = unitReplace, old, fs.FileMode(st.Mode&0o7777)
-		if bytes.Equal(old, systemd.HealthUnit) {
-			p.unitState = unitSame
+		up.state, up.old, up.oldMode = unitReplace, old, fs.FileMode(st.Mode&0o7777)
+		if bytes.Equal(old, u.Data) {
+			up.state = unitSame
 		}
 	}
 	for _, l := range links {
-		lrel := path.Join(l.dir, systemd.HealthUnitName)
-		st, err := p.t.lstat(lrel)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
+		if err := p.checkLink(u.Name, path.Join(l.dir, u.Name)); err != nil {
+			return up, err
 		}
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
-		}
-		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-			if target, err := p.t.readlink(lrel); err == nil && path.Clean(target) == unitTarget() {
-				p.linkKept[lrel] = true
-				continue
-			} else if err == nil {
-				return fmt.Errorf("%w: %s exists (-> %s); remove it to enable txboot's unit", ErrRefused, p.t.path(lrel), target)
-			}
-		}
-		return fmt.Errorf("%w: %s exists (a %s); remove it to enable txboot's unit", ErrRefused, p.t.path(lrel), kindOf(st.Mode))
 	}
-	return nil
+	return up, nil
+}
+
+// checkLink: a link already pointing at the unit is kept; anything else
+// there is refused.
+func (p *plan) checkLink(name, lrel string) error {
+	st, err := p.t.lstat(lrel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		if target, err := p.t.readlink(lrel); err == nil && path.Clean(target) == unitTarget(name) {
+			p.linkKept[lrel] = true
+			return nil
+		} else if err == nil {
+			return fmt.Errorf("%w: %s exists (-> %s); remove it to enable txboot's unit", ErrRefused, p.t.path(lrel), target)
+		}
+	}
+	return fmt.Errorf("%w: %s exists (a %s); remove it to enable txboot's unit", ErrRefused, p.t.path(lrel), kindOf(st.Mode))
 }
 
 // findRootArg: --root-arg, else root= in kernel/cmdline, else the UUID of
@@ -556,6 +588,9 @@ func (u undoLog) run(t *tree) []string {
 // recorded a failure undoes every change; after it, the error says what
 // was done and that a rerun finishes.
 func (p *plan) install() (res *Result, err error) {
+	// First: a commit onto a filesystem with the feature seals as it
+	// stores; not undone (it changes nothing a filesystem without it had).
+	enableVerity(p.o.Mountinfo, p.root, p.o.Run, p.o.Log)
 	var undo undoLog
 	defer func() {
 		if err != nil && res == nil { // nothing committed: put ROOT back
@@ -564,7 +599,7 @@ func (p *plan) install() (res *Result, err error) {
 			}
 		}
 	}()
-	for _, step := range []func(*undoLog) error{p.copyKernels, p.copyTools, p.installUnit, p.installPkgDB} {
+	for _, step := range []func(*undoLog) error{p.copyKernels, p.copyTools, p.installUnits, p.installPkgDB} {
 		if err := step(&undo); err != nil {
 			return nil, err
 		}
@@ -630,28 +665,38 @@ func (p *plan) copyTools(undo *undoLog) error {
 	return nil
 }
 
-// installUnit writes the health unit and enables it.
-func (p *plan) installUnit(undo *undoLog) error {
-	t := p.t
-	created, err := t.mkdirAll(UnitDir)
+// installUnits writes txboot's units and enables them.
+func (p *plan) installUnits(undo *undoLog) error {
+	created, err := p.t.mkdirAll(UnitDir)
 	undo.createdDirs(created)
 	if err != nil {
 		return err
 	}
-	unitRel := path.Join(UnitDir, systemd.HealthUnitName)
-	if p.unitState != unitSame {
-		if err := t.writeFile(unitRel, bytes.NewReader(systemd.HealthUnit), 0o644); err != nil {
+	for _, u := range p.units {
+		if err := p.installUnit(u, undo); err != nil {
 			return err
 		}
-		if p.unitState == unitReplace {
-			*undo = append(*undo, undoStep{rel: unitRel, old: p.unitOld, oldMode: p.unitOldMode, restore: true})
+	}
+	return nil
+}
+
+// installUnit writes one unit and makes the links its [Install] asks for.
+func (p *plan) installUnit(u unitPlan, undo *undoLog) error {
+	t := p.t
+	unitRel := path.Join(UnitDir, u.Name)
+	if u.state != unitSame {
+		if err := t.writeFile(unitRel, bytes.NewReader(u.Data), 0o644); err != nil {
+			return err
+		}
+		if u.state == unitReplace {
+			*undo = append(*undo, undoStep{rel: unitRel, old: u.old, oldMode: u.oldMode, restore: true})
 		} else {
 			undo.created(unitRel)
 		}
 	}
 	var enabled []string
-	for _, l := range p.links {
-		lrel := path.Join(l.dir, systemd.HealthUnitName)
+	for _, l := range u.links {
+		lrel := path.Join(l.dir, u.Name)
 		enabled = append(enabled, path.Base(l.dir))
 		if p.linkKept[lrel] {
 			continue
@@ -661,12 +706,12 @@ func (p *plan) installUnit(undo *undoLog) error {
 		if err != nil {
 			return err
 		}
-		if err := t.symlink(unitTarget(), lrel); err != nil {
+		if err := t.symlink(unitTarget(u.Name), lrel); err != nil {
 			return err
 		}
 		undo.created(lrel)
 	}
-	p.log("%s: installed as %s, enabled in %s", systemd.HealthUnitName, t.path(unitRel), strings.Join(enabled, ", "))
+	p.log("%s: installed as %s, enabled in %s", u.Name, t.path(unitRel), strings.Join(enabled, ", "))
 	return nil
 }
 
@@ -804,6 +849,7 @@ func installBootloader(esp string, sdboot []byte, from string, onlyMissing bool,
 // the ESP) is finished, then the entries are re-synced.
 func rerun(o Options, t *tree, s *txstore.Store, txs []*txstore.Tx) (*Result, error) {
 	fmt.Fprintf(o.Log, "install: %s is already installed (%d txs in %s); re-syncing the entries\n", t.root, len(txs), s.Dir)
+	enableVerity(o.Mountinfo, t.root, o.Run, o.Log)
 	def, err := s.Default()
 	if err != nil || def == 0 {
 		def = txs[len(txs)-1].ID

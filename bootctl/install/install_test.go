@@ -301,6 +301,7 @@ func TestInstall(t *testing.T) {
 				"lib/txboot/initagent":                         "binary initagent",
 				"lib/txboot/mkinitramfs":                       "binary mkinitramfs",
 				"lib/systemd/system/" + systemd.HealthUnitName: string(systemd.HealthUnit),
+				"lib/systemd/system/" + systemd.SealUnitName:   string(systemd.SealUnit),
 				"bin/sh": "#!shell\n",
 			} {
 				if b, err := os.ReadFile(filepath.Join(usr, rel)); err != nil || string(b) != want {
@@ -310,12 +311,14 @@ func TestInstall(t *testing.T) {
 			if fi, err := os.Stat(filepath.Join(usr, "lib/txboot/initagent")); err != nil || fi.Mode().Perm()&0o111 == 0 {
 				t.Errorf("initagent not executable: %v %v", fi, err)
 			}
-			// Enabled per the unit's [Install] section, as systemctl would.
-			links, _ := enableLinks(systemd.HealthUnit, systemd.HealthUnitName)
-			for _, l := range links {
-				got, err := os.Readlink(filepath.Join(o.root, l.dir, systemd.HealthUnitName))
-				if err != nil || got != "/usr/lib/systemd/system/"+systemd.HealthUnitName {
-					t.Errorf("%s: %q %v", l.dir, got, err)
+			// Enabled per each unit's [Install] section, as systemctl would.
+			for _, u := range systemd.Units() {
+				links, _ := enableLinks(u.Data, u.Name)
+				for _, l := range links {
+					got, err := os.Readlink(filepath.Join(o.root, l.dir, u.Name))
+					if err != nil || got != "/usr/lib/systemd/system/"+u.Name {
+						t.Errorf("%s/%s: %q %v", l.dir, u.Name, got, err)
+					}
 				}
 			}
 			for _, rel := range []string{"EFI/systemd/systemd-bootx64.efi", "EFI/BOOT/BOOTX64.EFI"} {

@@ -16,23 +16,46 @@ import (
 // when root is not the mount point of a whole filesystem (a plain
 // directory, a bind mount of a subdirectory) or the source is no device.
 func rootArgFromMount(mountinfo, root string) (string, error) {
-	abs, err := filepath.Abs(root)
-	if err == nil {
-		abs, err = filepath.EvalSymlinks(abs)
-	}
-	if err != nil {
+	m, ok, err := mountAt(mountinfo, root)
+	if err != nil || !ok || !m.whole() || !strings.HasPrefix(m.source, "/") {
 		return "", err
 	}
+	dev, err := os.Open(m.source)
+	if err != nil {
+		return "", fmt.Errorf("%s is mounted from %s, whose UUID cannot be read: %w", root, m.source, err)
+	}
+	defer dev.Close()
+	fsys, err := rootdev.Probe(dev)
+	if err != nil {
+		return "", fmt.Errorf("%s is mounted from %s, whose UUID cannot be read: %w", root, m.source, err)
+	}
+	if fsys.UUID == "" {
+		return "", nil
+	}
+	return "UUID=" + fsys.UUID, nil
+}
+
+// mount is one line of mountinfo.
+type mount struct {
+	fsRoot, point, fstype, source string
+}
+
+// whole: the filesystem is mounted from its root, not a bind mount of a
+// subdirectory.
+func (m mount) whole() bool { return m.fsRoot == "/" }
+
+// readMounts parses mountinfo in order (a later mount on the same point is
+// on top). A missing file is no mounts.
+func readMounts(mountinfo string) ([]mount, error) {
 	f, err := os.Open(mountinfo)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return "", nil
+			return nil, nil
 		}
-		return "", err
+		return nil, err
 	}
 	defer f.Close()
-	var fsRoot, source string
-	found := false
+	var out []mount
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -48,29 +71,62 @@ func rootArgFromMount(mountinfo, root string) (string, error) {
 		if sep < 0 || sep+2 >= len(fields) {
 			continue
 		}
-		if unescapeMount(fields[4]) == abs { // the last one is on top
-			found, fsRoot, source = true, unescapeMount(fields[3]), unescapeMount(fields[sep+2])
-		}
+		out = append(out, mount{fsRoot: unescapeMount(fields[3]), point: unescapeMount(fields[4]),
+			fstype: fields[sep+1], source: unescapeMount(fields[sep+2])})
 	}
 	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read %s: %w", mountinfo, err)
+		return nil, fmt.Errorf("read %s: %w", mountinfo, err)
 	}
-	if !found || fsRoot != "/" || !strings.HasPrefix(source, "/") {
-		return "", nil
-	}
-	dev, err := os.Open(source)
+	return out, nil
+}
+
+// mountAt is the mount on top at exactly dir (symlinks resolved).
+func mountAt(mountinfo, dir string) (mount, bool, error) {
+	abs, ms, err := resolveAndRead(mountinfo, dir)
 	if err != nil {
-		return "", fmt.Errorf("%s is mounted from %s, whose UUID cannot be read: %w", root, source, err)
+		return mount{}, false, err
 	}
-	defer dev.Close()
-	fsys, err := rootdev.Probe(dev)
+	var m mount
+	found := false
+	for _, x := range ms {
+		if x.point == abs { // the last one is on top
+			m, found = x, true
+		}
+	}
+	return m, found, nil
+}
+
+// mountOf is the mount on top holding path: the longest mount point that
+// is path or one of its parents.
+func mountOf(mountinfo, path string) (mount, bool, error) {
+	abs, ms, err := resolveAndRead(mountinfo, path)
 	if err != nil {
-		return "", fmt.Errorf("%s is mounted from %s, whose UUID cannot be read: %w", root, source, err)
+		return mount{}, false, err
 	}
-	if fsys.UUID == "" {
-		return "", nil
+	var m mount
+	found := false
+	for _, x := range ms {
+		if under(abs, x.point) && (!found || len(x.point) >= len(m.point)) {
+			m, found = x, true
+		}
 	}
-	return "UUID=" + fsys.UUID, nil
+	return m, found, nil
+}
+
+func under(p, dir string) bool {
+	return dir == "/" || p == dir || strings.HasPrefix(p, dir+"/")
+}
+
+func resolveAndRead(mountinfo, p string) (string, []mount, error) {
+	abs, err := filepath.Abs(p)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	ms, err := readMounts(mountinfo)
+	return abs, ms, err
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).

@@ -61,6 +61,53 @@ func TestHealthUnit(t *testing.T) {
 	}
 }
 
+// TestSealUnit: the seal unit runs bootctl seal after the health check,
+// at the lowest priority, on txboot boots only, and is enabled by
+// multi-user.target (bootctl install enables it from [Install] alone).
+func TestSealUnit(t *testing.T) {
+	data, err := os.ReadFile(SealUnitName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(data) != string(SealUnit) {
+		t.Fatal("SealUnit is not the shipped file")
+	}
+	unit := parseUnit(t, string(data))
+	for _, tt := range []struct{ section, key, value string }{
+		{"Unit", "After", HealthUnitName},
+		{"Unit", "ConditionPathExists", "/run/txboot/boot.json"},
+		{"Service", "Type", "oneshot"},
+		{"Service", "Nice", "19"},
+		{"Service", "IOSchedulingClass", "idle"},
+		{"Install", "WantedBy", "multi-user.target"},
+	} {
+		if !slices.Contains(unit[tt.section][tt.key], tt.value) {
+			t.Errorf("[%s] %s= lacks %q (has %q)", tt.section, tt.key, tt.value, unit[tt.section][tt.key])
+		}
+	}
+	exec := unit["Service"]["ExecStart"]
+	if len(exec) != 1 || !strings.HasPrefix(exec[0], "/usr/lib/txboot/bootctl seal") {
+		t.Errorf("ExecStart=%q, want /usr/lib/txboot/bootctl seal", exec)
+	}
+	// Sealing never decides a boot's health: nothing may wait for it.
+	for _, key := range []string{"Before", "RequiredBy", "Requires", "BindsTo"} {
+		for _, sec := range []string{"Unit", "Install"} {
+			for _, v := range unit[sec][key] {
+				if v == "boot-complete.target" || v == HealthUnitName {
+					t.Errorf("[%s] %s=%s: the boot's blessing would wait for sealing", sec, key, v)
+				}
+			}
+		}
+	}
+	names := map[string]bool{}
+	for _, u := range Units() {
+		names[u.Name] = len(u.Data) > 0
+	}
+	if !names[HealthUnitName] || !names[SealUnitName] {
+		t.Errorf("Units() = %v, want both units with content", names)
+	}
+}
+
 // parseUnit splits a unit file into section -> key -> values (space
 // separated lists split; repeated keys add up), as systemd reads it.
 func parseUnit(t *testing.T, text string) map[string]map[string][]string {
