@@ -1,20 +1,30 @@
 package boot
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/txboot/txboot/txstore/verity"
 	"golang.org/x/sys/unix"
 )
 
-// BindAssembler bind-mounts a tree read-only on Root/usr.
+// BindAssembler puts /usr in place on Root/usr: a tree bind-mounted
+// read-only, or a sealed image under overlayfs.
 type BindAssembler struct {
-	Root    string // /sysroot
-	mounted bool
+	Root string // /sysroot
+	// ImageDir is where a sealed image is mounted for overlayfs to take as
+	// its lower layer ("": DefaultImageDir).
+	ImageDir string
+	mounted  bool
 }
+
+// DefaultImageDir is in the initramfs, outside /run: /run moves into the
+// new root, and this mount is detached as soon as overlayfs holds it.
+const DefaultImageDir = "/txboot-image"
 
 // Mount bind-mounts tree on Root/usr and makes the bind read-only (a bind
 // mount ignores MS_RDONLY until remounted).
@@ -39,7 +49,51 @@ func (b *BindAssembler) Mount(tree string) error {
 	return nil
 }
 
-// Unmount undoes Mount.
+// MeasureImage asks the kernel for image's fs-verity digest.
+func (b *BindAssembler) MeasureImage(image string) (verity.Sum, error) {
+	return verity.MeasurePath(image)
+}
+
+// MountSealed mounts the erofs image (file-backed: no loop device) on
+// ImageDir and overlayfs over it on Root/usr, then detaches the image's
+// mount point: overlayfs holds its layers itself.
+func (b *BindAssembler) MountSealed(image, objects string) error {
+	if err := b.Unmount(); err != nil {
+		return err
+	}
+	usr := filepath.Join(b.Root, "usr")
+	if err := os.MkdirAll(usr, 0o755); err != nil {
+		return fmt.Errorf("mount point %s: %w", usr, err)
+	}
+	if _, err := os.Stat(objects); err != nil { // the overlay's error would not name it
+		return fmt.Errorf("the store's objects directory: %w", err)
+	}
+	mnt := cmp.Or(b.ImageDir, DefaultImageDir)
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		return fmt.Errorf("mount point %s: %w", mnt, err)
+	}
+	if err := unix.Mount(image, mnt, "erofs", unix.MS_RDONLY, ""); err != nil {
+		return fmt.Errorf("mount erofs %s on %s: %w", image, mnt, err)
+	}
+	// Nothing else needs the image's own mount, success or not; a detach
+	// that fails leaves it in the initramfs, which switch_root drops.
+	defer unix.Unmount(mnt, unix.MNT_DETACH)
+	opts := overlayOptions(mnt, objects)
+	if err := unix.Mount("overlay", usr, "overlay", unix.MS_RDONLY, opts); err != nil {
+		return fmt.Errorf("mount overlay on %s (%s): %w", usr, opts, err)
+	}
+	b.mounted = true
+	return nil
+}
+
+// overlayOptions is the sealed /usr's overlayfs mount data.
+// TODO(issue 20): sealimg.OverlayOptions once it lands.
+func overlayOptions(mnt, objects string) string {
+	esc := strings.NewReplacer(`\`, `\\`, ":", `\:`, ",", `\,`)
+	return "ro,lowerdir=" + esc.Replace(mnt) + "::" + esc.Replace(objects) + ",metacopy=on,redirect_dir=on,verity=require"
+}
+
+// Unmount undoes Mount or MountSealed.
 func (b *BindAssembler) Unmount() error {
 	if !b.mounted {
 		return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/bootstate"
+	"github.com/txboot/txboot/txstore/verity"
 )
 
 // Request is what the command line (and the bootloader) asked for.
@@ -19,9 +20,14 @@ type Request struct {
 	Tx            uint64 // 0: the store's default
 	Digest        string // "" or sha256:HEX that the requested tx must have
 	DigestInvalid bool   // a txboot.digest= was given but malformed
-	Verify        txstore.VerifyMode
-	Force         bool
-	Init          string // init= or ""
+	// Image pins the requested tx's sealed image (its fs-verity digest,
+	// txboot.image=): it must be the one the record names, and a tx the
+	// record says is sealed then boots from it.
+	Image        string
+	ImageInvalid bool // a txboot.image= was given but malformed
+	Verify       txstore.VerifyMode
+	Force        bool
+	Init         string // init= or ""
 	// LoaderTriesLeft is systemd-boot's remaining-tries counter for the
 	// entry it booted (from LoaderBootCountPath), or -1 when unknown.
 	LoaderTriesLeft int
@@ -36,6 +42,15 @@ type Request struct {
 // mounts under /sysroot; tests use a temp dir.
 type Assembler interface {
 	Mount(tree string) error
+	// MeasureImage is image's fs-verity digest, from the kernel in constant
+	// time (verity.MeasurePath): verity.ErrNotEnabled when it has none.
+	MeasureImage(image string) (verity.Sum, error)
+	// MountSealed mounts the erofs image and, over it, overlayfs with
+	// objects as a data-only lower layer and verity=require, read-only on
+	// the new root's /usr: the kernel checks every file against the
+	// digest the image records for it.
+	MountSealed(image, objects string) error
+	// Unmount undoes Mount or MountSealed.
 	Unmount() error
 	// FindInit returns the first usable init inside the new root.
 	FindInit(candidates []string) (string, error)
@@ -67,6 +82,11 @@ type Result struct {
 	// SignedBy: the trusted key whose signature of the tx's digest was
 	// checked ("" when the initramfs carries no keys).
 	SignedBy string `json:"signed_by,omitempty"`
+	// Sealed: /usr is the tx's sealed image (erofs + overlayfs with
+	// verity=require), checked by its pinned fs-verity digest; else
+	// UnsealedWhy says why it is the verified tree.
+	Sealed      bool   `json:"sealed"`
+	UnsealedWhy string `json:"unsealed_why,omitempty"`
 }
 
 // Logf logs one line at a syslog level (3 error, 4 warning, 5 notice, 6 info, 7 debug).
@@ -178,18 +198,60 @@ func Choose(s Store, req Request, asm Assembler, logf Logf) (*Result, error) {
 
 // tryOne returns a nil error on success, else why (see Failure.Err) and
 // whether the failure is the tx's own (so it is marked bad) rather than the
-// request's.
+// request's. A tx boots sealed (sealed.go) or from its tree, verified.
 func tryOne(s Store, t *txstore.Tx, requested bool, req Request, asm Assembler, res *Result, logf Logf) (intrinsic bool, why error) {
-	force := requested && req.Force
 	if requested {
-		if req.DigestInvalid {
-			return false, fail("txboot.digest= on the command line is malformed, so the content pin cannot be checked", ErrDigestPin)
-		}
-		if req.Digest != "" && req.Digest != t.Digest {
-			return false, fail(fmt.Sprintf("digest mismatch: the boot entry pins %s, the store has %s", req.Digest, t.Digest), ErrDigestPin)
+		if err := checkPins(t, req); err != nil {
+			return false, err
 		}
 	}
-	// Would a try be allowed? (Decided on a copy; recorded only on success.)
+	if intrinsic, err := probeTry(t, requested, req, logf); err != nil {
+		return intrinsic, err
+	}
+	sealed, unsealedWhy := bootMode(t, requested, req, logf)
+	var init string
+	var err error
+	if sealed {
+		init, err = bootSealed(s, t, req, asm, res, logf)
+		intrinsic = err != nil // everything on the sealed path is the tx's own
+	} else {
+		init, intrinsic, err = bootTree(s, t, req, asm, res, logf)
+	}
+	if err != nil {
+		return intrinsic, err
+	}
+	res.Sealed, res.UnsealedWhy = sealed, unsealedWhy
+	return false, recordTry(s, t, requested, init, req, asm, res, logf)
+}
+
+// checkPins applies the requested tx's content pins: txboot.digest= and
+// txboot.image=. A mismatch or a garbled pin is the request's fault, not
+// the tx's.
+func checkPins(t *txstore.Tx, req Request) error {
+	switch {
+	case req.DigestInvalid:
+		return fail("txboot.digest= on the command line is malformed, so the content pin cannot be checked", ErrDigestPin)
+	case req.Digest != "" && req.Digest != t.Digest:
+		return fail(fmt.Sprintf("digest mismatch: the boot entry pins %s, the store has %s", req.Digest, t.Digest), ErrDigestPin)
+	case req.ImageInvalid:
+		return fail("txboot.image= on the command line is malformed, so the image pin cannot be checked", ErrDigestPin)
+	case req.Image != "" && req.Image != t.Image:
+		return fail(fmt.Sprintf("image mismatch: the boot entry pins image %s, the store records %s for tx %d", req.Image, orNone(t.Image), t.ID), ErrDigestPin)
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// probeTry decides on a copy whether a try is allowed (it is recorded only
+// on success, by recordTry).
+func probeTry(t *txstore.Tx, requested bool, req Request, logf Logf) (intrinsic bool, why error) {
+	force := requested && req.Force
 	probe := t.Boot
 	if requested && adoptLoaderCounter(&probe, t.ID, req) {
 		logf(6, "tx %d: adopting systemd-boot's counter: %d tries left after this boot (store had %d before it)", t.ID, req.LoaderTriesLeft, t.TriesLeft)
@@ -200,60 +262,82 @@ func tryOne(s Store, t *txstore.Tx, requested bool, req Request, asm Assembler, 
 	if force && t.State == txstore.StateBad {
 		logf(4, "tx %d is marked bad (%s); booting it anyway because txboot.force=1", t.ID, t.LastFailure)
 	}
+	return false, nil
+}
 
+// bootTree is the unsealed boot: verify the tree (re-blitting it if
+// damaged), then bind it on /usr.
+func bootTree(s Store, t *txstore.Tx, req Request, asm Assembler, res *Result, logf Logf) (init string, intrinsic bool, why error) {
 	vstart := time.Now()
-	tree := s.TreeDir(t.ID)
-	if req.Verify != txstore.VerifyOff {
-		probs, err := s.Verify(t.ID, req.Verify)
-		if err != nil {
-			return false, fail("verify: "+err.Error(), ErrVerify, err)
+	intrinsic, why = verifyTree(s, t, req, res, logf)
+	res.Verify += time.Since(vstart)
+	if why != nil {
+		return "", intrinsic, why
+	}
+	astart := time.Now()
+	defer func() { res.Assemble += time.Since(astart) }()
+	if err := asm.Mount(s.TreeDir(t.ID)); err != nil {
+		return "", false, fail("assemble /usr: "+err.Error(), ErrAssemble, err)
+	}
+	init, err := findInit(asm, req)
+	return init, err != nil, err
+}
+
+// findInit finds the init in the assembled root; without one, /usr is
+// unmounted again.
+func findInit(asm Assembler, req Request) (string, error) {
+	init, err := asm.FindInit(InitCandidates(req.Init))
+	if err != nil {
+		asm.Unmount()
+		return "", fail("no init: "+err.Error(), ErrNoInit, err)
+	}
+	return init, nil
+}
+
+// verifyTree checks the tree at req.Verify; damage it can repair is
+// re-blitted from the CAS and verified again. With verify=off a missing
+// tree is still re-blitted.
+func verifyTree(s Store, t *txstore.Tx, req Request, res *Result, logf Logf) (intrinsic bool, why error) {
+	if req.Verify == txstore.VerifyOff {
+		if _, err := os.Lstat(s.TreeDir(t.ID)); err == nil {
+			return false, nil
 		}
-		if len(probs) > 0 && inStore(probs) {
-			// A new tree would link the same damaged objects: skip the
-			// re-blit and its second verify, and fall back at once.
-			res.Verify += time.Since(vstart)
-			return true, fail(describe(probs)+" (damage in the store's objects: a re-blit cannot repair it)", ErrDamaged)
-		}
-		if len(probs) > 0 {
-			logf(4, "tx %d: %s; re-blitting its tree from the store", t.ID, describe(probs))
-			if _, err := s.Reblit(t.ID); err != nil {
-				res.Verify += time.Since(vstart)
-				return true, fail(fmt.Sprintf("%s; re-blit failed: %v", describe(probs), err), ErrDamaged, err)
-			}
-			res.Reblitted = true
-			if probs, err = s.Verify(t.ID, req.Verify); err != nil || len(probs) > 0 {
-				res.Verify += time.Since(vstart)
-				if err != nil {
-					return false, fail("verify after re-blit: "+err.Error(), ErrVerify, err)
-				}
-				return true, fail("after re-blit: "+describe(probs), ErrDamaged)
-			}
-			logf(5, "tx %d: tree re-blitted and verified", t.ID)
-		}
-	} else if _, err := os.Lstat(tree); err != nil {
 		logf(4, "tx %d: tree missing; re-blitting (verification is off)", t.ID)
 		if _, err := s.Reblit(t.ID); err != nil {
 			return true, fail(fmt.Sprintf("tree missing and re-blit failed: %v", err), ErrDamaged, err)
 		}
 		res.Reblitted = true
+		return false, nil
 	}
-	res.Verify += time.Since(vstart)
+	probs, err := s.Verify(t.ID, req.Verify)
+	switch {
+	case err != nil:
+		return false, fail("verify: "+err.Error(), ErrVerify, err)
+	case len(probs) == 0:
+		return false, nil
+	case inStore(probs):
+		// A new tree would link the same damaged objects: skip the
+		// re-blit and its second verify, and fall back at once.
+		return true, fail(describe(probs)+" (damage in the store's objects: a re-blit cannot repair it)", ErrDamaged)
+	}
+	logf(4, "tx %d: %s; re-blitting its tree from the store", t.ID, describe(probs))
+	if _, err := s.Reblit(t.ID); err != nil {
+		return true, fail(fmt.Sprintf("%s; re-blit failed: %v", describe(probs), err), ErrDamaged, err)
+	}
+	res.Reblitted = true
+	if probs, err = s.Verify(t.ID, req.Verify); err != nil {
+		return false, fail("verify after re-blit: "+err.Error(), ErrVerify, err)
+	} else if len(probs) > 0 {
+		return true, fail("after re-blit: "+describe(probs), ErrDamaged)
+	}
+	logf(5, "tx %d: tree re-blitted and verified", t.ID)
+	return false, nil
+}
 
-	astart := time.Now()
-	if err := asm.Mount(tree); err != nil {
-		res.Assemble += time.Since(astart)
-		return false, fail("assemble /usr: "+err.Error(), ErrAssemble, err)
-	}
-	init, err := asm.FindInit(InitCandidates(req.Init))
-	if err != nil {
-		asm.Unmount()
-		res.Assemble += time.Since(astart)
-		return true, fail("no init: "+err.Error(), ErrNoInit, err)
-	}
-	res.Assemble += time.Since(astart)
-
-	// Spend the try durably before pivoting (gokrazy's habit): if this boot
-	// hangs or dies, the next one already knows.
+// recordTry spends the try durably before pivoting (gokrazy's habit): if
+// this boot hangs or dies, the next one already knows.
+func recordTry(s Store, t *txstore.Tx, requested bool, init string, req Request, asm Assembler, res *Result, logf Logf) error {
+	force := requested && req.Force
 	var onTrial bool
 	kind := "boot"
 	if !requested {
@@ -279,14 +363,15 @@ func tryOne(s Store, t *txstore.Tx, requested bool, req Request, asm Assembler, 
 		logf(2, "tx %d: the boot attempt cannot be recorded: %v; %s", t.ID, err, noCounting)
 		res.NoDatabase = err.Error()
 		res.Tx, res.Init, res.OnTrial = t, init, false
-		return false, nil
+		return nil
 	}
 	if err != nil {
 		asm.Unmount()
-		return false, fail("could not record the boot attempt: "+err.Error(), ErrNotRecorded, err)
+		res.Sealed, res.UnsealedWhy = false, ""
+		return fail("could not record the boot attempt: "+err.Error(), ErrNotRecorded, err)
 	}
 	res.Tx, res.Init, res.OnTrial = updated, init, onTrial
-	return false, nil
+	return nil
 }
 
 // adoptLoaderCounter applies bootstate's rule for systemd-boot's counter

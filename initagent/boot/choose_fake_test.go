@@ -3,6 +3,7 @@ package boot
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"reflect"
 	"testing"
 
@@ -11,6 +12,8 @@ import (
 	"github.com/txboot/txboot/txstore/bootstate"
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/manifest"
+	"github.com/txboot/txboot/txstore/verity"
+	"golang.org/x/sys/unix"
 )
 
 // memStore is an in-memory Store: records, a default, and per-tx verify,
@@ -25,6 +28,7 @@ type memStore struct {
 	reblitErr map[uint64]error
 	updateErr map[uint64]error
 	reblitted []uint64
+	verified  []uint64 // Verify calls, in order
 }
 
 func newMem(def uint64, txs ...txstore.Tx) *memStore {
@@ -79,6 +83,7 @@ func (f *memStore) Update(id uint64, ev txstore.Event, fn func(*txstore.Tx) erro
 func (f *memStore) TreeDir(id uint64) string { return fmt.Sprintf("/fake/trees/%d", id) }
 
 func (f *memStore) Verify(id uint64, _ txstore.VerifyMode) ([]txstore.Problem, error) {
+	f.verified = append(f.verified, id)
 	return f.probs[id], f.verifyErr[id]
 }
 
@@ -91,6 +96,9 @@ func (f *memStore) Reblit(id uint64) (blit.Stats, error) {
 	return blit.Stats{}, nil
 }
 
+func (f *memStore) ImagePath(id uint64) string { return fmt.Sprintf("/fake/trees/%d/image.erofs", id) }
+func (f *memStore) ObjectsDir() string         { return "/fake/objects" }
+
 func (f *memStore) FindManifest(string, uint64) (*manifest.Manifest, cas.Key, error) {
 	return nil, cas.Key{}, txstore.ErrNotFound
 }
@@ -99,10 +107,19 @@ func (f *memStore) VerifyManifest(uint64, *manifest.Manifest, txstore.VerifyMode
 	return nil, errors.New("fake: no manifests")
 }
 
-// memAssembler fails Mount or FindInit for the trees named.
+// memAssembler fails Mount, MountSealed or FindInit for the trees (or
+// images) named; MeasureImage gives sums[image], else measureErr[image],
+// else fs.ErrNotExist.
 type memAssembler struct {
 	mountErr, noInit map[string]bool
+	sums             map[string]verity.Sum
+	measureErr       map[string]error
 	mounted          string
+}
+
+func newMemAssembler() *memAssembler {
+	return &memAssembler{mountErr: map[string]bool{}, noInit: map[string]bool{},
+		sums: map[string]verity.Sum{}, measureErr: map[string]error{}}
 }
 
 func (a *memAssembler) Mount(tree string) error {
@@ -112,6 +129,25 @@ func (a *memAssembler) Mount(tree string) error {
 	a.mounted = tree
 	return nil
 }
+
+func (a *memAssembler) MeasureImage(image string) (verity.Sum, error) {
+	if s, ok := a.sums[image]; ok {
+		return s, nil
+	}
+	if err := a.measureErr[image]; err != nil {
+		return verity.Sum{}, err
+	}
+	return verity.Sum{}, &fs.PathError{Op: "open", Path: image, Err: fs.ErrNotExist}
+}
+
+func (a *memAssembler) MountSealed(image, objects string) error {
+	if a.mountErr[image] {
+		return fmt.Errorf("mount erofs %s: %w", image, unix.EINVAL)
+	}
+	a.mounted = image
+	return nil
+}
+
 func (a *memAssembler) Unmount() error { a.mounted = ""; return nil }
 func (a *memAssembler) FindInit(c []string) (string, error) {
 	if a.noInit[a.mounted] {
@@ -209,7 +245,7 @@ func TestChooseFake(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := c.store
-			a := &memAssembler{mountErr: map[string]bool{}, noInit: map[string]bool{}}
+			a := newMemAssembler()
 			if c.setup != nil {
 				c.setup(f, a)
 			}

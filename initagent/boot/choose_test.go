@@ -11,6 +11,7 @@ import (
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/testtree"
+	"github.com/txboot/txboot/txstore/verity"
 )
 
 // dirAssembler stands in for the bind mount (the real one is exercised by
@@ -19,6 +20,16 @@ type dirAssembler struct{ tree string }
 
 func (d *dirAssembler) Mount(tree string) error { d.tree = tree; return nil }
 func (d *dirAssembler) Unmount() error          { d.tree = ""; return nil }
+
+// MeasureImage computes the digest (the host has no fs-verity);
+// MountSealed stands the image's tree in for it.
+func (d *dirAssembler) MeasureImage(image string) (verity.Sum, error) {
+	return verity.DigestPath(image)
+}
+func (d *dirAssembler) MountSealed(image, _ string) error {
+	d.tree = filepath.Join(filepath.Dir(image), "usr")
+	return nil
+}
 func (d *dirAssembler) FindInit(c []string) (string, error) {
 	for _, p := range c {
 		rel := strings.TrimPrefix(strings.TrimPrefix(p, "/usr"), "/")

@@ -19,6 +19,9 @@ type Store interface {
 	TreeDir(id uint64) string
 	Verify(id uint64, mode txstore.VerifyMode) ([]txstore.Problem, error)
 	Reblit(id uint64) (blit.Stats, error)
+	// ImagePath and ObjectsDir are what a sealed /usr is mounted from.
+	ImagePath(id uint64) string
+	ObjectsDir() string
 	// FindManifest and VerifyManifest boot without the database.
 	FindManifest(digest string, hint uint64) (*manifest.Manifest, cas.Key, error)
 	VerifyManifest(id uint64, m *manifest.Manifest, mode txstore.VerifyMode) ([]txstore.Problem, error)

@@ -20,6 +20,7 @@ import (
 	"github.com/txboot/txboot/txstore/bootinfo"
 	"github.com/txboot/txboot/txstore/etcstate"
 	"github.com/txboot/txboot/txstore/testtree"
+	"github.com/txboot/txboot/txstore/verity"
 	"golang.org/x/sys/unix"
 )
 
@@ -149,6 +150,17 @@ func (a *fakeAssembler) Mount(tree string) error {
 }
 
 func (a *fakeAssembler) Unmount() error { a.sys.call("unbind"); a.tree = ""; return nil }
+
+// MeasureImage computes the digest (the host has no fs-verity);
+// MountSealed records the mount and stands the image's tree in for it.
+func (a *fakeAssembler) MeasureImage(image string) (verity.Sum, error) {
+	return verity.DigestPath(image)
+}
+func (a *fakeAssembler) MountSealed(image, objects string) error {
+	a.sys.call("sealed %s %s on %s/usr", strings.TrimPrefix(image, a.root), strings.TrimPrefix(objects, a.root), a.root)
+	a.tree = filepath.Join(filepath.Dir(image), "usr")
+	return nil
+}
 
 func (a *fakeAssembler) FindInit(c []string) (string, error) {
 	for _, p := range c {
@@ -412,4 +424,81 @@ func TestRunOptionalMounts(t *testing.T) {
 	if strings.Contains(out, "efivarfs") || strings.Contains(out, "/dev:") {
 		t.Errorf("warned about a skipped or already mounted filesystem:\n%s", out)
 	}
+}
+
+// sealStore gives tx id a stand-in image (the fake assembler computes its
+// fs-verity digest) and records it sealed; it returns the image's digest.
+func sealStore(t *testing.T, root string, id uint64) string {
+	t.Helper()
+	s, err := txstore.Open(root, txstore.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := os.WriteFile(s.ImagePath(id), []byte("erofs stand-in"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := verity.DigestPath(s.ImagePath(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(id, txstore.Event{Kind: "seal"}, func(x *txstore.Tx) error { x.Image, x.Sealed = sum.String(), true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return sum.String()
+}
+
+// TestRunSealed: a pinned, sealed tx is mounted from its image and
+// boot.json and the summary line say so; an image that does not match the
+// pin falls back in the same boot to a tx verified from its tree.
+func TestRunSealed(t *testing.T) {
+	for _, damaged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("damaged=%v", damaged), func(t *testing.T) {
+			plan, sys := testPlan(t)
+			flowStore(t, plan.Sysroot, 3, nil, []uint64{2, 3})
+			pin := sealStore(t, plan.Sysroot, 3)
+			if damaged {
+				img := filepath.Join(plan.Sysroot, txstore.DirName, "trees/3/image.erofs")
+				os.Chmod(img, 0o644)
+				if err := os.WriteFile(img, []byte("erofs stand-in, replaced"), 0o444); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sys.cmdline = "root=/dev/txboot-test-root txboot.tx=3 txboot.image=" + pin
+			Run(sys, plan)
+			if len(sys.rescues) != 0 || sys.info == nil {
+				t.Fatalf("rescue %q, boot.json %+v\n%s", sys.rescues, sys.info, sys.out.String())
+			}
+			root, info, out := plan.Sysroot, sys.info, sys.out.String()
+			sealedCall := fmt.Sprintf("sealed /%s/trees/3/image.erofs /%s/objects on %s/usr", txstore.DirName, txstore.DirName, root)
+			if slices.Contains(sys.calls, sealedCall) == damaged {
+				t.Errorf("calls %q: want %q (damaged %v)", sys.calls, sealedCall, damaged)
+			}
+			if !damaged {
+				if info.Booted != 3 || !info.Sealed || info.UnsealedWhy != "" || !strings.Contains(out, "booting tx 3 (good) "+pinOf(t, root, 3)+", sealed;") {
+					t.Errorf("boot.json %+v\n%s", info, out)
+				}
+				return
+			}
+			if info.Booted != 2 || info.Sealed || info.UnsealedWhy == "" || len(info.Failures) != 1 ||
+				!strings.Contains(info.Failures[0].Reason, "does not match the pinned "+pin) || !strings.Contains(out, ", unsealed: ") {
+				t.Errorf("boot.json %+v\n%s", info, out)
+			}
+		})
+	}
+}
+
+// pinOf is tx id's digest.
+func pinOf(t *testing.T, root string, id uint64) string {
+	t.Helper()
+	s, err := txstore.Open(root, txstore.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	x, err := s.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x.Digest
 }

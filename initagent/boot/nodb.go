@@ -20,7 +20,8 @@ const noCounting = "BOOT COUNTING IS OFF for this boot (no try recorded, no watc
 // records there is no fallback order, so any failure ends in the normal
 // nothing-bootable path. No try is recorded and nothing is written.
 func chooseWithoutDB(s Store, req Request, asm Assembler, logf Logf, dbErr error) (*Result, error) {
-	res := &Result{Requested: req.Tx, NoDatabase: dbErr.Error()}
+	// Unsealed: whether a tx is sealed is in its record.
+	res := &Result{Requested: req.Tx, NoDatabase: dbErr.Error(), UnsealedWhy: "the store's database cannot be read"}
 	logf(2, "the store's database cannot be read: %v", dbErr)
 	failed := func(reason string, causes ...error) (*Result, error) {
 		res.addFailure(req.Tx, fail(reason, causes...), "")

@@ -260,8 +260,8 @@ func (r *run) openStore() error {
 
 func (r *run) choose() error {
 	cfg := r.cfg
-	req := Request{Tx: cfg.Tx, Digest: cfg.Digest, DigestInvalid: cfg.DigestInvalid, Force: cfg.Force,
-		Init: cfg.Init, Verify: verifyMode(cfg.Verify), LoaderTriesLeft: -1}
+	req := Request{Tx: cfg.Tx, Digest: cfg.Digest, DigestInvalid: cfg.DigestInvalid, Image: cfg.Image, ImageInvalid: cfg.ImageInvalid,
+		Force: cfg.Force, Init: cfg.Init, Verify: verifyMode(cfg.Verify), LoaderTriesLeft: -1}
 	loaderCounter(r.log, &req, r.plan.EFIVars)
 	req.Trust = LoadTrust(r.plan.TrustDir)
 	res, err := Choose(r.store, req, r.sys.Assembler(r.plan.Sysroot), r.log.logf)
@@ -312,7 +312,8 @@ func (r *run) handOver() error {
 		log.console("\ntxboot: WARNING: the store's database is damaged: %s\ntxboot: booting tx %d %s; %s\n\n", res.NoDatabase, res.Tx.ID, res.Tx.Digest, noCounting)
 	}
 	info := &bootinfo.Info{Booted: res.Tx.ID, Requested: res.Requested, OnTrial: res.OnTrial, Watchdog: wd,
-		PhasesMS: r.ph.ms, NoDatabase: res.NoDatabase, SignedBy: res.SignedBy, Etc: r.etc}
+		PhasesMS: r.ph.ms, NoDatabase: res.NoDatabase, SignedBy: res.SignedBy, Etc: r.etc,
+		Sealed: res.Sealed, UnsealedWhy: res.UnsealedWhy}
 	for _, f := range res.Failures {
 		info.Failures = append(info.Failures, bootinfo.Failure{Tx: f.Tx, Reason: f.Reason, Kind: string(f.Kind)})
 	}
@@ -333,8 +334,19 @@ func (r *run) handOver() error {
 	if res.SignedBy != "" {
 		state += ", signed by " + res.SignedBy
 	}
-	log.logf(5, "booting tx %d (%s) %s; phases: %s", res.Tx.ID, state, res.Tx.Digest, r.ph)
+	log.logf(5, "booting tx %d (%s) %s, %s; phases: %s", res.Tx.ID, state, res.Tx.Digest, sealState(res), r.ph)
 	return nil
+}
+
+// sealState is the summary line's word on how /usr is checked.
+func sealState(res *Result) string {
+	if res.Sealed {
+		return "sealed"
+	}
+	if res.UnsealedWhy == "" {
+		return "unsealed"
+	}
+	return "unsealed: " + res.UnsealedWhy
 }
 
 // switchRoot returns only if every exec failed, after the root moved:
