@@ -64,7 +64,7 @@ func encodeXattrs(e *manifest.Entry, extra []manifest.Xattr) ([]byte, error) {
 	if len(xs)+len(extra) == 0 {
 		return nil, nil
 	}
-	b := make([]byte, ibodyHeaderSize, 256)
+	b := make([]byte, ibodyHeaderSize, ibodySize(xs)+ibodySize(extra)-ibodyHeaderSize)
 	for _, x := range xs {
 		if strings.HasPrefix(x.Name, overlayPrefix) {
 			return nil, fmt.Errorf("sealimg: %w: %s has xattr %s", ErrUnsealable, e.Path, x.Name)
@@ -82,6 +82,16 @@ func encodeXattrs(e *manifest.Entry, extra []manifest.Xattr) ([]byte, error) {
 		return nil, fmt.Errorf("sealimg: %w: %s: xattrs too big", ErrUnsealable, e.Path)
 	}
 	return b, nil
+}
+
+// ibodySize is the header and the entries of xs: an upper bound when a
+// name has no EROFS prefix (appendXattr then refuses it).
+func ibodySize(xs []manifest.Xattr) int {
+	n := ibodyHeaderSize
+	for _, x := range xs {
+		n += (4 + len(x.Name) + len(x.Value) + 3) &^ 3
+	}
+	return n
 }
 
 // appendXattr appends one erofs_xattr_entry, padded to 4 bytes.
