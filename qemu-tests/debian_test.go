@@ -205,6 +205,13 @@ func wantEntry(t *testing.T, sys *fixture.DebianSystem, after int, re string) {
 // (tx 1) on a new disk; prepare, if set, changes the copy first.
 func debianSetup(t *testing.T, suite string, prepare func(root string) error) (sys *fixture.DebianSystem, hello, dir string) {
 	t.Helper()
+	return debianSetupSpec(t, suite, fixture.DebianSpec{Prepare: prepare})
+}
+
+// debianSetupSpec is debianSetup with more of the spec (Bins, Dir, Root
+// and Cmdline are filled in).
+func debianSetupSpec(t *testing.T, suite string, spec fixture.DebianSpec) (sys *fixture.DebianSystem, hello, dir string) {
+	t.Helper()
 	harness.Need(t, "uefi", "disk", "debootstrap")
 	repo, err := harness.RepoRoot()
 	if err != nil {
@@ -223,8 +230,9 @@ func debianSetup(t *testing.T, suite string, prepare func(root string) error) (s
 	t.Logf("Debian root %s (%s)", droot, time.Since(start).Round(time.Millisecond))
 
 	dir = t.TempDir()
-	sys, err = fixture.BuildDebian(ctx, fixture.DebianSpec{Bins: getBins(t), Dir: dir, Root: droot,
-		Cmdline: "console=ttyS0 panic=-1 txboot.watchdog=0", Prepare: prepare})
+	spec.Bins, spec.Dir, spec.Root = getBins(t), dir, droot
+	spec.Cmdline = "console=ttyS0 panic=-1 txboot.watchdog=0"
+	sys, err = fixture.BuildDebian(ctx, spec)
 	if err != nil {
 		if sys != nil {
 			t.Logf("bootctl log:\n%s", sys.BootctlLog.String())
@@ -600,6 +608,16 @@ func TestDebian12(t *testing.T) {
 	r1.wantBooted(t, "1")
 	r1.wantHealthyUp(t)
 	r1.want(t, "os", "12 bookworm")
+	// Unsealed: overlayfs on 6.1 has no verity=require, so the entry pins
+	// no image, initagent boots with fast verify, and both say why.
+	if e := entryText(t, &sys.UEFISystem, 1); strings.Contains(e, "txboot.image=") {
+		t.Errorf("Debian 12's entry pins an image (6.1 kernel):\n%s", e)
+	}
+	b1 := r1.wantSealed(t, false, `.`)
+	if l := r1.listLine(1); !strings.Contains(l, "unsealed") || !strings.Contains(l, "6.1") {
+		t.Errorf("run 1: bootctl list does not say tx 1 boots unsealed because of its 6.1 kernel: %q", l)
+	}
+	t.Logf("run 1: unsealed_why=%q; list: %s", b1.UnsealedWhy, r1.listLine(1))
 	logAnalyze(t, r1)
 	wantEntry(t, sys, 1, `^txboot-1\.conf$`)
 	firstBoot := r1.fact("etc-state")
