@@ -34,6 +34,7 @@ var commitFailpoints = commitPoints{
 	published:  failpoint.New("commit/objects-published"),
 	built:      failpoint.New("commit/blitted"),
 	treeSynced: failpoint.New("commit/tree-synced"),
+	imaged:     failpoint.New("commit/image-built"),
 	placed:     failpoint.New("commit/tree-published"),
 	recorded:   failpoint.New("commit/recorded"),
 	finished:   failpoint.New("commit/source-removed"),
@@ -78,6 +79,18 @@ type CommitOptions struct {
 	Made string
 	// PkgChanges go into the record as given (see Tx).
 	PkgChanges []PkgChange
+	// Image is the fs-verity digest the repository's index gives the
+	// tx's sealed image ("" = none): the commit is refused
+	// (ErrImageMismatch) when the image built here differs. Not checked
+	// when no image could be built here (the record says why).
+	Image string
+	// ImageSignatures go into the record with the image built here (see
+	// Tx): a pull carries the repository's.
+	ImageSignatures []sign.Signature
+	// SignImage, if set, is called with the new tx's digest and its
+	// image's once the image is built; what it returns is added to
+	// ImageSignatures (commit --sign: sign.SignImage).
+	SignImage func(digest, image string) []sign.Signature
 }
 
 // CommitStats describe one commit. For CommitLayer, Files, NewObjects,
@@ -97,7 +110,11 @@ type CommitStats struct {
 	Blit        blit.Stats
 	Scan, Store time.Duration
 	BlitTime    time.Duration
-	Total       time.Duration
+	// Image is the time the sealed image took (objects' fs-verity
+	// digests, build, write); ImageSize its bytes (0: none).
+	Image     time.Duration
+	ImageSize int64
+	Total     time.Duration
 }
 
 // Commit stores the tree at src as a new transaction: src holds the new

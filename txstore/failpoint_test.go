@@ -10,6 +10,7 @@ import (
 
 	"github.com/txboot/txboot/txstore"
 	"github.com/txboot/txboot/txstore/failpoint"
+	"github.com/txboot/txboot/txstore/sealimg"
 )
 
 // atStep runs f when a write path reaches the named failpoint, for the
@@ -43,6 +44,7 @@ var storeFailpoints = map[string]struct {
 	"commit/relinked":                    {false, "consume"},
 	"commit/blitted":                     {false, "commit"},
 	"commit/tree-synced":                 {false, "commit"},
+	"commit/image-built":                 {false, "commit"},
 	"commit/tree-published":              {false, "commit"},
 	"commit/recorded":                    {true, "commit"},
 	"commit/source-removed":              {true, "consume"},
@@ -50,6 +52,7 @@ var storeFailpoints = map[string]struct {
 	"commit-manifest/manifest-published": {false, "manifest"},
 	"commit-manifest/blitted":            {false, "manifest"},
 	"commit-manifest/tree-synced":        {false, "manifest"},
+	"commit-manifest/image-built":        {false, "manifest"},
 	"commit-manifest/tree-published":     {false, "manifest"},
 	"commit-manifest/recorded":           {true, "manifest"},
 }
@@ -213,6 +216,7 @@ func checkAfterFailpoint(t *testing.T, root, src string, want map[string]string,
 	if trees, _ := os.ReadDir(filepath.Join(s.Dir, "trees")); len(trees) != len(txs) {
 		t.Fatalf("round %d: %d trees for %d records", round, len(trees), len(txs))
 	}
+	treesHaveImages(t, s, txs)
 	if _, err := os.Stat(filepath.Join(s.Dir, "consume.json")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("round %d: consume journal still there: %v", round, err)
 	}
@@ -240,6 +244,32 @@ func checkAfterFailpoint(t *testing.T, root, src string, want map[string]string,
 		}
 		if d, err := s.Default(); err != nil || d != want {
 			t.Fatalf("round %d: default %d (%v), want %d", round, d, err, want)
+		}
+	}
+}
+
+// treesHaveImages: every tree holds its image (placed with it, never
+// after) and nothing else beside usr/ and etc/ (no temp file); a record
+// that names an image names that one (a tree recorded again after a
+// crash names none until Seal).
+func treesHaveImages(t *testing.T, s *txstore.Store, txs []*txstore.Tx) {
+	t.Helper()
+	for _, tx := range txs {
+		ents, err := os.ReadDir(filepath.Dir(s.TreeDir(tx.ID)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range ents {
+			if e.Name() != "usr" && e.Name() != "etc" {
+				names = append(names, e.Name())
+			}
+		}
+		if len(names) != 1 || names[0] != sealimg.FileName {
+			t.Fatalf("trees/%d holds %v beside usr/ and etc/, want only %s", tx.ID, names, sealimg.FileName)
+		}
+		if tx.Image != "" {
+			checkImage(t, s, tx.ID)
 		}
 	}
 }

@@ -39,6 +39,16 @@ type FsckReport struct {
 	DB       string   `json:"db"`
 	Records  int      `json:"records"` // readable tx records
 	Problems []string `json:"problems,omitempty"`
+	// Images: txs whose sealed image is missing or not the one their
+	// record names. Not store.db damage (a rebuild would not help): Seal
+	// builds each again.
+	Images []ImageProblem `json:"images,omitempty"`
+}
+
+// ImageProblem is a tx whose image Seal must build again.
+type ImageProblem struct {
+	ID      uint64 `json:"id"`
+	Problem string `json:"problem"`
 }
 
 func (r *FsckReport) add(format string, a ...any) {
@@ -82,7 +92,24 @@ func (s *Store) Fsck() (*FsckReport, error) {
 			rep.add("%s has no record: a writer's cleanup would remove it (fsck --repair records it if a manifest matches)", filepath.Join(s.Dir, "trees", name))
 		}
 	}
+	rep.Images = s.checkImages()
 	return rep, nil
+}
+
+// checkImages lists the txs whose image file is missing or differs from
+// the digest their record names.
+func (s *Store) checkImages() []ImageProblem {
+	txs, err := s.List()
+	if err != nil {
+		return nil // the records' own problems are reported already
+	}
+	var out []ImageProblem
+	for _, t := range txs {
+		if t.Image != "" && !s.imageCurrent(t) {
+			out = append(out, ImageProblem{t.ID, fmt.Sprintf("%s is missing or is not image %s of tx %d: bootctl seal %d builds it again", s.ImagePath(t.ID), t.Image, t.ID, t.ID)})
+		}
+	}
+	return out
 }
 
 // treeNames lists trees/ (names only; nothing is followed).

@@ -23,6 +23,7 @@ var manifestFailpoints = commitPoints{
 	published:  failpoint.New("commit-manifest/manifest-published"),
 	built:      failpoint.New("commit-manifest/blitted"),
 	treeSynced: failpoint.New("commit-manifest/tree-synced"),
+	imaged:     failpoint.New("commit-manifest/image-built"),
 	placed:     failpoint.New("commit-manifest/tree-published"),
 	recorded:   failpoint.New("commit-manifest/recorded"),
 }

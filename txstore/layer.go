@@ -37,6 +37,7 @@ var layerFailpoints = commitPoints{
 	published:  failpoint.New("layer/objects-published"),
 	built:      failpoint.New("layer/blitted"),
 	treeSynced: failpoint.New("layer/tree-synced"),
+	imaged:     failpoint.New("layer/image-built"),
 	placed:     failpoint.New("layer/tree-published"),
 	recorded:   failpoint.New("layer/recorded"),
 }

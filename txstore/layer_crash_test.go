@@ -29,6 +29,7 @@ var layerPoints = map[string]bool{
 	"layer/objects-published":      false,
 	"layer/blitted":                false,
 	"layer/tree-synced":            false,
+	"layer/image-built":            false,
 	"layer/tree-published":         false, // recorded again by the next open
 	"layer/recorded":               true,
 }
@@ -197,6 +198,7 @@ func checkWholeTrees(t *testing.T, s *txstore.Store, txs []*txstore.Tx) {
 		}
 	}
 	stagingEmpty(t, s)
+	treesHaveImages(t, s, txs)
 	if trees, _ := os.ReadDir(filepath.Join(s.Dir, "trees")); len(trees) != len(txs) {
 		t.Fatalf("%d trees for %d records", len(trees), len(txs))
 	}

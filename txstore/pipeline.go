@@ -34,6 +34,8 @@ import (
 //	build    the tree at work/tree/usr: blitted, or the consumed src
 //	         adopted; CommitOptions.Etc moved to work/tree/etc; one
 //	         syncfs for the renames and the whole tree
+//	image    work/tree/image.erofs: the sealed image (objects sealed where
+//	         the filesystem can), durable; none is not a failure
 //	place    renamed to trees/<id>, the directory fsynced
 //	record   the tx record, last: from here the tx exists
 //	finish   a consumed src removed (or its journal dropped)
@@ -65,13 +67,15 @@ type commitJob struct {
 	publishing bool   // objects may be under objects/ (publishObjects began)
 	final      string // trees/<id>, once placed
 	tx         *Tx    // once recorded
+	img        imageOutcome
 }
 
 // commitPoints are a commit path's failpoints, each at the end of a step;
 // nil where the path has no such point.
 type commitPoints struct {
 	staged, synced, half, published *failpoint.Point
-	built, treeSynced, placed       *failpoint.Point
+	built, treeSynced, imaged       *failpoint.Point
+	placed                          *failpoint.Point
 	recorded, finished              *failpoint.Point
 }
 
@@ -105,7 +109,7 @@ func (s *Store) newCommitJob(name string, o CommitOptions, fp commitPoints) (*co
 // is returned once recorded, even with an error from a later step.
 func (j *commitJob) run(stage func() error) (*Tx, error) {
 	defer j.close()
-	for _, step := range []func() error{stage, j.publishObjects, j.buildTree, j.placeTree, j.record} {
+	for _, step := range []func() error{stage, j.publishObjects, j.buildTree, j.buildImage, j.placeTree, j.record} {
 		if err := step(); err != nil {
 			return j.tx, err
 		}
@@ -257,6 +261,7 @@ func (j *commitJob) record() error {
 	if o.Sign != nil {
 		t.Signatures = append(slices.Clip(t.Signatures), o.Sign(j.digest)...)
 	}
+	j.img.apply(t, o)
 	if err := j.s.record(t, o.NoDefault, Event{Kind: "commit", TxID: j.id, Detail: j.eventDetail()}); err != nil {
 		return fmt.Errorf("commit: record tx %d: %w", j.id, err)
 	}
