@@ -29,7 +29,8 @@ const ListFile = modlist.ListFile
 // DefaultDrivers are carried when the kernel has them as modules (names
 // the kernel has built in or lacks are skipped silently): virtual and
 // common disk controllers, the filesystems of root and ESP, the QEMU
-// watchdog, and crc32c for ext4's metadata checksums.
+// watchdog, crc32c for ext4's metadata checksums, and overlayfs and erofs
+// for a sealed /usr.
 var DefaultDrivers = []string{
 	// VMs
 	"virtio_pci", "virtio_blk", "virtio_scsi", "virtio_mmio",
@@ -44,9 +45,11 @@ var DefaultDrivers = []string{
 	// systemd-boot's counter (LoaderBootCountPath) lives in EFI variables;
 	// Debian builds efivarfs as a module
 	"efivarfs",
-	// overlayfs, for bootctl run's working copy: loaded at boot, since a
-	// tx need not carry its kernel's modules in /usr
+	// overlayfs, for bootctl run's working copy and a sealed /usr: loaded
+	// at boot, since a tx need not carry its kernel's modules in /usr
 	"overlay",
+	// a sealed tx's metadata image (erofs, mounted from its file)
+	"erofs",
 }
 
 // TrustDir is where Options.Trust keys go in the image, as <key id>.pem;
