@@ -116,6 +116,7 @@ func TestVerbStoreMode(t *testing.T) {
 		{[]string{"list"}, false, 0},
 		{[]string{"show", "1"}, false, 0},
 		{[]string{"diff", "1", "1"}, false, 0},
+		{[]string{"seal"}, true, 0},
 		{[]string{"verify", "1"}, false, 0},
 		{[]string{"prune"}, true, 0},
 		{[]string{"gc"}, true, 0},

@@ -96,27 +96,6 @@ func mountAt(mountinfo, dir string) (mount, bool, error) {
 	return m, found, nil
 }
 
-// mountOf is the mount on top holding path: the longest mount point that
-// is path or one of its parents.
-func mountOf(mountinfo, path string) (mount, bool, error) {
-	abs, ms, err := resolveAndRead(mountinfo, path)
-	if err != nil {
-		return mount{}, false, err
-	}
-	var m mount
-	found := false
-	for _, x := range ms {
-		if under(abs, x.point) && (!found || len(x.point) >= len(m.point)) {
-			m, found = x, true
-		}
-	}
-	return m, found, nil
-}
-
-func under(p, dir string) bool {
-	return dir == "/" || p == dir || strings.HasPrefix(p, dir+"/")
-}
-
 func resolveAndRead(mountinfo, p string) (string, []mount, error) {
 	abs, err := filepath.Abs(p)
 	if err == nil {

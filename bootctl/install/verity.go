@@ -2,7 +2,7 @@ package install
 
 // The ext4 verity feature: fs-verity (which sealed txs need) works on ext4
 // only when the filesystem has it. install turns it on for the target's
-// filesystem when it can; `bootctl seal` says what to run when it cannot.
+// filesystem when it can, else says what to run.
 
 import (
 	"encoding/binary"
@@ -86,44 +86,16 @@ func (v verityFS) tuneCmd() string { return "tune2fs -O verity " + v.device() }
 
 const verityNeeds = "ext4, Linux 5.4+ with CONFIG_FS_VERITY"
 
-// hint says what makes fs-verity work on v's filesystem.
-func (v verityFS) hint() string {
-	switch {
-	case v.found && v.m.fstype != "ext4":
-		return fmt.Sprintf("the store is on %s; txboot seals on ext4 with the verity feature (%s)", v.m.fstype, verityNeeds)
-	case v.feature == featureOn:
-		return fmt.Sprintf("the ext4 filesystem on %s has the verity feature: the kernel lacks fs-verity (Linux 5.4+ with CONFIG_FS_VERITY)", v.device())
-	}
-	return fmt.Sprintf("run %s (%s)", v.tuneCmd(), verityNeeds)
-}
-
-func lookupVerity(mountinfo, path string, exact bool) (verityFS, error) {
+// lookupVerity: the filesystem mounted at root and its feature.
+func lookupVerity(mountinfo, root string) (verityFS, error) {
 	var v verityFS
 	var err error
-	if exact {
-		v.m, v.found, err = mountAt(mountinfo, path)
-	} else {
-		v.m, v.found, err = mountOf(mountinfo, path)
-	}
+	v.m, v.found, err = mountAt(mountinfo, root)
 	if err != nil || !v.found || v.m.fstype != "ext4" || !strings.HasPrefix(v.m.source, "/") {
 		return v, err
 	}
-	v.feature, _ = ext4Verity(v.m.source) // unreadable: unknown, the hint says what to run
+	v.feature, _ = ext4Verity(v.m.source) // unreadable: unknown, tune2fs will say
 	return v, nil
-}
-
-// VerityHint says where the filesystem holding path is mounted and what
-// makes fs-verity work on it ("run tune2fs -O verity /dev/vda2 (…)"), for
-// a store that could not seal. mountinfo "" is /proc/self/mountinfo.
-func VerityHint(mountinfo, path string) (mountpoint, hint string) {
-	if mountinfo == "" {
-		mountinfo = "/proc/self/mountinfo"
-	}
-	v, err := lookupVerity(mountinfo, path, false)
-	if err != nil || !v.found {
-		return path, fmt.Sprintf("run tune2fs -O verity DEVICE on its filesystem (%s)", verityNeeds)
-	}
-	return v.m.point, v.hint()
 }
 
 // enableVerity turns the ext4 verity feature on for the filesystem mounted
@@ -132,7 +104,7 @@ func VerityHint(mountinfo, path string) (mountpoint, hint string) {
 // directory's filesystem is the host's, which is left alone). Anything
 // else is a line in the log saying what to run: sealing is optional.
 func enableVerity(mountinfo, root string, run Runner, log io.Writer) {
-	v, err := lookupVerity(mountinfo, root, true)
+	v, err := lookupVerity(mountinfo, root)
 	say := func(format string, a ...any) { fmt.Fprintf(log, "install: fs-verity: "+format+"\n", a...) }
 	switch {
 	case err != nil:

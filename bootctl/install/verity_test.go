@@ -124,36 +124,3 @@ func TestEnableVerityImage(t *testing.T) {
 		t.Errorf("second run: %q", log.String())
 	}
 }
-
-// TestVerityHint: what bootctl seal says to run, for the filesystem the
-// store is on (the longest mount point holding it).
-func TestVerityHint(t *testing.T) {
-	dir := t.TempDir()
-	off := ext4Image(t, dir)
-	on := withVerity(t, off)
-	store := filepath.Join(dir, ".txboot")
-	os.Mkdir(store, 0o755)
-	tests := []struct {
-		name   string
-		mounts [][3]string
-		where  string
-		hint   string
-	}{
-		{"ext4 without the feature", [][3]string{{"/", "ext4", off}, {"/boot", "vfat", "/dev/vda1"}}, "/",
-			"run tune2fs -O verity " + off + " (ext4, Linux 5.4+ with CONFIG_FS_VERITY)"},
-		{"longest mount point", [][3]string{{"/", "xfs", "/dev/vda"}, {dir, "ext4", on}}, dir,
-			"the ext4 filesystem on " + on + " has the verity feature: the kernel lacks fs-verity"},
-		{"not ext4", [][3]string{{"/", "btrfs", "/dev/vda2"}}, "/", "the store is on btrfs; txboot seals on ext4"},
-		{"unreadable superblock", [][3]string{{"/", "ext4", filepath.Join(dir, "gone")}}, "/",
-			"run tune2fs -O verity " + filepath.Join(dir, "gone")},
-		{"no mountinfo", nil, store, "run tune2fs -O verity DEVICE"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			where, hint := VerityHint(mountinfoFile(t, tt.mounts...), store)
-			if where != tt.where || !strings.Contains(hint, tt.hint) {
-				t.Errorf("got %q %q, want %q and %q", where, hint, tt.where, tt.hint)
-			}
-		})
-	}
-}
