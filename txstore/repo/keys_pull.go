@@ -308,21 +308,40 @@ func writeDurable(dir, name string, data []byte) error {
 	return fsx.WriteFile(dir, name, data, 0o600)
 }
 
-// txSignatures keeps the tx's signatures that verify with the keys the
-// index was checked with: a record carries only signatures this device
-// could check. A trusted key's signature that does not verify is
-// tampering, and fails the pull.
+// txSignatures keeps the tx's signatures, and its image's, that verify
+// with the keys the index was checked with: a record carries only
+// signatures this device could check. A trusted key's signature that does
+// not verify is tampering, and fails the pull.
 func (p *puller) txSignatures(it *IndexTx) (*IndexTx, error) {
 	c := *it
-	c.Signatures = nil
-	for _, g := range it.Signatures {
-		k, err := sign.VerifyTx(p.o.Trusted, it.Digest, []sign.Signature{g})
+	var err error
+	c.Signatures, err = p.trustedSigs(it.Signatures, func(g []sign.Signature) (sign.PublicKey, error) {
+		return sign.VerifyTx(p.o.Trusted, it.Digest, g)
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.ImageSignatures, err = p.trustedSigs(it.ImageSignatures, func(g []sign.Signature) (sign.PublicKey, error) {
+		return sign.VerifyImage(p.o.Trusted, it.Digest, it.Image, g)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// trustedSigs is the signatures of sigs that verify (each alone) by a
+// trusted key, the key that made it.
+func (p *puller) trustedSigs(sigs []sign.Signature, verify func([]sign.Signature) (sign.PublicKey, error)) ([]sign.Signature, error) {
+	var out []sign.Signature
+	for _, g := range sigs {
+		k, err := verify([]sign.Signature{g})
 		if errors.Is(err, sign.ErrBadSignature) {
 			return nil, fmt.Errorf("%s: %w", p.f.URL(IndexPath), err)
 		}
 		if err == nil && k.ID == g.KeyID {
-			c.Signatures = append(c.Signatures, g)
+			out = append(out, g)
 		}
 	}
-	return &c, nil
+	return out, nil
 }

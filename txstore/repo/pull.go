@@ -79,7 +79,7 @@ type PullOptions struct {
 	// publishes only at the end (and at Import's size thresholds).
 	FlushInterval time.Duration
 	// Commit is passed to the commit (Summary, Tries, NoDefault); Pull
-	// sets Version, Origin and Signatures.
+	// sets Version, Origin, Signatures, Image and ImageSignatures.
 	Commit txstore.CommitOptions
 	// Progress, if set, is called about every 200 ms while objects are
 	// fetched, and once at the end.
@@ -182,6 +182,9 @@ func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o Pul
 	}
 	co := o.Commit
 	co.Version, co.Origin, co.Signatures = ft.it.Version, origin, ft.it.Signatures
+	// The index pins the image the signed tx names: the commit builds its
+	// own and refuses a different one (txstore.ErrImageMismatch).
+	co.Image, co.ImageSignatures = ft.it.Image, ft.it.ImageSignatures
 	tx, err := ft.im.Commit(ft.m, ft.raw, co)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pull %s: %w", ft.it.Digest, err)
