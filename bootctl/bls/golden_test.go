@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/txboot/txboot/initagent/cmdline"
 )
 
 // goldenEntriesDir holds, byte for byte, the entry files Sync writes for the
@@ -38,8 +40,9 @@ func TestSyncEntriesGolden(t *testing.T) {
 	t1.Good = true
 	t2 := tx(2, "kernel A") // bad: counter at 0
 	t2.Bad = true
-	t3 := tx(3, "kernel B") // the default, a trial with 2 tries left
+	t3 := tx(3, "kernel B") // the default, a trial with 2 tries left, its sealed image pinned
 	t3.TriesLeft = 2
+	t3.Kernel, t3.Image = "6.12.57+deb13-cloud-amd64", fmt.Sprintf("sha256:%064x", 0xe3)
 	t4 := tx(4, "kernel B") // pinned trial, own title, counter from Tries
 	t4.Pinned, t4.Title = true, "Debian 12 (hello 2.10)"
 	cfg := SyncConfig{ESP: esp, Default: 3, Root: "UUID=0b1d2c3e-4f50-4617-8a9b-0c1d2e3f4a5b", Options: "quiet console=ttyS0",
@@ -82,8 +85,13 @@ func TestSyncEntriesGolden(t *testing.T) {
 			t.Errorf("%s =\n%s\nwant (%s)\n%s", n, g, goldenEntriesDir, w)
 		}
 		// What systemd-boot and initagent will read back.
-		if _, err := Parse(w); err != nil {
+		e, err := Parse(w)
+		if err != nil {
 			t.Errorf("golden %s does not parse: %v", n, err)
+			continue
+		}
+		if c, _ := cmdline.Parse(e.Options); (c.Tx == 3) != (c.Image == t3.Image) || c.ImageInvalid {
+			t.Errorf("golden %s: initagent reads tx %d image %q (invalid %v); only tx 3 pins %s", n, c.Tx, c.Image, c.ImageInvalid, t3.Image)
 		}
 	}
 }

@@ -23,7 +23,7 @@ func reservedKey(key string) string {
 		return "set it with --root-arg"
 	case key == "initrd":
 		return "txboot adds each tx's own initrd"
-	case key == "txboot.tx" || key == "txboot.digest":
+	case key == "txboot.tx" || key == "txboot.digest" || key == "txboot.image":
 		return "txboot sets it for each entry"
 	case key == "txboot.force":
 		return "it would boot every entry even when bad or out of tries; add it in the boot menu for one boot"
@@ -37,8 +37,8 @@ func reservedKey(key string) string {
 }
 
 // CheckOptions rejects user kernel arguments that would override the ones
-// txboot writes into each entry: root=, initrd=, txboot.tx, txboot.digest
-// and txboot.force (and unknown txboot.* keys, likely typos). Tokens are
+// txboot writes into each entry: root=, initrd=, txboot.tx, txboot.digest,
+// txboot.image and txboot.force (and unknown txboot.* keys, likely typos). Tokens are
 // split as the kernel (and initagent) split them, quotes included; what
 // follows a bare "--" belongs to init and is not checked.
 func CheckOptions(options string) error {

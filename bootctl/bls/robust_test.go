@@ -373,6 +373,8 @@ func TestCheckOptions(t *testing.T) {
 		{"xtxboot.tx=3 mytxboot=1 rootwait rootfstype=ext4", "", "xtxboot.tx=3 mytxboot=1 rootwait rootfstype=ext4"},
 		{"quiet txboot.tx=3", `"txboot.tx=3"`, "quiet"},
 		{"txboot.digest=sha256:00 quiet", "txboot.digest", "quiet"},
+		{"txboot.image=sha256:00 quiet", "txboot.image", "quiet"},
+		{"quiet TXBOOT.image=x txboot.image", "txboot.image", "quiet TXBOOT.image=x"},
 		{"txboot.force=1", "txboot.force", ""},
 		// Policy settings initagent reads are the user's to choose for
 		// every entry; they do not name or pin a tx.

@@ -43,8 +43,12 @@ var (
 
 // TxInfo is what Sync needs to know about one transaction.
 type TxInfo struct {
-	ID         uint64
-	Digest     string // "sha256:<64 hex>", pinned on the kernel command line
+	ID     uint64
+	Digest string // "sha256:<64 hex>", pinned on the kernel command line
+	// Image is the fs-verity digest of the tx's sealed image, pinned as
+	// txboot.image= when set: set it only when txstore.PinImage says the
+	// tx's kernel can boot it sealed.
+	Image      string
 	Kernel     string // kernel version, shown in the entry's version
 	KernelPath string // host path of the vmlinuz to boot
 	InitrdPath string // host path of the initrd built for this tx
@@ -264,6 +268,9 @@ func entryFor(cfg SyncConfig, t TxInfo, kernelHex, initrdHex string) *Entry {
 		version += "-" + t.Kernel
 	}
 	opts := fmt.Sprintf("root=%s ro txboot.tx=%d txboot.digest=%s", cfg.Root, t.ID, t.Digest)
+	if t.Image != "" {
+		opts += " txboot.image=" + t.Image
+	}
 	if o := strings.TrimSpace(cfg.Options); o != "" {
 		opts += " " + o
 	}
