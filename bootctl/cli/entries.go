@@ -217,7 +217,7 @@ func syncEntries(b *initrdBuilder, s *txstore.Store, c entriesConfig, without ..
 		if !fileExists(img) {
 			continue
 		}
-		infos = append(infos, bls.TxInfo{ID: t.ID, Digest: t.Digest, Kernel: kver,
+		infos = append(infos, bls.TxInfo{ID: t.ID, Digest: t.Digest, Image: pinnedImage(t), Kernel: kver,
 			KernelPath: filepath.Join(s.TreeDir(t.ID), "lib/modules", kver, "vmlinuz"), InitrdPath: img,
 			OSName: bls.OSName(s.TreeDir(t.ID)),
 			Good:   t.State == txstore.StateGood, Bad: t.State == txstore.StateBad, TriesLeft: t.TriesLeft, Pinned: t.Pinned})
@@ -379,3 +379,12 @@ func entriesVerb() *verb {
 }
 
 var errNoBooted = errors.New("no transaction id given and the booted one is unknown (not booted by txboot?)")
+
+// pinnedImage is what tx t's entry pins as txboot.image=: its sealed
+// image's digest when its kernel can boot it sealed, else nothing.
+func pinnedImage(t *txstore.Tx) string {
+	if txstore.PinImage(t) {
+		return t.Image
+	}
+	return ""
+}
