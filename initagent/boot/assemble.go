@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/txboot/txboot/txstore/sealimg"
 	"github.com/txboot/txboot/txstore/verity"
 	"golang.org/x/sys/unix"
 )
@@ -78,19 +79,12 @@ func (b *BindAssembler) MountSealed(image, objects string) error {
 	// Nothing else needs the image's own mount, success or not; a detach
 	// that fails leaves it in the initramfs, which switch_root drops.
 	defer unix.Unmount(mnt, unix.MNT_DETACH)
-	opts := overlayOptions(mnt, objects)
+	opts := sealimg.OverlayOptions(mnt, objects)
 	if err := unix.Mount("overlay", usr, "overlay", unix.MS_RDONLY, opts); err != nil {
 		return fmt.Errorf("mount overlay on %s (%s): %w", usr, opts, err)
 	}
 	b.mounted = true
 	return nil
-}
-
-// overlayOptions is the sealed /usr's overlayfs mount data.
-// TODO(issue 20): sealimg.OverlayOptions once it lands.
-func overlayOptions(mnt, objects string) string {
-	esc := strings.NewReplacer(`\`, `\\`, ":", `\:`, ",", `\,`)
-	return "ro,lowerdir=" + esc.Replace(mnt) + "::" + esc.Replace(objects) + ",metacopy=on,redirect_dir=on,verity=require"
 }
 
 // Unmount undoes Mount or MountSealed.

@@ -426,8 +426,9 @@ func TestRunOptionalMounts(t *testing.T) {
 	}
 }
 
-// sealStore gives tx id a stand-in image (the fake assembler computes its
-// fs-verity digest) and records it sealed; it returns the image's digest.
+// sealStore records tx id sealed, as `bootctl seal` would on a kernel with
+// fs-verity, and returns its image's digest (the fake assembler computes
+// the image's digest: this host cannot measure it).
 func sealStore(t *testing.T, root string, id uint64) string {
 	t.Helper()
 	s, err := txstore.Open(root, txstore.Options{Timeout: time.Second})
@@ -435,17 +436,11 @@ func sealStore(t *testing.T, root string, id uint64) string {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if err := os.WriteFile(s.ImagePath(id), []byte("erofs stand-in"), 0o444); err != nil {
-		t.Fatal(err)
+	x, err := s.Update(id, txstore.Event{Kind: "seal"}, func(x *txstore.Tx) error { x.Sealed = true; return nil })
+	if err != nil || x.Image == "" {
+		t.Fatalf("tx %d: %+v, %v; want an image recorded at commit", id, x, err)
 	}
-	sum, err := verity.DigestPath(s.ImagePath(id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Update(id, txstore.Event{Kind: "seal"}, func(x *txstore.Tx) error { x.Image, x.Sealed = sum.String(), true; return nil }); err != nil {
-		t.Fatal(err)
-	}
-	return sum.String()
+	return x.Image
 }
 
 // TestRunSealed: a pinned, sealed tx is mounted from its image and
@@ -457,10 +452,12 @@ func TestRunSealed(t *testing.T) {
 			plan, sys := testPlan(t)
 			flowStore(t, plan.Sysroot, 3, nil, []uint64{2, 3})
 			pin := sealStore(t, plan.Sysroot, 3)
-			if damaged {
-				img := filepath.Join(plan.Sysroot, txstore.DirName, "trees/3/image.erofs")
-				os.Chmod(img, 0o644)
-				if err := os.WriteFile(img, []byte("erofs stand-in, replaced"), 0o444); err != nil {
+			if damaged { // replaced by another tx's image
+				img := filepath.Join(plan.Sysroot, txstore.DirName, "trees/%d/image.erofs")
+				if err := os.Remove(fmt.Sprintf(img, 3)); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Link(fmt.Sprintf(img, 2), fmt.Sprintf(img, 3)); err != nil {
 					t.Fatal(err)
 				}
 			}

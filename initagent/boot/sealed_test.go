@@ -159,13 +159,3 @@ func checkSealedFailure(t *testing.T, res *Result, cause error, reason string) {
 		t.Errorf("reason %q, want %q in it", res.Failures[0].Reason, reason)
 	}
 }
-
-// TestOverlayOptions: the layers are escaped for overlayfs's parser, which
-// splits options at ',' and layers at ':'.
-func TestOverlayOptions(t *testing.T) {
-	got := overlayOptions("/txboot-image", `/sysroot/a:b,c\d/objects`)
-	want := `ro,lowerdir=/txboot-image::/sysroot/a\:b\,c\\d/objects,metacopy=on,redirect_dir=on,verity=require`
-	if got != want {
-		t.Errorf("overlayOptions = %q, want %q", got, want)
-	}
-}
