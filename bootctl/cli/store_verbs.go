@@ -22,6 +22,7 @@ type commitOpts struct {
 	noDefault, consume                       bool
 	ef                                       entryFlags
 	signer                                   func(string) []sign.Signature // from signKey, by check
+	imageSigner                              func(digest, image string) []sign.Signature
 }
 
 func commitVerb() *verb {
@@ -34,7 +35,7 @@ func commitVerb() *verb {
 			fs.Func("tries", "boot tries before the tx counts as bad, 1..99 (default 3)", rangeFlag(&o.tries, 1, 99, "--tries must be 1..99"))
 			fs.BoolVar(&o.noDefault, "no-default", false, "do not make the new tx the default")
 			fs.BoolVar(&o.consume, "consume", false, "take DIR's files into the store by hardlink instead of copying, and remove DIR afterwards")
-			fs.StringVar(&o.signKey, "sign", "", "ed25519 private key (PEM): sign the new tx's digest into its record")
+			fs.StringVar(&o.signKey, "sign", "", "ed25519 private key (PEM): sign the new tx's digest and its sealed image into its record")
 			fs.StringVar(&o.mkinitramfs, "mkinitramfs", "", "mkinitramfs to build the tx's initrd (default: next to bootctl, or $PATH; never the tx's own)")
 			fs.StringVar(&o.initagent, "initagent", "", "initagent for the initrd's /init (default: next to bootctl, or $PATH; never the tx's own)")
 			o.ef.register(fs)
@@ -51,12 +52,13 @@ func commitVerb() *verb {
 					return err
 				}
 				o.signer = func(d string) []sign.Signature { return []sign.Signature{sign.SignTx(k, d)} }
+				o.imageSigner = func(d, img string) []sign.Signature { return []sign.Signature{sign.SignImage(k, d, img)} }
 			}
 			return nil
 		},
 		exec: func(e *env, s *txstore.Store, args []string) error {
 			e.progress("committing %s…", args[0])
-			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: o.summary, Tries: o.tries, NoDefault: o.noDefault, Consume: o.consume, Sign: o.signer})
+			tx, st, err := s.Commit(args[0], txstore.CommitOptions{Summary: o.summary, Tries: o.tries, NoDefault: o.noDefault, Consume: o.consume, Sign: o.signer, SignImage: o.imageSigner})
 			e.progressDone()
 			if err != nil {
 				return err
@@ -75,6 +77,9 @@ func commitVerb() *verb {
 			fmt.Fprintf(e.stdout, "committed tx %d %s\n", tx.ID, tx.Digest)
 			if o.signer != nil && len(tx.Signatures) > 0 {
 				fmt.Fprintf(e.stdout, "  signed by key %s\n", tx.Signatures[len(tx.Signatures)-1].KeyID)
+				if len(tx.ImageSignatures) > 0 {
+					fmt.Fprintf(e.stdout, "  image %s signed by key %s\n", tx.Image, tx.ImageSignatures[len(tx.ImageSignatures)-1].KeyID)
+				}
 			}
 			fmt.Fprintf(e.stdout, "  %d entries, %d files, %s; %d new objects (%s), %d deduplicated\n",
 				st.Entries, st.Files, human(st.Bytes), st.NewObjects, human(st.NewBytes), st.Deduplicated)
@@ -200,6 +205,7 @@ func show(e *env, s *txstore.Store, id uint64) error {
 	if t.LastFailure != "" {
 		fmt.Fprintf(e.stdout, "  failure:  %s\n", printable(t.LastFailure))
 	}
+	printShowImage(e, s, t)
 	printShowPackages(e.stdout, pkgs)
 	return nil
 }

@@ -54,15 +54,35 @@ func knownKeys(e *env, s *txstore.Store) []sign.PublicKey {
 
 // signatureState says whether t is signed and by which key.
 func signatureState(keys []sign.PublicKey, t *txstore.Tx) (state, keyID string) {
-	if len(t.Signatures) == 0 {
+	return sigState(keys, t.Signatures, func(k []sign.PublicKey, g []sign.Signature) (sign.PublicKey, error) {
+		return sign.VerifyTx(k, t.Digest, g)
+	})
+}
+
+// imageSignatureState is signatureState for t's image (sign.SignImage
+// over the pair digest, image); unsigned when t has no image.
+func imageSignatureState(keys []sign.PublicKey, t *txstore.Tx) (state, keyID string) {
+	if t.Image == "" {
 		return sigUnsigned, ""
 	}
-	k, err := sign.VerifyTx(keys, t.Digest, t.Signatures)
+	return sigState(keys, t.ImageSignatures, func(k []sign.PublicKey, g []sign.Signature) (sign.PublicKey, error) {
+		return sign.VerifyImage(k, t.Digest, t.Image, g)
+	})
+}
+
+// sigState judges sigs with verify against keys: valid (by which key),
+// untrusted (the first signer), bad (a trusted key's signature that does
+// not verify) or unsigned.
+func sigState(keys []sign.PublicKey, sigs []sign.Signature, verify func([]sign.PublicKey, []sign.Signature) (sign.PublicKey, error)) (state, keyID string) {
+	if len(sigs) == 0 {
+		return sigUnsigned, ""
+	}
+	k, err := verify(keys, sigs)
 	switch {
 	case err == nil:
 		return sigValid, k.ID
 	case errors.Is(err, sign.ErrBadSignature):
-		for _, sg := range t.Signatures {
+		for _, sg := range sigs {
 			for _, k := range keys {
 				if k.ID == sg.KeyID {
 					return sigBad, k.ID
@@ -71,7 +91,24 @@ func signatureState(keys []sign.PublicKey, t *txstore.Tx) (state, keyID string) 
 		}
 		return sigBad, ""
 	}
-	return sigUntrusted, t.Signatures[0].KeyID
+	return sigUntrusted, sigs[0].KeyID
+}
+
+// imageNote is what verify and show say about t's image signature
+// ("" when t has no image).
+func imageNote(t *txstore.Tx, state, keyID string) string {
+	if t.Image == "" {
+		return ""
+	}
+	switch state {
+	case sigValid:
+		return "image signed by " + keyID
+	case sigUntrusted:
+		return "image signed by untrusted:" + keyID + " (not in the system's trust store)"
+	case sigBad:
+		return "image signature by " + keyID + " does not verify"
+	}
+	return "image not signed"
 }
 
 // signedColumn is status's SIGNED column.

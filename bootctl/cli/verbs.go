@@ -8,6 +8,7 @@ func allVerbs() []*verb {
 		// store_verbs.go
 		commitVerb(), listVerb(), showVerb(), verifyVerb(), pruneVerb(), gcVerb(), pinVerb(true), pinVerb(false),
 		diffVerb(), // diff_verb.go
+		signVerb(), // sign_verb.go
 		sealVerb(), // seal_verb.go
 		// boot_verbs.go
 		markGoodVerb(), markBadVerb(), healthVerb(), logVerb(), setDefaultVerb(), rollbackVerb(), bootOnceVerb(), statusVerb(),

@@ -136,6 +136,7 @@ func TestVerbStoreMode(t *testing.T) {
 		{[]string{"install", "--esp", esp}, true, 0},
 		{[]string{"publish", "--repo", filepath.Join(dir, "repo"), "1"}, false, 0},
 		{[]string{"publish", "--repo", filepath.Join(dir, "repo2"), "--key", key, "1"}, true, 0}, // signing writes the record
+		{[]string{"sign", "1", "--key", key}, true, 0},
 		{[]string{"keygen", "--out", filepath.Join(dir, "key")}, false, 0},
 		{[]string{"certify", "--repo", filepath.Join(dir, "repo3"), "--key", key, "--revoke", strings.Repeat("ab", 16)}, false, 0},
 		{[]string{"pull", "--apply"}, true, 0},

@@ -76,6 +76,13 @@ type verifyResult struct {
 	// trust store (as in status); bad is a problem.
 	Signature string `json:"signature"`
 	SignedBy  string `json:"signed_by,omitempty"`
+	// Image is the tx's image digest ("": none); ImageSignature and
+	// ImageSignedBy judge its image signatures as Signature does the
+	// tx's (unsigned without an image).
+	Image          string `json:"image,omitempty"`
+	ImageSignature string `json:"image_signature"`
+	ImageSignedBy  string `json:"image_signed_by,omitempty"`
+	note           string // imageNote, for the text output
 }
 
 // verifier checks txs one by one, loading the trust store once, and only
@@ -115,20 +122,8 @@ func (v *verifier) one(id uint64) (verifyResult, error) {
 	if err != nil {
 		return verifyResult{}, err
 	}
-	if len(t.Signatures) > 0 {
-		// The keys every initrd carries, never the tx's own.
-		if !v.loaded {
-			ts, err := systemTrust(v.e, v.s)
-			if err != nil {
-				return verifyResult{}, fmt.Errorf("check signatures: %w", err)
-			}
-			v.trusted, v.loaded = ts.Keys, true
-		}
-		r.Signature, r.SignedBy = signatureState(v.trusted, t)
-		if r.Signature == sigBad {
-			_, verr := sign.VerifyTx(v.trusted, t.Digest, t.Signatures)
-			r.Problems = append(r.Problems, txstore.Problem{Path: signatureProblem, Reason: verr.Error()})
-		}
+	if err := v.signatures(&r, t); err != nil {
+		return verifyResult{}, err
 	}
 	r.OK, r.Millis = len(r.Problems) == 0, time.Since(start).Milliseconds()
 	if r.Problems == nil {
@@ -137,11 +132,46 @@ func (v *verifier) one(id uint64) (verifyResult, error) {
 	return r, nil
 }
 
+// signatures judges t's tx and image signatures against the system's
+// trust store into r; a trusted key's signature that does not verify is
+// a problem.
+func (v *verifier) signatures(r *verifyResult, t *txstore.Tx) error {
+	r.Image, r.ImageSignature = t.Image, sigUnsigned
+	if len(t.Signatures) == 0 && len(t.ImageSignatures) == 0 {
+		r.note = imageNote(t, sigUnsigned, "")
+		return nil
+	}
+	// The keys every initrd carries, never the tx's own.
+	if !v.loaded {
+		ts, err := systemTrust(v.e, v.s)
+		if err != nil {
+			return fmt.Errorf("check signatures: %w", err)
+		}
+		v.trusted, v.loaded = ts.Keys, true
+	}
+	r.Signature, r.SignedBy = signatureState(v.trusted, t)
+	if r.Signature == sigBad {
+		_, verr := sign.VerifyTx(v.trusted, t.Digest, t.Signatures)
+		r.Problems = append(r.Problems, txstore.Problem{Path: signatureProblem, Reason: verr.Error()})
+	}
+	r.ImageSignature, r.ImageSignedBy = imageSignatureState(v.trusted, t)
+	if r.ImageSignature == sigBad {
+		_, verr := sign.VerifyImage(v.trusted, t.Digest, t.Image, t.ImageSignatures)
+		r.Problems = append(r.Problems, txstore.Problem{Path: signatureProblem, Reason: verr.Error()})
+	}
+	r.note = imageNote(t, r.ImageSignature, r.ImageSignedBy)
+	return nil
+}
+
 // printVerify is verify's text output: a line a tx, a line a problem.
 func printVerify(e *env, s *txstore.Store, results []verifyResult) {
 	for _, r := range results {
 		if r.OK {
-			fmt.Fprintf(e.stdout, "tx %d: ok (%d ms%s)\n", r.ID, r.Millis, signedNote(r.Signature, r.SignedBy))
+			note := signedNote(r.Signature, r.SignedBy)
+			if r.note != "" {
+				note += ", " + r.note
+			}
+			fmt.Fprintf(e.stdout, "tx %d: ok (%d ms%s)\n", r.ID, r.Millis, note)
 			continue
 		}
 		fmt.Fprintf(e.stdout, "tx %d: %d problem(s)\n", r.ID, len(r.Problems))
