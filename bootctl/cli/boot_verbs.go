@@ -482,6 +482,10 @@ type statusTx struct {
 	// system's trust store (systemTrust); SignedBy: that key's ID.
 	Signature string `json:"signature"`
 	SignedBy  string `json:"signed_by,omitempty"`
+	// BootMode: how the tx boots, "sealed" or "unsealed", and why
+	// (txstore.BootMode).
+	BootMode    string `json:"boot_mode"`
+	BootModeWhy string `json:"boot_mode_why,omitempty"`
 }
 
 type statusOut struct {
@@ -535,7 +539,9 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 	keys := knownKeys(e, s)
 	for _, t := range txs {
 		sig, by := signatureState(keys, t)
-		out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted, Signature: sig, SignedBy: by})
+		mode, why := txstore.BootMode(t)
+		out.Transactions = append(out.Transactions, statusTx{Tx: t, Default: t.ID == def, Booted: t.ID == out.Booted, Signature: sig, SignedBy: by,
+			BootMode: mode, BootModeWhy: why})
 		switch t.State {
 		case txstore.StatePending, txstore.StateTrying:
 			out.OnTrial = append(out.OnTrial, t.ID)
@@ -549,7 +555,7 @@ func status(e *env, s *txstore.Store, efiDir string) error {
 	out.MenuDefault, _ = v.EntryDefault()
 	if c, ok, _ := loadEntriesConfig(s, e.root, nil); ok {
 		out.ESP = c.espName()
-		if hr, err := healESP(s, c); err != nil {
+		if hr, err := healESP(s, c, false); err != nil {
 			fmt.Fprintf(e.stderr, "bootctl: warning: %v\n", err)
 		} else {
 			out.ESPRepairs = hr.Repairs
@@ -600,6 +606,7 @@ func printStatus(w io.Writer, out *statusOut, def uint64, now time.Time) {
 		fmt.Fprintln(w, "Booted:   (not booted by txboot)")
 	}
 	fmt.Fprintf(w, "Default:  tx %d\n", def)
+	printStatusModes(w, out, def)
 	printEtcStatus(w, out.Etc)
 	if out.LoaderEntry != "" {
 		fmt.Fprintf(w, "Loader:   %s", printable(out.LoaderEntry))

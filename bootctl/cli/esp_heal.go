@@ -30,7 +30,8 @@ func healSources(s *txstore.Store, txs []*txstore.Tx) []bls.TxInfo {
 // repairs the damaged ones (status, and health on a boot not on trial:
 // verbs that do not sync). The store may be read-only: the ESP files are
 // named by their content, so a repair writes what any writer would.
-func healESP(s *txstore.Store, c entriesConfig) (*bls.HealReport, error) {
+// nextOnly limits the check to what the next boots need (nextBoots).
+func healESP(s *txstore.Store, c entriesConfig, nextOnly bool) (*bls.HealReport, error) {
 	txs, err := s.List()
 	if err != nil {
 		return nil, err
@@ -39,11 +40,37 @@ func healESP(s *txstore.Store, c entriesConfig) (*bls.HealReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep, err := bls.Heal(bls.HealConfig{ESP: c.ESP, Default: def}, healSources(s, txs))
+	src := healSources(s, txs)
+	cfg := bls.HealConfig{ESP: c.ESP, Default: def}
+	if nextOnly {
+		cfg.Only = nextBoots(def, src)
+	}
+	rep, err := bls.Heal(cfg, src)
 	if err != nil {
 		return nil, fmt.Errorf("check the ESP %s: %w", c.espName(), err)
 	}
 	return &rep, nil
+}
+
+// nextBoots is what the next boots need on the ESP: the default's entry
+// and the fallback's (the newest good tx other than the default: the entry
+// bls gives its own copies). nil, everything, without a default (the
+// loader then picks by its own order). Every sync still checks them all.
+func nextBoots(def uint64, txs []bls.TxInfo) map[uint64]bool {
+	if def == 0 {
+		return nil
+	}
+	only := map[uint64]bool{def: true}
+	var fb uint64
+	for _, t := range txs {
+		if t.ID != def && t.Good && t.ID > fb {
+			fb = t.ID
+		}
+	}
+	if fb != 0 {
+		only[fb] = true
+	}
+	return only
 }
 
 // unrepaired is the exit error of a verb that found a kernel or initrd on
@@ -62,8 +89,10 @@ func unrepaired(reps []bls.Repair) error {
 }
 
 // healthCheckESP is health's ESP check on a boot not on trial (which
-// otherwise writes nothing): the entries' kernels and initrds are hashed,
-// and only a damaged one is rewritten. Exit 3 when one cannot be repaired.
+// otherwise writes nothing): the kernels and initrds of the default's and
+// the fallback's entries are hashed (every boot: the rest waits for the
+// next sync, which checks all), and only a damaged one is rewritten. Exit
+// 3 when one cannot be repaired.
 func healthCheckESP(e *env, ef *entryFlags) error {
 	s, err := e.openExisting(false)
 	if err != nil {
@@ -74,7 +103,7 @@ func healthCheckESP(e *env, ef *entryFlags) error {
 	if err != nil || !ok {
 		return err
 	}
-	hr, err := healESP(s, c)
+	hr, err := healESP(s, c, true)
 	if err != nil {
 		return err
 	}

@@ -131,3 +131,58 @@ func TestStatusUnrepairable(t *testing.T) {
 		t.Fatalf("status output:\n%s", out)
 	}
 }
+
+// TestHealthChecksNextBootsOnly: at boot (health, not on trial) only the
+// default's and the fallback's entries are checked; a damaged file only an
+// older entry names is left for the next sync, which rewrites it.
+func TestHealthChecksNextBootsOnly(t *testing.T) {
+	oldInfo := bootInfoPath
+	t.Cleanup(func() { bootInfoPath = oldInfo })
+	root, esp, defRel := healSystem(t) // tx 1 kernel-A, tx 2 kernel-B (default)
+	td := tools(t)
+	if code, out := commitKernel(t, root, td, "6.1.0-test", "kernel-C"); code != 0 {
+		t.Fatalf("commit 3: %s", out)
+	}
+	mustRun(t, "--root", root, "mark-good", "3") // default 3, fallback 2, tx 1 neither
+	bootInfoPath = filepath.Join(t.TempDir(), "boot.json")
+	os.WriteFile(bootInfoPath, []byte(`{"booted":3,"requested":3,"on_trial":false}`), 0o644)
+	h := sha256.Sum256([]byte("kernel-A"))
+	oldRel := "txboot/kernels/" + hex.EncodeToString(h[:]) + "/vmlinuz"
+	flipBytes(t, filepath.Join(esp, oldRel))
+	flipBytes(t, filepath.Join(esp, defRel)) // tx 2's: the fallback's
+	out := mustRun(t, "--root", root, "health")
+	if !strings.Contains(out, "repaired ESP file "+defRel+" (tx 2)") || strings.Contains(out, oldRel) {
+		t.Errorf("health: want the fallback's file repaired and tx 1's left:\n%s", out)
+	}
+	if got, _ := os.ReadFile(filepath.Join(esp, oldRel)); string(got) == "kernel-A" {
+		t.Fatalf("health rewrote %s (tx 1 is neither the default nor the fallback)", oldRel)
+	}
+	out = mustRun(t, "--root", root, "entries", "sync")
+	if got, _ := os.ReadFile(filepath.Join(esp, oldRel)); string(got) != "kernel-A" {
+		t.Fatalf("entries sync left %s damaged:\n%s", oldRel, out)
+	}
+}
+
+// TestNextBoots: the default and the newest good tx other than it.
+func TestNextBoots(t *testing.T) {
+	txs := []bls.TxInfo{{ID: 1, Good: true}, {ID: 2, Good: true}, {ID: 3, Bad: true}, {ID: 4}}
+	for _, tt := range []struct {
+		def  uint64
+		want []uint64
+	}{
+		{4, []uint64{2, 4}},
+		{2, []uint64{1, 2}},
+		{1, []uint64{1, 2}},
+		{0, nil},
+	} {
+		got := nextBoots(tt.def, txs)
+		if len(got) != len(tt.want) {
+			t.Errorf("default %d: %v, want %v", tt.def, got, tt.want)
+		}
+		for _, id := range tt.want {
+			if !got[id] {
+				t.Errorf("default %d: %v lacks %d", tt.def, got, id)
+			}
+		}
+	}
+}

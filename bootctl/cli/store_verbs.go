@@ -100,10 +100,10 @@ func listVerb() *verb {
 		}
 		ds := pendingDownloads(e, s)
 		if e.json {
-			return e.printJSON(map[string]any{"default": def, "transactions": txs, "downloads": ds})
+			return e.printJSON(map[string]any{"default": def, "transactions": listModes(txs), "downloads": ds})
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATE\tTRIES\tCREATED\tVERSION\tDIGEST\tFLAGS\tSUMMARY")
+		fmt.Fprintln(tw, "ID\tSTATE\tTRIES\tMODE\tCREATED\tVERSION\tDIGEST\tFLAGS\tSUMMARY")
 		for _, t := range txs {
 			var flags []string
 			if t.ID == def {
@@ -112,7 +112,7 @@ func listVerb() *verb {
 			if t.Pinned {
 				flags = append(flags, "pinned")
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, t.TriesLeft,
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, t.TriesLeft, modeColumn(t),
 				t.Created.Local().Format("2006-01-02 15:04"), versionColumn(t), shortDigest(t.Digest), strings.Join(flags, ","), printable(t.Summary))
 		}
 		if err := tw.Flush(); err != nil {
