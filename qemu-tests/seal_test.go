@@ -196,6 +196,18 @@ func logSeal(t *testing.T, r *debianRun) {
 	t.Logf("run %d: txboot-seal.service %s in %.1f s:\n%s", r.n, r.fact("seal-unit"), sealSeconds(r), strings.Join(lines, "\n"))
 }
 
+// logLines logs a run's console lines that start with prefix.
+func logLines(t *testing.T, r *debianRun, prefix string) {
+	t.Helper()
+	var ls []string
+	for _, l := range strings.Split(r.out, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			ls = append(ls, strings.TrimRight(l, "\r"))
+		}
+	}
+	t.Logf("run %d:\n%s", r.n, strings.Join(ls, "\n"))
+}
+
 // imageSize is the size of tx id's image in the host's store.
 func imageSize(sys *fixture.DebianSystem, id uint64) (int64, error) {
 	s, err := txstore.Open(sys.RootDir, txstore.Options{ReadOnly: true})
@@ -263,6 +275,7 @@ func TestSealedDebian(t *testing.T) {
 		t.Errorf("run 1: txboot-seal.service %q, want it run with success", u)
 	}
 	r1.wantListSealed(t, 1, 2, 3)
+	logLines(t, r1, "TXTEST list: ")
 	r1.dumpOnFailure(t)
 
 	// (2) tx 2 on trial boots sealed and is blessed.
@@ -282,6 +295,7 @@ func TestSealedDebian(t *testing.T) {
 		t.Errorf("run 2: bootctl status does not say sealed")
 	}
 	r2.wantListSealed(t, 2)
+	logLines(t, r2, "TXTEST status: ")
 	r2.dumpOnFailure(t)
 
 	// (3) tx 3 on trial, sealed; its probe's object damaged after the
@@ -324,6 +338,11 @@ func TestSealedDebian(t *testing.T) {
 	if b4.Requested != 2 || len(b4.Failures) == 0 || b4.Failures[0].Tx != 2 || !strings.Contains(b4.Failures[0].Reason, "image") {
 		t.Errorf("run 4: boot.json does not show the fallback from tx 2's damaged image: %s", r4.fact("boot-json"))
 	}
+	sealed4 := "absent"
+	if b4.Sealed != nil {
+		sealed4 = strconv.FormatBool(*b4.Sealed)
+	}
+	t.Logf("run 4: boot.json failures %+v; tx 1 booted sealed=%s (%q)", b4.Failures, sealed4, b4.UnsealedWhy)
 	r4.dumpOnFailure(t)
 
 	t.Logf("MEASURE Debian 13 /usr entries: %s", r1.fact("entries"))
