@@ -25,9 +25,12 @@ type Request struct {
 	// record says is sealed then boots from it.
 	Image        string
 	ImageInvalid bool // a txboot.image= was given but malformed
-	Verify       txstore.VerifyMode
-	Force        bool
-	Init         string // init= or ""
+	// Kernel is the running kernel's release: a fallback candidate boots
+	// sealed only if it can mount the image (txstore.KernelCanSeal).
+	Kernel string
+	Verify txstore.VerifyMode
+	Force  bool
+	Init   string // init= or ""
 	// LoaderTriesLeft is systemd-boot's remaining-tries counter for the
 	// entry it booted (from LoaderBootCountPath), or -1 when unknown.
 	LoaderTriesLeft int
@@ -208,11 +211,12 @@ func tryOne(s Store, t *txstore.Tx, requested bool, req Request, asm Assembler, 
 	if intrinsic, err := probeTry(t, requested, req, logf); err != nil {
 		return intrinsic, err
 	}
-	sealed, unsealedWhy := bootMode(t, requested, req, logf)
+	pin, unsealedWhy := bootMode(t, requested, req, logf)
+	sealed := pin != ""
 	var init string
 	var err error
 	if sealed {
-		init, err = bootSealed(s, t, req, asm, res, logf)
+		init, err = bootSealed(s, t, pin, req, asm, res, logf)
 		intrinsic = err != nil // everything on the sealed path is the tx's own
 	} else {
 		init, intrinsic, err = bootTree(s, t, req, asm, res, logf)

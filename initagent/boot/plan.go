@@ -91,6 +91,7 @@ type run struct {
 	store  *txstore.Store
 	res    *Result
 	etc    string // what the etc step did, for boot.json
+	kernel string // the running kernel's release (from the modules step)
 }
 
 // Run boots: each step in order, timed; a step's error or panic ends in
@@ -181,6 +182,7 @@ func (r *run) modules() error {
 		params = append(params, p.String())
 	}
 	rel, sum, err := r.sys.LoadModules(params)
+	r.kernel = rel
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		r.log.logf(6, "no modules for kernel %s in the initramfs", rel)
@@ -261,7 +263,7 @@ func (r *run) openStore() error {
 func (r *run) choose() error {
 	cfg := r.cfg
 	req := Request{Tx: cfg.Tx, Digest: cfg.Digest, DigestInvalid: cfg.DigestInvalid, Image: cfg.Image, ImageInvalid: cfg.ImageInvalid,
-		Force: cfg.Force, Init: cfg.Init, Verify: verifyMode(cfg.Verify), LoaderTriesLeft: -1}
+		Force: cfg.Force, Init: cfg.Init, Verify: verifyMode(cfg.Verify), LoaderTriesLeft: -1, Kernel: r.kernel}
 	loaderCounter(r.log, &req, r.plan.EFIVars)
 	req.Trust = LoadTrust(r.plan.TrustDir)
 	res, err := Choose(r.store, req, r.sys.Assembler(r.plan.Sysroot), r.log.logf)

@@ -15,27 +15,32 @@ import (
 // the one the boot entry pins.
 var ErrImage = errors.New("sealed image unusable")
 
-// bootMode decides whether t boots sealed: only the requested tx, only
-// with txboot.image= (checkPins matched it to the record), only once the
-// record says every object and the image have fs-verity, and, when the
-// initramfs carries keys, only with an image signature by one of them.
-// Otherwise it says why not, and the tree is verified as before.
-func bootMode(t *txstore.Tx, requested bool, req Request, logf Logf) (sealed bool, why string) {
+// bootMode decides whether t boots sealed and from which image digest (pin
+// "" = from its tree, with why). The requested tx needs txboot.image=
+// (checkPins matched it to the record); a fallback candidate has no pin
+// on the command line, so its record's image is the pin, and the running
+// kernel must be able to mount it. Either way only once the record says
+// every object and the image have fs-verity, and, when the initramfs
+// carries keys, only with an image signature by one of them.
+func bootMode(t *txstore.Tx, requested bool, req Request, logf Logf) (pin, why string) {
+	pin = req.Image
 	switch {
+	case !requested && (!t.Sealed || t.Image == "" || !txstore.KernelCanSeal(req.Kernel)):
+		return "", unsealedFallback(t, req.Kernel)
 	case !requested:
-		return false, unsealedFallback(t)
+		pin = t.Image
 	case req.Image == "":
-		return false, unsealedNoPin(t)
+		return "", unsealedNoPin(t)
 	case !t.Sealed:
 		logf(5, "tx %d is not sealed yet (txboot-seal.service or bootctl seal): %s", t.ID, treeCheck(req.Verify))
 		why := "not sealed yet"
 		if t.SealNote != "" {
 			why += ": " + t.SealNote
 		}
-		return false, why
+		return "", why
 	}
 	if !req.Trust.On() {
-		return true, ""
+		return pin, ""
 	}
 	k, err := sign.VerifyImage(req.Trust.Keys, t.Digest, t.Image, t.ImageSignatures)
 	if err != nil {
@@ -44,10 +49,10 @@ func bootMode(t *txstore.Tx, requested bool, req Request, logf Logf) (sealed boo
 			level = 4 // tampering with the image's signature is worth a warning
 		}
 		logf(level, "tx %d: its image cannot boot sealed: %v; %s", t.ID, err, treeCheck(req.Verify))
-		return false, "image not signed by a trusted key"
+		return "", "image not signed by a trusted key"
 	}
 	logf(6, "tx %d: image %s signed by trusted key %s", t.ID, t.Image, k.ID)
-	return true, ""
+	return pin, ""
 }
 
 // unsealedNoPin is why a requested tx without txboot.image= boots unsealed.
@@ -58,12 +63,12 @@ func unsealedNoPin(t *txstore.Tx) string {
 	return "the boot entry pins no image (txboot.image=)"
 }
 
-// unsealedFallback: the command line pins only the requested tx.
-func unsealedFallback(t *txstore.Tx) string {
+// unsealedFallback is why a fallback candidate boots from its tree.
+func unsealedFallback(t *txstore.Tx, kernel string) string {
 	if mode, why := txstore.BootMode(t); mode != "sealed" {
 		return why
 	}
-	return "fallback: the boot entry pins only the requested tx's image"
+	return fmt.Sprintf("the running kernel %q cannot mount a sealed /usr (%s or newer)", kernel, txstore.SealedKernel)
 }
 
 // treeCheck says what the unsealed boot does to the tree.
@@ -81,10 +86,10 @@ func treeCheck(m txstore.VerifyMode) string {
 // FS_IOC_MEASURE_VERITY, no tree walk) and mounts it as /usr (the
 // assemble phase). Every failure here belongs to the tx: the image or the
 // objects are missing or damaged, so the caller falls back.
-func bootSealed(s Store, t *txstore.Tx, req Request, asm Assembler, res *Result, logf Logf) (string, error) {
+func bootSealed(s Store, t *txstore.Tx, pin string, req Request, asm Assembler, res *Result, logf Logf) (string, error) {
 	image, objects := s.ImagePath(t.ID), s.ObjectsDir()
 	vstart := time.Now()
-	err := checkImage(asm, t.ID, image, req.Image)
+	err := checkImage(asm, t.ID, image, pin)
 	res.Verify += time.Since(vstart)
 	if err != nil {
 		return "", err
@@ -94,7 +99,7 @@ func bootSealed(s Store, t *txstore.Tx, req Request, asm Assembler, res *Result,
 	if err := asm.MountSealed(image, objects); err != nil {
 		return "", fail(fmt.Sprintf("tx %d's sealed /usr cannot be mounted: %v; `bootctl seal %d` rebuilds its image", t.ID, err, t.ID), ErrAssemble, ErrImage, err)
 	}
-	logf(6, "tx %d: sealed image %s mounted; the kernel checks every file of /usr against it", t.ID, req.Image)
+	logf(6, "tx %d: sealed image %s mounted; the kernel checks every file of /usr against it", t.ID, pin)
 	return findInit(asm, req)
 }
 

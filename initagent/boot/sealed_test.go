@@ -159,3 +159,39 @@ func checkSealedFailure(t *testing.T, res *Result, cause error, reason string) {
 		t.Errorf("reason %q, want %q in it", res.Failures[0].Reason, reason)
 	}
 }
+
+// TestFallbackSealed: a fallback candidate has no pin on the command line;
+// it boots sealed from its record's image when the record says sealed and
+// the running kernel can mount it, else from its tree, saying why.
+func TestFallbackSealed(t *testing.T) {
+	img1, img2 := sumOf(0x11), sumOf(0x22)
+	const image1 = "/fake/trees/1/image.erofs"
+	cases := []struct {
+		name   string
+		kernel string
+		sealed bool
+		sum    verity.Sum // what tx 1's image measures
+		why    string
+	}{
+		{"6.12 boots the fallback sealed", "6.12.57+deb13-amd64", true, img1, ""},
+		{"6.1 cannot mount it", "6.1.0-40-amd64", false, img1, `the running kernel "6.1.0-40-amd64" cannot mount a sealed /usr`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newMem(2, sealedTx(1, img1, true), sealedTx(2, img2, true))
+			a := newMemAssembler()
+			a.sums[image1] = c.sum // tx 2's image is missing: it fails
+			req := Request{Tx: 2, Image: img2.String(), Verify: txstore.VerifyFast, LoaderTriesLeft: -1, Kernel: c.kernel}
+			res, err := Choose(f, req, a, func(int, string, ...any) {})
+			if err != nil || res.Tx == nil || res.Tx.ID != 1 {
+				t.Fatalf("Choose = %+v, %v; want the fallback to tx 1", res, err)
+			}
+			if res.Sealed != c.sealed || !strings.Contains(res.UnsealedWhy, c.why) {
+				t.Errorf("sealed %v (%q), want %v (%q)", res.Sealed, res.UnsealedWhy, c.sealed, c.why)
+			}
+			if walked := slices.Contains(f.verified, 1); walked == c.sealed {
+				t.Errorf("tx 1's tree verified: %v with sealed %v", walked, c.sealed)
+			}
+		})
+	}
+}
