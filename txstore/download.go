@@ -229,11 +229,12 @@ func (s *Store) ManifestBytes(manifestHex, digest string) ([]byte, error) {
 }
 
 // ApplyDownload commits download d (CommitManifest from the CAS alone, no
-// network) with d's version, origin and signatures, then drops its record.
-// A store that already has a tx with d's digest (an earlier apply cut off
-// before the record was dropped) returns that tx and existed = true. An
-// object gone missing fails with ErrMissingObject naming it; nothing is
-// recorded then.
+// network) with d's version, origin, signatures and image pin, then drops
+// its record. A store that already has a tx with d's digest (an earlier
+// apply cut off before the record was dropped) returns that tx and
+// existed = true. An object gone missing fails with ErrMissingObject
+// naming it, an image other than d.Image with ErrImageMismatch; nothing
+// is recorded then.
 func (s *Store) ApplyDownload(d *Download, o CommitOptions) (tx *Tx, existed bool, err error) {
 	txs, err := s.List()
 	if err != nil {
@@ -253,6 +254,9 @@ func (s *Store) ApplyDownload(d *Download, o CommitOptions) (tx *Tx, existed boo
 		return nil, false, fmt.Errorf("apply %s: %w", d.Digest, err)
 	}
 	o.Version, o.Origin, o.Signatures = d.Version, d.Origin, d.Signatures
+	// The repository's image pin holds at apply as at a direct pull
+	// (ErrImageMismatch, nothing recorded).
+	o.Image, o.ImageSignatures = d.Image, d.ImageSignatures
 	t, err := s.CommitManifest(m, raw, o)
 	if err != nil {
 		return nil, false, fmt.Errorf("apply %s: %w", d.Digest, err)

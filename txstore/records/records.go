@@ -310,10 +310,15 @@ type Download struct {
 	Origin     string           `json:"origin,omitempty"`
 	Parent     string           `json:"parent,omitempty"` // the repository's parent digest
 	Signatures []sign.Signature `json:"signatures,omitempty"`
-	Kernels    []string         `json:"kernels,omitempty"`
-	Entries    int              `json:"entries"`
-	Bytes      int64            `json:"bytes"`
-	Created    time.Time        `json:"created"` // when it was downloaded
+	// Image is the fs-verity digest of the sealed image the repository's
+	// index pins, and ImageSignatures (trusted keys' only) sign it: apply
+	// refuses another image, as a direct pull does.
+	Image           string           `json:"image,omitempty"`
+	ImageSignatures []sign.Signature `json:"image_signatures,omitempty"`
+	Kernels         []string         `json:"kernels,omitempty"`
+	Entries         int              `json:"entries"`
+	Bytes           int64            `json:"bytes"`
+	Created         time.Time        `json:"created"` // when it was downloaded
 }
 
 // DownloadKey is the meta key of the download of digest ("sha256:<hex>").

@@ -202,9 +202,11 @@ func Pull(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o Pul
 
 // Download is Pull up to and including storing the tx's objects and its
 // manifest object in the CAS, durable, and a download record
-// (txstore.Store.StoreDownload) naming digest, version, origin, parent and
-// signatures: no tree, no tx record, no default change. Store.ApplyDownload
-// commits it later without the network; GC keeps its objects meanwhile.
+// (txstore.Store.StoreDownload) naming digest, version, origin, parent,
+// signatures, and the image the index pins with its image signatures
+// (trusted keys' only, as for Pull): no tree, no tx record, no default
+// change. Store.ApplyDownload commits it later without the network,
+// refusing another image as Pull does; GC keeps its objects meanwhile.
 // A store that already has a tx with the digest gets nothing (nil
 // download, stats.Existing set). The store and the time limit are as for
 // Pull: with s from txstore.OpenFetch, the writer lock is taken only for
@@ -236,7 +238,8 @@ func Download(ctx context.Context, s *txstore.Store, f Fetcher, origin string, o
 		return nil, ft.st, nil
 	}
 	d, err := s.StoreDownload(ft.m, ft.raw, txstore.Download{Version: ft.it.Version, Origin: origin,
-		Parent: ft.it.Parent, Signatures: ft.it.Signatures, Manifest: mobj})
+		Parent: ft.it.Parent, Signatures: ft.it.Signatures, Manifest: mobj,
+		Image: ft.it.Image, ImageSignatures: ft.it.ImageSignatures})
 	if err != nil {
 		return nil, nil, err
 	}
