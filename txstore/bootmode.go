@@ -41,10 +41,13 @@ func bootKernel(t *Tx) string {
 }
 
 // PinImage reports whether the tx's boot entry carries txboot.image=: it
-// has an image and its kernel can mount it sealed. initagent then boots
-// it sealed once the record says Sealed.
+// has an image, every object and the image are sealed, and its kernel can
+// mount it. The pin is the entry's word that the tx boots sealed: initagent
+// then boots it only sealed (a failure falls back), so nothing on the root
+// filesystem (a record, an image without fs-verity) can turn the check off.
+// Entries are rewritten when a tx becomes sealed (commit, bootctl seal).
 func PinImage(t *Tx) bool {
-	return t.Image != "" && KernelCanSeal(bootKernel(t))
+	return t.Image != "" && t.Sealed && KernelCanSeal(bootKernel(t))
 }
 
 // BootMode says how tx t boots: "sealed", or "unsealed" and why.

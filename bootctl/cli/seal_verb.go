@@ -77,21 +77,22 @@ func sealIDs(s *txstore.Store, args []string) ([]uint64, error) {
 }
 
 // sealAll seals tx by tx; a failure is that tx's line and the others go
-// on. changed: some tx's recorded image changed (its entry pins it).
+// on. changed: some tx's entry pin changed (a new image, or newly sealed:
+// entries pin an image only once its tx is sealed).
 func sealAll(e *env, s *txstore.Store, ids []uint64) (outs []sealOut, changed bool) {
 	defer e.progressDone()
 	for _, id := range ids {
 		e.progress("sealing tx %d…", id)
-		before := recordedImage(s, id)
+		before := recordedPin(s, id)
 		outs = append(outs, sealOne(s, id))
-		changed = changed || recordedImage(s, id) != before
+		changed = changed || recordedPin(s, id) != before
 	}
 	return outs, changed
 }
 
-func recordedImage(s *txstore.Store, id uint64) string {
+func recordedPin(s *txstore.Store, id uint64) string {
 	if t, err := s.Get(id); err == nil {
-		return t.Image
+		return pinnedImage(t)
 	}
 	return ""
 }
@@ -146,8 +147,8 @@ func sealLine(o sealOut) string {
 	return "not sealed"
 }
 
-// sealFinish: entries are re-synced when an image was recorded or
-// changed (the entry pins it as txboot.image=); a tx that failed fails the
+// sealFinish: entries are re-synced when a pin changed (the entry pins a
+// sealed tx's image as txboot.image=); a tx that failed fails the
 // verb, one that cannot be sealed here does not.
 func sealFinish(e *env, s *txstore.Store, outs []sealOut, changed bool) error {
 	if changed {

@@ -16,12 +16,15 @@ import (
 var ErrImage = errors.New("sealed image unusable")
 
 // bootMode decides whether t boots sealed and from which image digest (pin
-// "" = from its tree, with why). The requested tx needs txboot.image=
-// (checkPins matched it to the record); a fallback candidate has no pin
-// on the command line, so its record's image is the pin, and the running
-// kernel must be able to mount it. Either way only once the record says
-// every object and the image have fs-verity, and, when the initramfs
-// carries keys, only with an image signature by one of them.
+// "" = from its tree, with why). The requested tx boots sealed when the
+// entry pins its image (txboot.image=, matched to the record by
+// checkPins): bootctl writes the pin only once the tx is sealed, so the
+// pin, not the record, decides, and a record or image edited on the root
+// filesystem cannot turn the check off (a failure falls back). A fallback
+// candidate has no pin on the command line: it boots sealed from its
+// record's image when the record says sealed and the running kernel can
+// mount it. With keys in the initramfs, only with an image signature by
+// one of them.
 func bootMode(t *txstore.Tx, requested bool, req Request, logf Logf) (pin, why string) {
 	pin = req.Image
 	switch {
@@ -30,13 +33,8 @@ func bootMode(t *txstore.Tx, requested bool, req Request, logf Logf) (pin, why s
 	case !requested:
 		pin = t.Image
 	case req.Image == "":
-		return "", unsealedNoPin(t)
-	case !t.Sealed:
-		logf(5, "tx %d is not sealed yet (txboot-seal.service or bootctl seal): %s", t.ID, treeCheck(req.Verify))
-		why := "not sealed yet"
-		if t.SealNote != "" {
-			why += ": " + t.SealNote
-		}
+		why := unsealedNoPin(t)
+		logf(5, "tx %d boots unsealed (%s): %s", t.ID, why, treeCheck(req.Verify))
 		return "", why
 	}
 	if !req.Trust.On() {
