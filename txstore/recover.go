@@ -1,6 +1,7 @@
 package txstore
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/txboot/txboot/txstore/internal/manifestio"
+	"github.com/txboot/txboot/txstore/manifest"
 )
 
 // recordLostTrees records again each trees/<id> that has no record, an id
@@ -42,6 +44,7 @@ func (s *Store) recordLostTrees(known map[string]bool) error {
 		}
 		t := s.recoveredTx(id, def, f, now)
 		t.Summary = "recovered when the store opened: its record was lost"
+		s.recoverImage(t, f.M)
 		ev := Event{Kind: "recover", TxID: id, Detail: fmt.Sprintf("%s: trees/%d had no record; its manifest describes it", t.Digest, id)}
 		if err := s.record(t, true, ev); err != nil {
 			return fmt.Errorf("cleanup: record tx %d again: %w", id, err)
@@ -71,4 +74,34 @@ func (s *Store) lostTrees(known map[string]bool, next uint64) ([]uint64, error) 
 	}
 	slices.Sort(ids)
 	return ids, nil
+}
+
+// recoverImage records in t the image the lost commit placed at
+// trees/<id>/image.erofs, when it is byte for byte the image m gives
+// (built again in memory with the objects' fs-verity digests), with
+// Sealed and SealNote as a commit sets them. Otherwise, or when anything
+// fails, t stays without an image: bootctl seal builds one.
+func (s *Store) recoverImage(t *Tx, m *manifest.Manifest) {
+	p := s.ImagePath(t.ID)
+	have, err := os.ReadFile(p)
+	if err != nil {
+		return
+	}
+	z := newSealer(s.objects, s.opts.Workers)
+	sums, err := z.digests(fileKeys(m), true)
+	if err != nil {
+		return
+	}
+	img, d, err := buildImage(m, sums)
+	if err != nil || !bytes.Equal(img, have) {
+		return
+	}
+	imgSealed, err := z.sealImage(p, d)
+	if err != nil {
+		return
+	}
+	t.Image, t.Sealed = d.String(), z.sealed(imgSealed)
+	if !t.Sealed {
+		t.SealNote = z.note(s.Dir)
+	}
 }
