@@ -155,7 +155,7 @@ func (s *Store) Commit(src string, o CommitOptions) (*Tx, *CommitStats, error) {
 // scan is Commit's stage step: src scanned, each new object staged as
 // its file is read, then the manifest object.
 func (j *commitJob) scan() error {
-	m, err := manifest.Scan(j.src, manifest.ScanOptions{Workers: j.s.opts.Workers, OnFile: j.stageFile})
+	m, err := manifest.Scan(j.src, manifest.ScanOptions{Workers: j.s.opts.Workers, OnFile: j.stageFile, OnVerity: j.noteVerity})
 	if err != nil {
 		return fmt.Errorf("commit: %w", err) // scan errors name the path under src
 	}

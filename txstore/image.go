@@ -44,6 +44,7 @@ func (im imageOutcome) apply(t *Tx, o CommitOptions) {
 func (j *commitJob) buildImage() error {
 	start := time.Now()
 	z := newSealer(j.objs, j.s.opts.Workers)
+	z.known = j.verity
 	d, sealed, size, err := z.makeImage(j.m, j.work, filepath.Join(j.work, "tree"))
 	j.st.Image, j.st.ImageSize = time.Since(start), size
 	if err != nil {

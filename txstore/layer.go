@@ -177,7 +177,7 @@ type upperScan struct {
 // whiteouts and overlayfs' xattrs taken out.
 func (j *commitJob) readUpper() (*upperScan, error) {
 	u := &upperScan{dir: j.src, whiteouts: map[string]bool{}, opaque: map[string]bool{}}
-	m, err := manifest.Scan(j.src, manifest.ScanOptions{Workers: j.s.opts.Workers, OnFile: j.stageFile,
+	m, err := manifest.Scan(j.src, manifest.ScanOptions{Workers: j.s.opts.Workers, OnFile: j.stageFile, OnVerity: j.noteVerity,
 		OnEntry: u.entry, OnOther: u.other})
 	if err != nil {
 		return nil, fmt.Errorf("commit layer: %w", err) // scan errors name the path under upper

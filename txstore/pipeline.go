@@ -20,6 +20,7 @@ import (
 	"github.com/txboot/txboot/txstore/internal/layout"
 	"github.com/txboot/txboot/txstore/manifest"
 	"github.com/txboot/txboot/txstore/records"
+	"github.com/txboot/txboot/txstore/verity"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -56,9 +57,10 @@ type commitJob struct {
 	st    *CommitStats
 	start time.Time
 
-	mu      sync.Mutex // seen, pending and st, during the scan
+	mu      sync.Mutex // seen, pending, verity and st, during the scan
 	seen    map[cas.Key]bool
 	pending []stagedObj
+	verity  map[cas.Hash]verity.Sum // the scan's fs-verity digests, for the image
 
 	m          *manifest.Manifest
 	digest     string
@@ -102,7 +104,7 @@ func (s *Store) newCommitJob(name string, o CommitOptions, fp commitPoints) (*co
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	return &commitJob{s: s, o: o, fp: fp, name: name, work: work, objs: &cas.Store{Dir: s.objects.Dir, TmpDir: work},
-		st: &CommitStats{}, start: time.Now(), seen: map[cas.Key]bool{}}, nil
+		st: &CommitStats{}, start: time.Now(), seen: map[cas.Key]bool{}, verity: map[cas.Hash]verity.Sum{}}, nil
 }
 
 // run takes the job through its steps, stage being the path's own; the tx
@@ -292,6 +294,17 @@ func (j *commitJob) finish() error {
 	}
 	j.st.ConsumeErr = j.c.Finish(j.id, j.st.Adopted, layout.RemoveTree)
 	return inject(j.fp.finished)
+}
+
+// noteVerity is the scan's OnVerity: the image step takes each file's
+// fs-verity digest from here instead of reading its object again.
+func (j *commitJob) noteVerity(e *manifest.Entry, sum verity.Sum) {
+	if e.Size == 0 {
+		return
+	}
+	j.mu.Lock()
+	j.verity[e.Hash] = sum
+	j.mu.Unlock()
 }
 
 // stageFile is the scan's OnFile: it stages the object of a file unless

@@ -21,9 +21,11 @@ import (
 // sealer turns fs-verity on for a tx's objects and learns their verity
 // digests, for a commit's image and for Seal. It shares the cas.Store's
 // verity state: after the first verity.ErrUnsupported nothing asks the
-// kernel again and digests are computed in Go (reading the content once).
+// kernel again and digests are computed in Go (reading the content once),
+// unless known has them.
 type sealer struct {
 	objs             *cas.Store
+	known            map[cas.Hash]verity.Sum // digests of content the commit's scan read
 	workers          int
 	enabled, already atomic.Int64
 	unsealed         atomic.Int64 // objects left without fs-verity
@@ -68,7 +70,7 @@ func (z *sealer) digests(keys []cas.Key, want bool) (map[cas.Key]verity.Sum, err
 					z.unsealed.Add(1)
 					continue
 				}
-				s, err := z.object(keys[i], want)
+				s, err := z.digest(keys[i], want)
 				if err != nil {
 					mu.Lock()
 					first = cmpErr(first, err)
@@ -97,6 +99,16 @@ func cmpErr(a, b error) error {
 	return b
 }
 
+// digest is object's, except that once fs-verity is off a digest the
+// scan computed saves reading the object.
+func (z *sealer) digest(k cas.Key, want bool) (verity.Sum, error) {
+	if s, ok := z.known[k.Hash]; ok && z.objs.VerityOff() {
+		z.unsealed.Add(1)
+		return s, nil
+	}
+	return z.object(k, want)
+}
+
 // object seals object k (when fs-verity is on) and returns its digest:
 // the kernel's when sealed, else computed from its content when want.
 func (z *sealer) object(k cas.Key, want bool) (verity.Sum, error) {
@@ -112,8 +124,8 @@ func (z *sealer) object(k cas.Key, want bool) (verity.Sum, error) {
 		}
 	}
 	z.unsealed.Add(1)
-	if !want {
-		return verity.Sum{}, nil
+	if s, ok := z.known[k.Hash]; ok || !want {
+		return s, nil
 	}
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(f)

@@ -532,7 +532,12 @@ func HashFile(path string) (Hash, unix.Stat_t, error) {
 // instead of reading to EOF (one syscall less per file); a file that shrank
 // is an error, one that grew is caught by the stat comparison in Stage or by
 // verify.
-func HashFD(fd int, size int64) (Hash, error) {
+func HashFD(fd int, size int64) (Hash, error) { return HashFDTee(fd, size, nil) }
+
+// HashFDTee is HashFD that also writes every byte it hashes to tee (when
+// not nil; its Write must not fail), so another digest of the same content
+// (fs-verity's) costs no second read.
+func HashFDTee(fd int, size int64, tee io.Writer) (Hash, error) {
 	var h Hash
 	d := sha256.New()
 	bp := bufPool.Get().(*[]byte)
@@ -554,6 +559,9 @@ func HashFD(fd int, size int64) (Hash, error) {
 			return h, fmt.Errorf("file shrank while being read")
 		}
 		d.Write(want[:n])
+		if tee != nil {
+			tee.Write(want[:n])
+		}
 		left -= int64(n)
 	}
 	d.Sum(h[:0])

@@ -10,6 +10,7 @@ import (
 	"github.com/txboot/txboot/txstore/cas"
 	"github.com/txboot/txboot/txstore/internal/walk"
 	"github.com/txboot/txboot/txstore/internal/xattr"
+	"github.com/txboot/txboot/txstore/verity"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,6 +35,12 @@ type ScanOptions struct {
 	// of refusing it; the entry is left out of the manifest. Its error
 	// ends the scan. (An overlayfs whiteout is a character device.)
 	OnOther func(p string, st *unix.Stat_t) error
+	// OnVerity, if set, gets each regular file's fs-verity digest (of the
+	// Size bytes its Hash covers, holes read as zeros), computed from the
+	// same read as the hash, from worker goroutines after OnEntry and
+	// before OnFile: a commit's image needs it, and reading every file
+	// again for it cost as much as the scan.
+	OnVerity func(e *Entry, sum verity.Sum)
 }
 
 // chunkSize is how many entries of one directory a job handles: a huge
@@ -80,6 +87,9 @@ func Scan(dir string, opts ScanOptions) (*Manifest, error) {
 	ws := make([]worker, workers)
 	for w := range ws {
 		ws[w] = worker{sc: sc, buf: make([]byte, 4096)}
+		if opts.OnVerity != nil {
+			ws[w].vh = verity.NewHasher()
+		}
 	}
 	if err := sc.sched.Run(workers, func(w int, j job) error { return ws[w].run(j) }); err != nil {
 		return nil, err
@@ -170,8 +180,9 @@ func (j job) Release() {
 type worker struct {
 	sc  *scanner
 	out []Entry
-	buf []byte   // readlink buffer
-	_   [64]byte // workers sit side by side in a slice: no shared cache line
+	buf []byte         // readlink buffer
+	vh  *verity.Hasher // with OnVerity: reused for every file
+	_   [64]byte       // workers sit side by side in a slice: no shared cache line
 }
 
 func (w *worker) abs(rel string) string {
@@ -338,7 +349,7 @@ func (w *worker) file(dirfd int, name, p string) error {
 		}
 		return unsupported(w.abs(p), st.Mode)
 	}
-	h, err := cas.HashFD(fd, st.Size)
+	h, err := w.hash(fd, st.Size)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", w.abs(p), err)
 	}
@@ -349,6 +360,9 @@ func (w *worker) file(dirfd int, name, p string) error {
 	e := Entry{Path: p, Type: File, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Size: st.Size, Hash: h, Xattrs: x}
 	if err := w.sc.onEntry(&e); err != nil {
 		return err
+	}
+	if w.vh != nil {
+		w.sc.opts.OnVerity(&e, w.vh.Sum())
 	}
 	if w.sc.opts.OnFile != nil {
 		abs := w.abs(p)
@@ -361,6 +375,16 @@ func (w *worker) file(dirfd int, name, p string) error {
 	}
 	w.out = append(w.out, e)
 	return nil
+}
+
+// hash hashes size bytes of fd, and gives them to the worker's verity
+// hasher too when OnVerity wants digests.
+func (w *worker) hash(fd int, size int64) (cas.Hash, error) {
+	if w.vh == nil {
+		return cas.HashFD(fd, size)
+	}
+	w.vh.Reset()
+	return cas.HashFDTee(fd, size, w.vh)
 }
 
 func (w *worker) readlink(dirfd int, name string) (string, error) {

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -61,53 +62,38 @@ func ParseSum(s string) (Sum, error) {
 
 // Digest reads r to its end and returns its fs-verity digest and length.
 func Digest(r io.Reader) (Sum, int64, error) {
-	var level0 []byte // hashes of data blocks
-	buf := make([]byte, BlockSize)
-	var size int64
+	h := hashers.Get().(*Hasher)
+	defer hashers.Put(h)
+	h.Reset()
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
 	for {
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			clear(buf[n:])
-			h := sha256.Sum256(buf)
-			level0 = append(level0, h[:]...)
-			size += int64(n)
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
+		n, err := r.Read(*bp)
+		h.Write((*bp)[:n])
+		if err == io.EOF {
+			return h.Sum(), h.Size(), nil
 		}
 		if err != nil {
-			return Sum{}, size, err
+			return Sum{}, h.Size(), err
 		}
 	}
-	return descriptorDigest(rootHash(level0), size), size, nil
 }
 
 // DigestBytes is Digest of b.
 func DigestBytes(b []byte) Sum {
-	s, _, _ := Digest(strings.NewReader(string(b)))
-	return s
+	h := hashers.Get().(*Hasher)
+	defer hashers.Put(h)
+	h.Reset()
+	h.Write(b)
+	return h.Sum()
 }
 
-// rootHash folds one level of hashes into blocks until one hash is left;
-// an empty file's root is all zeros.
-func rootHash(level []byte) [sha256.Size]byte {
-	var root [sha256.Size]byte
-	if len(level) == 0 {
-		return root
-	}
-	for len(level) > sha256.Size {
-		var next []byte
-		for off := 0; off < len(level); off += BlockSize {
-			blk := make([]byte, BlockSize)
-			copy(blk, level[off:min(off+BlockSize, len(level))])
-			h := sha256.Sum256(blk)
-			next = append(next, h[:]...)
-		}
-		level = next
-	}
-	copy(root[:], level)
-	return root
-}
+// hashers and readBufs keep Digest from allocating per call: an image
+// step may digest 100k small objects.
+var (
+	hashers  = sync.Pool{New: func() any { return NewHasher() }}
+	readBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+)
 
 // descriptorDigest hashes struct fsverity_descriptor (version 1, no salt).
 func descriptorDigest(root [sha256.Size]byte, size int64) Sum {
