@@ -76,7 +76,7 @@ func TestSealUnit(t *testing.T) {
 	for _, tt := range []struct{ section, key, value string }{
 		{"Unit", "After", HealthUnitName},
 		{"Unit", "ConditionPathExists", "/run/txboot/boot.json"},
-		{"Service", "Type", "oneshot"},
+		{"Service", "Type", "exec"},
 		{"Service", "Nice", "19"},
 		{"Service", "IOSchedulingClass", "idle"},
 		{"Install", "WantedBy", "multi-user.target"},
