@@ -66,6 +66,7 @@ bench: deps build
 	bash scripts/bench-xattr.sh
 	bash scripts/bench-run.sh
 	bash scripts/bench-seal.sh
+	bash scripts/bench-health.sh
 	bash scripts/bench-initramfs.sh
 	$(GO) test -run '^$$' -bench Boot -benchtime 3x ./qemu-tests/ | grep -v '^ *\['
 
