@@ -35,13 +35,13 @@ lint:
 
 # Everything: unit tests, crash tests, and QEMU boots of real kernels.
 test: deps build lint
-	$(GO) test -count=1 -timeout 28m ./...
+	$(GO) test -count=1 -timeout 35m ./...
 
 unit: build
 	$(GO) test -count=1 -short $$($(GO) list ./... | grep -v qemu-tests)
 
 qemu-test: deps build
-	$(GO) test -count=1 -timeout 28m -v ./qemu-tests/
+	$(GO) test -count=1 -timeout 35m -v ./qemu-tests/
 
 # Power cuts in QEMU (qemu-tests/torture_test.go): TORTURE_CUTS cuts
 # (default 200; make test runs 40), TXBOOT_TORTURE_SEED replays a run.

@@ -472,13 +472,13 @@ func TestRunSealed(t *testing.T) {
 				t.Errorf("calls %q: want %q (damaged %v)", sys.calls, sealedCall, damaged)
 			}
 			if !damaged {
-				if info.Booted != 3 || !info.Sealed || info.UnsealedWhy != "" || !strings.Contains(out, "booting tx 3 (good) "+pinOf(t, root, 3)+", sealed;") {
+				if info.Booted != 3 || !info.Sealed || info.UnsealedWhy != "" || !strings.Contains(out, "tx 3: /usr is sealed: the kernel checks every file against image sha256:") || !strings.Contains(out, "booting tx 3 (good) "+pinOf(t, root, 3)+"; phases:") {
 					t.Errorf("boot.json %+v\n%s", info, out)
 				}
 				return
 			}
 			if info.Booted != 2 || info.Sealed || info.UnsealedWhy == "" || len(info.Failures) != 1 ||
-				!strings.Contains(info.Failures[0].Reason, "does not match the pinned "+pin) || !strings.Contains(out, ", unsealed: ") {
+				!strings.Contains(info.Failures[0].Reason, "does not match the pinned "+pin) || !strings.Contains(out, "tx 2: /usr is unsealed: ") {
 				t.Errorf("boot.json %+v\n%s", info, out)
 			}
 		})

@@ -336,19 +336,16 @@ func (r *run) handOver() error {
 	if res.SignedBy != "" {
 		state += ", signed by " + res.SignedBy
 	}
-	log.logf(5, "booting tx %d (%s) %s, %s; phases: %s", res.Tx.ID, state, res.Tx.Digest, sealState(res), r.ph)
-	return nil
-}
-
-// sealState is the summary line's word on how /usr is checked.
-func sealState(res *Result) string {
+	// The summary keeps its shape, "booting tx N (STATE) DIGEST; phases:
+	// …", which people and tests parse; how /usr is checked has its own
+	// line (and is in boot.json).
 	if res.Sealed {
-		return "sealed"
+		log.logf(5, "tx %d: /usr is sealed: the kernel checks every file against image %s", res.Tx.ID, res.Tx.Image)
+	} else {
+		log.logf(5, "tx %d: /usr is unsealed: %s", res.Tx.ID, res.UnsealedWhy)
 	}
-	if res.UnsealedWhy == "" {
-		return "unsealed"
-	}
-	return "unsealed: " + res.UnsealedWhy
+	log.logf(5, "booting tx %d (%s) %s; phases: %s", res.Tx.ID, state, res.Tx.Digest, r.ph)
+	return nil
 }
 
 // switchRoot returns only if every exec failed, after the root moved:
